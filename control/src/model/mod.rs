@@ -1,0 +1,582 @@
+//! The Service model: a pure function from Kubernetes objects and this node's identity to the
+//! node's [`ServiceTable`].
+//!
+//! It follows the semantics kube-proxy follows (see the README's "Service semantics" section):
+//! which Services are skipped, how ports and endpoints are matched, which endpoint conditions are
+//! used, session affinity and `internalTrafficPolicy`. It does no I/O and keeps no state: the
+//! same objects always give the same table, which is what makes it testable by tables of cases.
+
+mod derive;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+
+use crate::store::{ObjectKey, Store};
+
+pub use derive::{derive_endpoint_slices, selects};
+pub use validate::{
+    ValidationError, validate_endpoint_slice, validate_node, validate_pod, validate_service,
+};
+
+/// Label that marks a Service headless (set by some controllers in addition to `clusterIP: None`).
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label that hands a Service to another proxy; kube-proxy and switchyard skip it.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label on an EndpointSlice naming the Service it belongs to.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Node label carrying the node's zone.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// Annotation choosing the balancing algorithm of a Service.
+pub const ANNOTATION_LB_ALGORITHM: &str = "switchyard.io/lb-algorithm";
+
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds`, as in Kubernetes (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+
+/// The transport protocol of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// What kind of Service address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum FrontendKind {
+    ClusterIp,
+}
+
+/// A Service address on this node: the key of the [`ServiceTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub kind: FrontendKind,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+/// Whether a backend takes new connections normally or only as the terminating fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum BackendState {
+    Active,
+    Terminating,
+}
+
+/// One endpoint address and port that a frontend balances over.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub state: BackendState,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+}
+
+/// How a frontend picks a backend for a new connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    #[default]
+    Random,
+    RoundRobin,
+    LeastConnections,
+}
+
+impl Algorithm {
+    /// Parses the value of the `switchyard.io/lb-algorithm` annotation.
+    pub fn parse(value: &str) -> Option<Algorithm> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "random" => Some(Algorithm::Random),
+            "round-robin" | "roundrobin" | "rr" => Some(Algorithm::RoundRobin),
+            "least-connections" | "leastconn" | "least-conn" => Some(Algorithm::LeastConnections),
+            _ => None,
+        }
+    }
+}
+
+/// What a frontend does when it has no usable backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptyAction {
+    /// Refuse at once (TCP reset / ICMP unreachable), as kube-proxy's REJECT for Services
+    /// without endpoints.
+    Reject,
+    /// Drop, as kube-proxy does for `internalTrafficPolicy: Local` with no local endpoint.
+    Drop,
+}
+
+/// Everything a datapath needs to serve one frontend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceEntry {
+    pub frontend: Frontend,
+    /// The Service this frontend belongs to.
+    pub service: ObjectKey,
+    /// The Service port's name (empty for a single unnamed port).
+    pub port_name: String,
+    /// The backends to use, sorted; already narrowed by endpoint conditions and traffic policy.
+    pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    /// `sessionAffinity: ClientIP` timeout.
+    pub affinity: Option<Duration>,
+    pub on_empty: EmptyAction,
+}
+
+impl ServiceEntry {
+    /// The name used in metrics and status: `namespace/name:port`.
+    pub fn display_name(&self) -> String {
+        if self.port_name.is_empty() {
+            self.service.to_string()
+        } else {
+            format!("{}:{}", self.service, self.port_name)
+        }
+    }
+}
+
+/// The node's whole desired state: every frontend with its entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    entries: BTreeMap<Frontend, ServiceEntry>,
+}
+
+impl ServiceTable {
+    pub fn new() -> ServiceTable {
+        ServiceTable::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, frontend: &Frontend) -> Option<&ServiceEntry> {
+        self.entries.get(frontend)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.entries.values()
+    }
+
+    pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
+        self.entries.keys()
+    }
+
+    /// Inserts an entry, replacing any entry for the same frontend.
+    pub fn insert(&mut self, entry: ServiceEntry) -> Option<ServiceEntry> {
+        self.entries.insert(entry.frontend, entry)
+    }
+
+    pub fn remove(&mut self, frontend: &Frontend) -> Option<ServiceEntry> {
+        self.entries.remove(frontend)
+    }
+}
+
+impl FromIterator<ServiceEntry> for ServiceTable {
+    fn from_iter<I: IntoIterator<Item = ServiceEntry>>(iter: I) -> Self {
+        let mut table = ServiceTable::new();
+        for entry in iter {
+            table.insert(entry);
+        }
+        table
+    }
+}
+
+/// Who this node is: what the model needs to know beyond the objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+}
+
+/// Why part of a Service was not programmed; each becomes one log line and a metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// `Service`, `EndpointSlice`, `Pod` or `Node`.
+    pub kind: &'static str,
+    pub object: ObjectKey,
+    pub message: String,
+    /// Whether the object itself is invalid (counted in `switchyard_invalid_objects_total`),
+    /// rather than valid but using something switchyard does not support.
+    pub invalid: bool,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.kind.to_ascii_lowercase(),
+            self.object,
+            self.message
+        )
+    }
+}
+
+/// The result of computing one Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOutcome {
+    pub entries: Vec<ServiceEntry>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Computes the whole table from scratch. The controller uses [`compute_service`] per changed
+/// Service instead; this is the reference both are tested against.
+pub fn compute_table(store: &Store, node: &NodeContext) -> (ServiceTable, Vec<Warning>) {
+    let mut table = ServiceTable::new();
+    let mut warnings = Vec::new();
+    for key in store.service_keys() {
+        let outcome = compute_service(store, key, node);
+        warnings.extend(outcome.warnings);
+        for entry in outcome.entries {
+            insert_unclaimed(&mut table, entry, &mut warnings);
+        }
+    }
+    (table, warnings)
+}
+
+/// Inserts an entry unless another Service already holds its frontend; the first Service (by
+/// namespace/name) keeps it, as the API server would never have allowed the second.
+pub fn insert_unclaimed(table: &mut ServiceTable, entry: ServiceEntry, warnings: &mut Vec<Warning>) {
+    if let Some(existing) = table.get(&entry.frontend) {
+        if existing.service != entry.service {
+            warnings.push(Warning {
+                kind: "Service",
+                object: entry.service.clone(),
+                message: format!(
+                    "frontend {} is already served by service {}; skipped",
+                    entry.frontend, existing.service
+                ),
+                invalid: true,
+            });
+            return;
+        }
+    }
+    table.insert(entry);
+}
+
+/// Computes the frontends of one Service from the store.
+pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> ServiceOutcome {
+    let mut outcome = ServiceOutcome::default();
+    let Some(service) = store.service(key) else {
+        return outcome;
+    };
+    let warn = |outcome: &mut ServiceOutcome, message: String, invalid: bool| {
+        outcome.warnings.push(Warning {
+            kind: "Service",
+            object: key.clone(),
+            message,
+            invalid,
+        });
+    };
+    if let Err(error) = validate_service(service) {
+        warn(&mut outcome, error.to_string(), true);
+        return outcome;
+    }
+    if !is_proxied(service) {
+        return outcome;
+    }
+    let Some(spec) = service.spec.as_ref() else {
+        return outcome;
+    };
+    let vips = cluster_ips(service);
+    if vips.is_empty() {
+        warn(
+            &mut outcome,
+            "has no clusterIP; the manifest source does not allocate addresses, set spec.clusterIP"
+                .to_owned(),
+            false,
+        );
+        return outcome;
+    }
+
+    let algorithm = match service.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_LB_ALGORITHM)) {
+        None => Algorithm::Random,
+        Some(value) => Algorithm::parse(value).unwrap_or_else(|| {
+            warn(
+                &mut outcome,
+                format!(
+                    "annotation {ANNOTATION_LB_ALGORITHM}: unknown algorithm {value:?} (want random, round-robin or least-connections); using random"
+                ),
+                false,
+            );
+            Algorithm::Random
+        }),
+    };
+    let affinity = session_affinity(service);
+    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+    // Explicit EndpointSlices win; without any, derive them from Pods when the Service has a
+    // selector, as the EndpointSlice controller would.
+    let explicit = store.slices_for_service(key);
+    let derived;
+    let slices: Vec<&EndpointSlice> = if explicit.is_empty() {
+        derived = derive_endpoint_slices(service, store.pods_in_namespace(&key.namespace), |n| {
+            store.node(n)
+        });
+        derived.iter().collect()
+    } else {
+        explicit
+    };
+    for slice in &slices {
+        if let Err(error) = validate_endpoint_slice(slice) {
+            outcome.warnings.push(Warning {
+                kind: "EndpointSlice",
+                object: ObjectKey::of(&slice.metadata),
+                message: error.to_string(),
+                invalid: true,
+            });
+        }
+    }
+    let slices: Vec<&EndpointSlice> = slices
+        .into_iter()
+        .filter(|s| validate_endpoint_slice(s).is_ok())
+        .collect();
+
+    for port in spec.ports.iter().flatten() {
+        let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => {
+                warn(
+                    &mut outcome,
+                    format!(
+                        "port {}: protocol {other} is not supported by switchyard; port skipped",
+                        port_label(port)
+                    ),
+                    false,
+                );
+                continue;
+            }
+        };
+        let Ok(service_port) = u16::try_from(port.port) else {
+            continue; // validate_service rejected this already
+        };
+        for vip in &vips {
+            let candidates = endpoints_for_port(&slices, port, proto, vip.is_ipv4());
+            let backends = select_backends(candidates, local_only.then_some(node.name.as_str()));
+            outcome.entries.push(ServiceEntry {
+                frontend: Frontend {
+                    addr: *vip,
+                    port: service_port,
+                    proto,
+                    kind: FrontendKind::ClusterIp,
+                },
+                service: key.clone(),
+                port_name: port.name.clone().unwrap_or_default(),
+                backends,
+                algorithm,
+                affinity,
+                on_empty: if local_only {
+                    EmptyAction::Drop
+                } else {
+                    EmptyAction::Reject
+                },
+            });
+        }
+    }
+    outcome
+}
+
+/// Whether switchyard serves this Service at all: not headless, not an ExternalName, not
+/// handed to another proxy by `service.kubernetes.io/service-proxy-name`.
+pub fn is_proxied(service: &Service) -> bool {
+    let labels = service.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
+        return false;
+    }
+    let Some(spec) = service.spec.as_ref() else {
+        return false;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    !matches!(spec.cluster_ip.as_deref(), Some("None"))
+}
+
+/// The Service's cluster IPs: `clusterIPs` when set, else `clusterIP`; unparsable ones dropped
+/// (validation reports them).
+pub fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    let listed: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    };
+    let mut seen = BTreeSet::new();
+    listed
+        .into_iter()
+        .filter(|s| !s.is_empty() && *s != "None")
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .filter(|ip| seen.insert(*ip))
+        .collect()
+}
+
+fn session_affinity(service: &Service) -> Option<Duration> {
+    let spec = service.spec.as_ref()?;
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let seconds = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0);
+    Some(seconds.map_or(DEFAULT_AFFINITY_TIMEOUT, Duration::from_secs))
+}
+
+pub(crate) fn port_label(port: &ServicePort) -> String {
+    match port.name.as_deref() {
+        Some(name) if !name.is_empty() => format!("{name:?} ({})", port.port),
+        _ => port.port.to_string(),
+    }
+}
+
+/// An endpoint address with its conditions, as kube-proxy reads them from a slice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    addr: IpAddr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node: Option<String>,
+    zone: Option<String>,
+}
+
+/// Every endpoint of the slices that serves this Service port: the slice port whose name
+/// equals the Service port's name and whose protocol matches, in the frontend's family.
+fn endpoints_for_port(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    proto: Protocol,
+    ipv4: bool,
+) -> Vec<Candidate> {
+    let want_name = port.name.as_deref().unwrap_or("");
+    let want_proto = proto.to_string();
+    let want_type = if ipv4 { "IPv4" } else { "IPv6" };
+    let mut out = Vec::new();
+    for slice in slices {
+        if slice.address_type != want_type {
+            continue;
+        }
+        let Some(target) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == want_name
+                && p.protocol.as_deref().unwrap_or("TCP") == want_proto
+        }) else {
+            continue;
+        };
+        let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            out.extend(candidates_of(endpoint, target_port, ipv4));
+        }
+    }
+    out.sort();
+    // The same address can appear in two slices while one is being replaced; keep the first
+    // (after sorting, the one with the best conditions is not guaranteed, so prefer ready).
+    out.dedup_by(|later, earlier| {
+        if later.addr == earlier.addr && later.port == earlier.port {
+            earlier.ready |= later.ready;
+            earlier.serving |= later.serving;
+            earlier.terminating &= later.terminating;
+            true
+        } else {
+            false
+        }
+    });
+    out
+}
+
+fn candidates_of(endpoint: &Endpoint, port: u16, ipv4: bool) -> Vec<Candidate> {
+    let conditions = endpoint.conditions.as_ref();
+    // Kubernetes' defaults: ready unset means ready; serving unset means "same as ready";
+    // terminating unset means not terminating.
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    // kube-proxy uses only the first address of an endpoint.
+    endpoint
+        .addresses
+        .first()
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .filter(|a| a.is_ipv4() == ipv4)
+        .map(|addr| Candidate {
+            addr,
+            port,
+            ready,
+            serving,
+            terminating,
+            node: endpoint.node_name.clone(),
+            zone: endpoint.zone.clone(),
+        })
+        .into_iter()
+        .collect()
+}
+
+/// kube-proxy's endpoint categorisation: ready endpoints; when there are none, the ones that are
+/// serving and terminating. With `local_node` (`internalTrafficPolicy: Local`), only endpoints
+/// on that node count, and the same fallback applies among them.
+fn select_backends(candidates: Vec<Candidate>, local_node: Option<&str>) -> Vec<Backend> {
+    let candidates: Vec<Candidate> = match local_node {
+        Some(node) => candidates
+            .into_iter()
+            .filter(|c| c.node.as_deref() == Some(node))
+            .collect(),
+        None => candidates,
+    };
+    let any_ready = candidates.iter().any(|c| c.ready);
+    candidates
+        .into_iter()
+        .filter(|c| {
+            if any_ready {
+                c.ready
+            } else {
+                c.serving && c.terminating
+            }
+        })
+        .map(|c| Backend {
+            addr: c.addr,
+            port: c.port,
+            state: if c.ready {
+                BackendState::Active
+            } else {
+                BackendState::Terminating
+            },
+            node: c.node,
+            zone: c.zone,
+        })
+        .collect()
+}

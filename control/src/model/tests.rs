@@ -1,0 +1,663 @@
+//! Table-driven cases for every Service rule the model follows.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::store::{Object, ObjectKey, Store};
+
+fn service(spec: Value) -> Object {
+    service_with(json!({"name": "web", "namespace": "default"}), spec)
+}
+
+fn service_with(metadata: Value, spec: Value) -> Object {
+    let svc: Service = serde_json::from_value(json!({"metadata": metadata, "spec": spec}))
+        .expect("test Service parses");
+    Object::Service(svc)
+}
+
+fn slice(name: &str, address_type: &str, ports: Value, endpoints: Value) -> Object {
+    let s: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": address_type,
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .expect("test EndpointSlice parses");
+    Object::EndpointSlice(s)
+}
+
+/// A Pod `name` with labels, IPs, readiness, node and named container ports.
+fn pod(name: &str, labels: Value, ips: &[&str], ready: bool, extra: Value) -> Object {
+    let mut p = json!({
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "ports": []}]},
+        "status": {
+            "podIP": ips.first(),
+            "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        },
+    });
+    merge(&mut p, extra);
+    Object::Pod(serde_json::from_value(p).expect("test Pod parses"))
+}
+
+fn node(name: &str, zone: &str) -> Object {
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}
+    }))
+    .expect("test Node parses");
+    Object::Node(n)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn ep(ip: &str, conditions: Value) -> Value {
+    json!({"addresses": [ip], "conditions": conditions, "nodeName": "node-a"})
+}
+
+const NODE: &str = "node-a";
+
+fn run(objects: Vec<Object>) -> (ServiceTable, Vec<Warning>) {
+    let mut store = Store::new();
+    for object in objects {
+        store.upsert(object);
+    }
+    compute_table(&store, &NodeContext { name: NODE.to_owned() })
+}
+
+/// `vip:port/proto -> sorted "ip:port" backends`, for compact expectations.
+fn summary(table: &ServiceTable) -> Vec<String> {
+    table
+        .entries()
+        .map(|e| {
+            let backends: Vec<String> = e
+                .backends
+                .iter()
+                .map(|b| {
+                    let state = match b.state {
+                        BackendState::Active => "",
+                        BackendState::Terminating => "(t)",
+                    };
+                    match b.addr {
+                        IpAddr::V4(a) => format!("{a}:{}{state}", b.port),
+                        IpAddr::V6(a) => format!("[{a}]:{}{state}", b.port),
+                    }
+                })
+                .collect();
+            format!("{} -> {}", e.frontend, backends.join(","))
+        })
+        .collect()
+}
+
+fn basic_spec() -> Value {
+    json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+           "ports": [{"port": 80, "targetPort": 8080}]})
+}
+
+fn ready() -> Value {
+    json!({"ready": true, "serving": true, "terminating": false})
+}
+
+#[test]
+fn frontends_and_backends() {
+    let v4_slice = || {
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+                   {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            json!([ep("10.244.0.11", ready()), ep("10.244.0.12", ready())]),
+        )
+    };
+    let cases: Vec<(&str, Vec<Object>, Vec<&str>)> = vec![
+        (
+            "one port, one slice",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10",
+                               "ports": [{"name": "http", "port": 80}]})),
+                v4_slice(),
+            ],
+            vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"],
+        ),
+        (
+            "TCP and UDP ports match slice ports by name and protocol",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10", "ports": [
+                    {"name": "http", "port": 80},
+                    {"name": "dns", "port": 53, "protocol": "UDP"}]})),
+                v4_slice(),
+            ],
+            vec![
+                "10.96.0.10:53/UDP -> 10.244.0.11:5353,10.244.0.12:5353",
+                "10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080",
+            ],
+        ),
+        (
+            "dual stack: each family gets its own endpoints",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                               "ports": [{"name": "http", "port": 80}]})),
+                v4_slice(),
+                slice(
+                    "web-b",
+                    "IPv6",
+                    json!([{"name": "http", "port": 8080}]),
+                    json!([ep("fd00:244::11", ready())]),
+                ),
+            ],
+            vec![
+                "10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080",
+                "[fd00:96::10]:80/TCP -> [fd00:244::11]:8080",
+            ],
+        ),
+        (
+            "IPv6-only Service",
+            vec![
+                service(json!({"clusterIP": "fd00:96::10", "ports": [{"name": "http", "port": 80}]})),
+                slice("web-b", "IPv6", json!([{"name": "http", "port": 8080}]),
+                      json!([ep("fd00:244::11", ready())])),
+            ],
+            vec!["[fd00:96::10]:80/TCP -> [fd00:244::11]:8080"],
+        ),
+        (
+            "an address of the wrong family in a slice is not used",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]})),
+                slice("web-b", "IPv6", json!([{"name": "http", "port": 8080}]),
+                      json!([ep("fd00:244::11", ready())])),
+            ],
+            vec!["10.96.0.10:80/TCP -> "],
+        ),
+        (
+            "no endpoints: frontend with no backends",
+            vec![service(basic_spec())],
+            vec!["10.96.0.10:80/TCP -> "],
+        ),
+        (
+            "the same endpoint in two slices is used once",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]})),
+                v4_slice(),
+                slice("web-c", "IPv4", json!([{"name": "http", "port": 8080}]),
+                      json!([ep("10.244.0.11", ready())])),
+            ],
+            vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"],
+        ),
+        (
+            "explicit slices win over pods",
+            vec![
+                service(json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                               "ports": [{"name": "http", "port": 80, "targetPort": 9999}]})),
+                v4_slice(),
+                pod("web-9", json!({"app": "web"}), &["10.244.0.99"], true, json!({})),
+            ],
+            vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"],
+        ),
+    ];
+    for (name, objects, want) in cases {
+        let (table, warnings) = run(objects);
+        assert_eq!(summary(&table), want, "{name}");
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+    }
+}
+
+#[test]
+fn services_that_are_skipped() {
+    let ports = json!([{"port": 80}]);
+    let cases: Vec<(&str, Object)> = vec![
+        ("clusterIP None", service(json!({"clusterIP": "None", "ports": ports}))),
+        (
+            "headless label",
+            service_with(
+                json!({"name": "web", "namespace": "default",
+                       "labels": {"service.kubernetes.io/headless": ""}}),
+                json!({"clusterIP": "10.96.0.10", "ports": ports}),
+            ),
+        ),
+        (
+            "service-proxy-name label",
+            service_with(
+                json!({"name": "web", "namespace": "default",
+                       "labels": {"service.kubernetes.io/service-proxy-name": "other"}}),
+                json!({"clusterIP": "10.96.0.10", "ports": ports}),
+            ),
+        ),
+        (
+            "ExternalName",
+            service(json!({"type": "ExternalName", "externalName": "example.invalid", "ports": ports})),
+        ),
+    ];
+    for (name, object) in cases {
+        let (table, warnings) = run(vec![object]);
+        assert!(table.is_empty(), "{name}: {:?}", summary(&table));
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+    }
+}
+
+#[test]
+fn unsupported_and_invalid_services_warn() {
+    let cases: Vec<(&str, Object, Vec<&str>, &str)> = vec![
+        (
+            "SCTP port skipped, TCP kept",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [
+                {"name": "a", "port": 80}, {"name": "b", "port": 9, "protocol": "SCTP"}]})),
+            vec!["10.96.0.10:80/TCP -> "],
+            "protocol SCTP is not supported",
+        ),
+        (
+            "port out of range",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 70000}]})),
+            vec![],
+            "spec.ports[0].port: 70000 is out of range 1-65535",
+        ),
+        (
+            "port zero",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 0}]})),
+            vec![],
+            "spec.ports[0].port: 0 is out of range",
+        ),
+        (
+            "bad cluster IP",
+            service(json!({"clusterIP": "10.96.0.300", "ports": [{"port": 80}]})),
+            vec![],
+            "spec.clusterIP: \"10.96.0.300\" is not a valid IP address",
+        ),
+        (
+            "duplicate port names",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [
+                {"name": "a", "port": 80}, {"name": "a", "port": 81}]})),
+            vec![],
+            "spec.ports[1].name: duplicate port name \"a\"",
+        ),
+        (
+            "unknown protocol",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "QUIC"}]})),
+            vec![],
+            "spec.ports[0].protocol: unknown protocol \"QUIC\"",
+        ),
+        (
+            "no cluster IP",
+            service(json!({"ports": [{"port": 80}]})),
+            vec![],
+            "has no clusterIP",
+        ),
+        (
+            "unknown algorithm falls back to random",
+            service_with(
+                json!({"name": "web", "namespace": "default",
+                       "annotations": {"switchyard.io/lb-algorithm": "fastest"}}),
+                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+            ),
+            vec!["10.96.0.10:80/TCP -> "],
+            "unknown algorithm \"fastest\"",
+        ),
+    ];
+    for (name, object, want, message) in cases {
+        let (table, warnings) = run(vec![object]);
+        assert_eq!(summary(&table), want, "{name}");
+        assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+        let text = warnings[0].to_string();
+        assert!(text.starts_with("service default/web: "), "{name}: {text}");
+        assert!(text.contains(message), "{name}: {text}");
+    }
+}
+
+#[test]
+fn endpoint_conditions() {
+    let with = |conditions: Vec<Value>| {
+        let endpoints: Vec<Value> = conditions
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ep(&format!("10.244.0.{}", 11 + i), c))
+            .collect();
+        vec![
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
+            slice("web-a", "IPv4", json!([{"port": 8080}]), Value::Array(endpoints)),
+        ]
+    };
+    let terminating = json!({"ready": false, "serving": true, "terminating": true});
+    let not_serving = json!({"ready": false, "serving": false, "terminating": true});
+    let not_ready = json!({"ready": false, "serving": false, "terminating": false});
+    let cases: Vec<(&str, Vec<Value>, &str)> = vec![
+        ("ready only", vec![ready(), not_ready.clone()], "10.244.0.11:8080"),
+        ("unset conditions mean ready", vec![json!({}), not_ready.clone()], "10.244.0.11:8080"),
+        (
+            "ready wins over terminating",
+            vec![terminating.clone(), ready()],
+            "10.244.0.12:8080",
+        ),
+        (
+            "no ready: serving-and-terminating fallback",
+            vec![terminating.clone(), not_serving.clone(), terminating.clone()],
+            "10.244.0.11:8080(t),10.244.0.13:8080(t)",
+        ),
+        ("no ready, none serving: empty", vec![not_serving, not_ready], ""),
+    ];
+    for (name, conditions, want) in cases {
+        let (table, _) = run(with(conditions));
+        assert_eq!(summary(&table), vec![format!("10.96.0.10:80/TCP -> {want}")], "{name}");
+    }
+}
+
+#[test]
+fn label_selection_derives_endpoints_from_pods() {
+    let named_port = |name: &str, number: i32| {
+        json!({"spec": {"containers": [{"name": "app", "ports": [
+            {"name": name, "containerPort": number}]}]}})
+    };
+    let deleting = json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}});
+    let web = json!({"app": "web"});
+    let cases: Vec<(&str, Value, Vec<Object>, &str)> = vec![
+        (
+            "selector picks matching ready pods with an IP",
+            basic_spec(),
+            vec![
+                pod("web-0", web.clone(), &["10.244.0.10"], true, json!({})),
+                pod("web-1", web.clone(), &["10.244.0.11"], true, json!({})),
+                pod("other", json!({"app": "db"}), &["10.244.0.12"], true, json!({})),
+                pod("no-ip", web.clone(), &[], true, json!({})),
+                pod("done", web.clone(), &["10.244.0.13"], true, json!({"status": {"phase": "Succeeded"}})),
+            ],
+            "10.244.0.10:8080,10.244.0.11:8080",
+        ),
+        (
+            "a pod in another namespace is not selected",
+            basic_spec(),
+            vec![pod("web-0", web.clone(), &["10.244.0.10"], true,
+                     json!({"metadata": {"namespace": "other"}}))],
+            "",
+        ),
+        (
+            "not-ready pods are left out",
+            basic_spec(),
+            vec![
+                pod("web-0", web.clone(), &["10.244.0.10"], false, json!({})),
+                pod("web-1", web.clone(), &["10.244.0.11"], true, json!({})),
+            ],
+            "10.244.0.11:8080",
+        ),
+        (
+            "publishNotReadyAddresses uses not-ready pods",
+            json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                   "publishNotReadyAddresses": true, "ports": [{"port": 80, "targetPort": 8080}]}),
+            vec![pod("web-0", web.clone(), &["10.244.0.10"], false, json!({}))],
+            "10.244.0.10:8080",
+        ),
+        (
+            "deleting pods are the terminating fallback",
+            basic_spec(),
+            vec![
+                pod("web-0", web.clone(), &["10.244.0.10"], true, deleting.clone()),
+                pod("web-1", web.clone(), &["10.244.0.11"], false, deleting.clone()),
+            ],
+            "10.244.0.10:8080(t)",
+        ),
+        (
+            "a ready pod wins over a deleting one",
+            basic_spec(),
+            vec![
+                pod("web-0", web.clone(), &["10.244.0.10"], true, deleting),
+                pod("web-1", web.clone(), &["10.244.0.11"], true, json!({})),
+            ],
+            "10.244.0.11:8080",
+        ),
+        (
+            "targetPort unset means the Service port",
+            json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+            vec![pod("web-0", web.clone(), &["10.244.0.10"], true, json!({}))],
+            "10.244.0.10:80",
+        ),
+        (
+            "named targetPort resolved per pod; a pod without the name is left out",
+            json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                   "ports": [{"port": 80, "targetPort": "http"}]}),
+            vec![
+                pod("web-0", web.clone(), &["10.244.0.10"], true, named_port("http", 8080)),
+                pod("web-1", web.clone(), &["10.244.0.11"], true, named_port("http", 8081)),
+                pod("web-2", web.clone(), &["10.244.0.12"], true, named_port("admin", 9000)),
+            ],
+            "10.244.0.10:8080,10.244.0.11:8081",
+        ),
+        (
+            "a Service without a selector derives nothing",
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+            vec![pod("web-0", web, &["10.244.0.10"], true, json!({}))],
+            "",
+        ),
+    ];
+    for (name, spec, pods, want) in cases {
+        let mut objects = vec![service(spec)];
+        objects.extend(pods);
+        let (table, warnings) = run(objects);
+        assert_eq!(summary(&table), vec![format!("10.96.0.10:80/TCP -> {want}")], "{name}");
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+    }
+}
+
+#[test]
+fn derived_endpoints_carry_node_and_zone() {
+    let (table, _) = run(vec![
+        service(basic_spec()),
+        node("node-a", "zone-1"),
+        pod("web-0", json!({"app": "web"}), &["10.244.0.10", "fd00:244::10"], true, json!({})),
+    ]);
+    let entry = table.entries().next().expect("one frontend");
+    assert_eq!(entry.backends.len(), 1, "only the IPv4 address for an IPv4 VIP");
+    assert_eq!(entry.backends[0].node.as_deref(), Some("node-a"));
+    assert_eq!(entry.backends[0].zone.as_deref(), Some("zone-1"));
+}
+
+#[test]
+fn affinity_algorithm_and_traffic_policy() {
+    let meta = |annotation: Option<&str>| match annotation {
+        Some(a) => json!({"name": "web", "namespace": "default",
+                          "annotations": {"switchyard.io/lb-algorithm": a}}),
+        None => json!({"name": "web", "namespace": "default"}),
+    };
+    let spec = |extra: Value| {
+        let mut s = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
+        merge(&mut s, extra);
+        s
+    };
+    let endpoints = || {
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([
+                ep("10.244.0.11", ready()),
+                {"addresses": ["10.244.1.11"], "nodeName": "node-b"},
+                {"addresses": ["10.244.0.12"], "nodeName": "node-a",
+                 "conditions": {"ready": false, "serving": true, "terminating": true}},
+            ]),
+        )
+    };
+    struct Case {
+        name: &'static str,
+        annotation: Option<&'static str>,
+        spec: Value,
+        with_endpoints: bool,
+        affinity: Option<Duration>,
+        algorithm: Algorithm,
+        on_empty: EmptyAction,
+        backends: &'static str,
+    }
+    let cases = vec![
+        Case {
+            name: "defaults",
+            annotation: None,
+            spec: spec(json!({})),
+            with_endpoints: true,
+            affinity: None,
+            algorithm: Algorithm::Random,
+            on_empty: EmptyAction::Reject,
+            backends: "10.244.0.11:8080,10.244.1.11:8080",
+        },
+        Case {
+            name: "ClientIP with the default timeout",
+            annotation: None,
+            spec: spec(json!({"sessionAffinity": "ClientIP"})),
+            with_endpoints: true,
+            affinity: Some(Duration::from_secs(10_800)),
+            algorithm: Algorithm::Random,
+            on_empty: EmptyAction::Reject,
+            backends: "10.244.0.11:8080,10.244.1.11:8080",
+        },
+        Case {
+            name: "ClientIP with timeoutSeconds",
+            annotation: None,
+            spec: spec(json!({"sessionAffinity": "ClientIP",
+                              "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}})),
+            with_endpoints: true,
+            affinity: Some(Duration::from_secs(60)),
+            algorithm: Algorithm::Random,
+            on_empty: EmptyAction::Reject,
+            backends: "10.244.0.11:8080,10.244.1.11:8080",
+        },
+        Case {
+            name: "round robin annotation",
+            annotation: Some("round-robin"),
+            spec: spec(json!({})),
+            with_endpoints: true,
+            affinity: None,
+            algorithm: Algorithm::RoundRobin,
+            on_empty: EmptyAction::Reject,
+            backends: "10.244.0.11:8080,10.244.1.11:8080",
+        },
+        Case {
+            name: "least connections annotation",
+            annotation: Some("least-connections"),
+            spec: spec(json!({})),
+            with_endpoints: true,
+            affinity: None,
+            algorithm: Algorithm::LeastConnections,
+            on_empty: EmptyAction::Reject,
+            backends: "10.244.0.11:8080,10.244.1.11:8080",
+        },
+        Case {
+            name: "internalTrafficPolicy Local keeps this node's endpoints",
+            annotation: None,
+            spec: spec(json!({"internalTrafficPolicy": "Local"})),
+            with_endpoints: true,
+            affinity: None,
+            algorithm: Algorithm::Random,
+            on_empty: EmptyAction::Drop,
+            backends: "10.244.0.11:8080",
+        },
+        Case {
+            name: "internalTrafficPolicy Local with no local endpoint drops",
+            annotation: None,
+            spec: spec(json!({"internalTrafficPolicy": "Local"})),
+            with_endpoints: false,
+            affinity: None,
+            algorithm: Algorithm::Random,
+            on_empty: EmptyAction::Drop,
+            backends: "",
+        },
+    ];
+    for case in cases {
+        let mut objects = vec![service_with(meta(case.annotation), case.spec)];
+        if case.with_endpoints {
+            objects.push(endpoints());
+        }
+        let (table, warnings) = run(objects);
+        let entry = table.entries().next().expect("one frontend");
+        assert_eq!(entry.affinity, case.affinity, "{}", case.name);
+        assert_eq!(entry.algorithm, case.algorithm, "{}", case.name);
+        assert_eq!(entry.on_empty, case.on_empty, "{}", case.name);
+        assert_eq!(
+            summary(&table),
+            vec![format!("10.96.0.10:80/TCP -> {}", case.backends)],
+            "{}",
+            case.name
+        );
+        assert!(warnings.is_empty(), "{}: {warnings:?}", case.name);
+    }
+}
+
+#[test]
+fn local_policy_falls_back_to_local_terminating() {
+    let (table, _) = run(vec![
+        service(json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
+                       "ports": [{"port": 80}]})),
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([
+                {"addresses": ["10.244.1.11"], "nodeName": "node-b"},
+                {"addresses": ["10.244.0.12"], "nodeName": "node-a",
+                 "conditions": {"ready": false, "serving": true, "terminating": true}},
+            ]),
+        ),
+    ]);
+    assert_eq!(summary(&table), vec!["10.96.0.10:80/TCP -> 10.244.0.12:8080(t)"]);
+}
+
+#[test]
+fn invalid_slices_are_skipped_alone() {
+    let (table, warnings) = run(vec![
+        service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
+        slice("good", "IPv4", json!([{"port": 8080}]), json!([ep("10.244.0.11", ready())])),
+        slice("bad", "IPv4", json!([{"port": 8080}]), json!([ep("fd00::1", ready())])),
+    ]);
+    assert_eq!(summary(&table), vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080"]);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].kind, "EndpointSlice");
+    assert!(warnings[0].to_string().contains("endpoints[0].addresses[0]"), "{}", warnings[0]);
+}
+
+#[test]
+fn two_services_claiming_one_frontend() {
+    let (table, warnings) = run(vec![
+        service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
+        service_with(
+            json!({"name": "zzz", "namespace": "default"}),
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+        ),
+    ]);
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.entries().next().map(|e| e.service.name.as_str()), Some("web"));
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].to_string().contains("already served by service default/web"));
+}
+
+#[test]
+fn store_reports_affected_services() {
+    let mut store = Store::new();
+    store.upsert(service(basic_spec()));
+    store.upsert(service_with(
+        json!({"name": "db", "namespace": "default"}),
+        json!({"clusterIP": "10.96.0.11", "selector": {"app": "db"}, "ports": [{"port": 5432}]}),
+    ));
+    let web = ObjectKey::new("default", "web");
+    let db = ObjectKey::new("default", "db");
+
+    let (affected, counts) = store.upsert(pod("p", json!({"app": "web"}), &["10.244.0.10"], true, json!({})));
+    assert_eq!(affected.services.iter().collect::<Vec<_>>(), vec![&web]);
+    assert_eq!(counts.endpoints, 1);
+    // Relabelled from web to db: both Services see the change.
+    let (affected, _) = store.upsert(pod("p", json!({"app": "db"}), &["10.244.0.10"], true, json!({})));
+    assert_eq!(affected.services.len(), 2);
+    let (affected, _) = store.delete(crate::store::Kind::Pod, &ObjectKey::new("default", "p"));
+    assert_eq!(affected.services.iter().collect::<Vec<_>>(), vec![&db]);
+    let (affected, _) = store.upsert(slice("s", "IPv4", json!([]), json!([])));
+    assert_eq!(affected.services.iter().collect::<Vec<_>>(), vec![&web]);
+    let (affected, _) = store.upsert(node("node-a", "z"));
+    assert!(affected.all);
+}
