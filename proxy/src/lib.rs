@@ -1,1 +1,405 @@
-//! placeholder
+//! switchyard's userspace L4 data path.
+//!
+//! This crate owns the frontend sockets (TCP listeners and UDP sockets on
+//! Service VIPs and ports), the choice of a backend for every new TCP
+//! connection or UDP flow (random, round robin, least connections, `ClientIP`
+//! affinity), the relaying of bytes and datagrams, and the per-backend
+//! counters behind [`Proxy::status`].
+//!
+//! It never speaks to Kubernetes, never decides which endpoints are usable
+//! (the controller hands it the backends to use), never adds addresses to
+//! interfaces and never touches packet filters or routes. It only ever binds
+//! the frontends it is given, with `IP_FREEBIND` so that the controller may
+//! add the VIP to `lo` after asking for the frontend.
+//!
+//! Updates never disturb other frontends or open connections: a backend set
+//! is published as an immutable snapshot, read without a lock by new
+//! connections; connections that already chose a backend keep it until they end.
+
+#![forbid(unsafe_code)]
+
+mod balance;
+mod socket;
+mod spec;
+mod stats;
+mod tcp;
+mod udp;
+
+#[cfg(test)]
+mod testing;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::balance::Balancer;
+
+pub use crate::spec::{Algorithm, BackendSpec, EmptyAction, Proto, ProxyConfig, ServiceSpec};
+pub use crate::stats::{BackendStatus, FrontendStatus};
+
+/// Why a frontend could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The frontend socket could not be created or bound. The frontend stays
+    /// registered (not listening); the next `upsert` tries to bind again.
+    #[error("{proto} frontend {frontend}: cannot bind: {source}")]
+    Bind {
+        frontend: SocketAddr,
+        proto: Proto,
+        source: io::Error,
+    },
+    /// Port 0 would bind an ephemeral port, never the Service port.
+    #[error("{proto} frontend {frontend}: port 0 is not a frontend port")]
+    InvalidFrontend { frontend: SocketAddr, proto: Proto },
+    /// [`Proxy::shutdown`] was called; no frontend is served any more.
+    #[error("{proto} frontend {frontend}: the proxy is shut down")]
+    ShutDown { frontend: SocketAddr, proto: Proto },
+}
+
+/// The data path. Cheap to clone and share: every method takes `&self`.
+///
+/// Must be used inside a tokio runtime. Dropping the last handle stops every
+/// listener (open TCP connections still finish); call [`Proxy::shutdown`] to
+/// wait for them.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<ProxyConfig>,
+    /// Serializes `upsert`, `remove` and `shutdown`, which await socket
+    /// closes; holds whether the proxy is shut down.
+    control: tokio::sync::Mutex<bool>,
+    frontends: RwLock<BTreeMap<(SocketAddr, Proto), Arc<Frontend>>>,
+    /// Every TCP connection task, for `shutdown`.
+    connections: TaskTracker,
+    /// Parent of every frontend's token: fires when the last `Proxy` is dropped.
+    root: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Frontend {
+    addr: SocketAddr,
+    proto: Proto,
+    balancer: Arc<Balancer>,
+    /// The task holding the socket, if any. Changed only under `Inner::control`.
+    serving: Mutex<Option<Serving>>,
+}
+
+#[derive(Debug)]
+struct Serving {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Frontend {
+    fn listening(&self) -> bool {
+        self.serving
+            .lock()
+            .as_ref()
+            .is_some_and(|s| !s.task.is_finished())
+    }
+
+    /// Binds the socket and starts serving, unless it already does.
+    fn start(
+        &self,
+        config: &Arc<ProxyConfig>,
+        connections: &TaskTracker,
+        root: &CancellationToken,
+    ) -> Result<(), ProxyError> {
+        let mut serving = self.serving.lock();
+        if serving.as_ref().is_some_and(|s| !s.task.is_finished()) {
+            return Ok(());
+        }
+        let bind_error = |source| {
+            warn!(frontend = %self.addr, proto = %self.proto, error = %source, "cannot bind frontend");
+            ProxyError::Bind {
+                frontend: self.addr,
+                proto: self.proto,
+                source,
+            }
+        };
+        let cancel = root.child_token();
+        let balancer = Arc::clone(&self.balancer);
+        let task = match self.proto {
+            Proto::Tcp => {
+                let listener =
+                    socket::tcp_listener(self.addr, config.tcp_backlog).map_err(bind_error)?;
+                tokio::spawn(tcp::serve(
+                    listener,
+                    self.addr,
+                    balancer,
+                    Arc::clone(config),
+                    connections.clone(),
+                    cancel.clone(),
+                ))
+            }
+            Proto::Udp => {
+                let socket = socket::udp_socket(self.addr).map_err(bind_error)?;
+                tokio::spawn(udp::serve(
+                    socket,
+                    self.addr,
+                    balancer,
+                    Arc::clone(config),
+                    cancel.clone(),
+                ))
+            }
+        };
+        debug!(frontend = %self.addr, proto = %self.proto, "frontend listening");
+        *serving = Some(Serving { cancel, task });
+        Ok(())
+    }
+
+    /// Closes the socket; returns once it is closed.
+    async fn stop(&self) {
+        let Some(serving) = self.serving.lock().take() else {
+            return;
+        };
+        serving.cancel.cancel();
+        if let Err(error) = serving.task.await {
+            warn!(frontend = %self.addr, proto = %self.proto, %error, "frontend task failed");
+        }
+        debug!(frontend = %self.addr, proto = %self.proto, "frontend closed");
+    }
+
+    fn status(&self) -> FrontendStatus {
+        let set = self.balancer.snapshot();
+        FrontendStatus {
+            frontend: self.addr,
+            proto: self.proto,
+            name: set.name.clone(),
+            algorithm: set.algorithm,
+            affinity: set.affinity,
+            listening: self.listening(),
+            backends: set
+                .backends
+                .iter()
+                .map(|b| b.stats.status(b.addr, b.terminating))
+                .collect(),
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig) -> Proxy {
+        Proxy {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                control: tokio::sync::Mutex::new(false),
+                frontends: RwLock::new(BTreeMap::new()),
+                connections: TaskTracker::new(),
+                root: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Creates the frontend, or updates it in place. Never disturbs other
+    /// frontends or open connections.
+    ///
+    /// With no backends and [`EmptyAction::Reject`] the socket is closed by
+    /// the time this returns; it is bound again once backends come back.
+    /// On a bind error the frontend stays registered but not listening.
+    pub async fn upsert(
+        &self,
+        frontend: SocketAddr,
+        proto: Proto,
+        spec: ServiceSpec,
+    ) -> Result<(), ProxyError> {
+        if frontend.port() == 0 {
+            return Err(ProxyError::InvalidFrontend { frontend, proto });
+        }
+        let shut_down = self.inner.control.lock().await;
+        if *shut_down {
+            return Err(ProxyError::ShutDown { frontend, proto });
+        }
+        let existing = self.inner.frontends.read().get(&(frontend, proto)).cloned();
+        let fe = existing.unwrap_or_else(|| {
+            let fe = Arc::new(Frontend {
+                addr: frontend,
+                proto,
+                balancer: Arc::new(Balancer::new()),
+                serving: Mutex::new(None),
+            });
+            self.inner
+                .frontends
+                .write()
+                .insert((frontend, proto), Arc::clone(&fe));
+            fe
+        });
+        let backends = spec.backends.len();
+        let wants_socket = !spec.backends.is_empty() || spec.on_empty == EmptyAction::Drop;
+        // Publish before binding, so the first connection already sees the backends.
+        fe.balancer.publish(spec);
+        if wants_socket {
+            fe.start(&self.inner.config, &self.inner.connections, &self.inner.root)?;
+        } else {
+            fe.stop().await;
+        }
+        debug!(%frontend, %proto, backends, listening = wants_socket, "frontend updated");
+        Ok(())
+    }
+
+    /// Stops serving the frontend: stops accepting at once (the socket is
+    /// closed when this returns); open TCP connections are left to finish.
+    /// UDP flows end with the socket.
+    pub async fn remove(&self, frontend: SocketAddr, proto: Proto) {
+        let _control = self.inner.control.lock().await;
+        let removed = self.inner.frontends.write().remove(&(frontend, proto));
+        if let Some(fe) = removed {
+            fe.stop().await;
+            debug!(%frontend, %proto, "frontend removed");
+        }
+    }
+
+    /// Live view of every frontend, ordered by address and protocol.
+    pub fn status(&self) -> Vec<FrontendStatus> {
+        self.inner
+            .frontends
+            .read()
+            .values()
+            .map(|fe| fe.status())
+            .collect()
+    }
+
+    /// Stops every listener, then waits up to `grace` for open TCP connections
+    /// to finish. Returns how many were still open (they are not cut). Later
+    /// calls to [`Proxy::upsert`] fail with [`ProxyError::ShutDown`].
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        {
+            let mut shut_down = self.inner.control.lock().await;
+            *shut_down = true;
+            let frontends = std::mem::take(&mut *self.inner.frontends.write());
+            for fe in frontends.values() {
+                fe.stop().await;
+            }
+        }
+        let connections = &self.inner.connections;
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+            info!(open = connections.len(), ?grace, "shutdown grace period over");
+        }
+        connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn proxy_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Proxy>();
+    }
+
+    #[test]
+    fn displays() {
+        assert_eq!(Proto::Tcp.to_string(), "TCP");
+        assert_eq!(Proto::Udp.to_string(), "UDP");
+        assert_eq!(Algorithm::default(), Algorithm::Random);
+        let config = ProxyConfig::default();
+        assert_eq!(config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.connect_attempts, 3);
+        assert_eq!(config.udp_idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.tcp_backlog, 4096);
+    }
+
+    #[tokio::test]
+    async fn port_zero_is_rejected() {
+        let proxy = Proxy::new(ProxyConfig::default());
+        let err = proxy
+            .upsert("127.0.0.1:0".parse().unwrap(), Proto::Tcp, service(&[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::InvalidFrontend { .. }));
+        assert!(proxy.status().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bind_error_names_the_frontend_and_is_retried() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let frontend = holder.local_addr().unwrap();
+        let backend = echo_backend("a").await;
+        let proxy = Proxy::new(ProxyConfig::default());
+
+        let err = proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Bind { .. }));
+        assert!(err.to_string().contains(&frontend.to_string()), "{err}");
+        let status = proxy.status();
+        assert_eq!(status.len(), 1);
+        assert!(!status[0].listening);
+
+        drop(holder);
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap();
+        assert!(proxy.status()[0].listening);
+        assert_eq!(round_trip(frontend, "x").await.unwrap(), "a:x");
+    }
+
+    #[tokio::test]
+    async fn upsert_after_shutdown_fails() {
+        let proxy = Proxy::new(ProxyConfig::default());
+        assert_eq!(proxy.shutdown(Duration::from_millis(10)).await, 0);
+        let err = proxy
+            .upsert(free_tcp_port("127.0.0.1"), Proto::Tcp, service(&[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::ShutDown { .. }));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_listeners_and_counts_open_connections() {
+        let backend = echo_backend("a").await;
+        let frontend = free_tcp_port("127.0.0.1");
+        let proxy = Proxy::new(ProxyConfig::default());
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap();
+        let mut open = LineClient::connect(frontend).await.unwrap();
+        assert_eq!(open.ask("hi").await.unwrap(), "a:hi");
+
+        assert_eq!(proxy.shutdown(Duration::from_millis(100)).await, 1);
+        assert!(proxy.status().is_empty());
+        assert_refused(frontend).await;
+        // The open connection was not cut.
+        assert_eq!(open.ask("still").await.unwrap(), "a:still");
+        drop(open);
+        assert_eq!(proxy.shutdown(Duration::from_secs(5)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_proxy_closes_its_sockets() {
+        let backend = echo_backend("a").await;
+        let frontend = free_tcp_port("127.0.0.1");
+        let proxy = Proxy::new(ProxyConfig::default());
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap();
+        drop(proxy);
+        eventually(|| async { std::net::TcpListener::bind(frontend).is_ok() }).await;
+    }
+}
