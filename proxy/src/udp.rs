@@ -133,8 +133,10 @@ impl Relay {
             }
         };
         // Never wait on a backend here: one slow backend must not stall the
-        // frontend. UDP may drop; so do we when a send buffer is full.
-        match flow.socket.try_send(datagram) {
+        // frontend. UDP may drop; so do we when a send buffer is full. The
+        // send is a plain syscall rather than `try_send`, which would report
+        // `WouldBlock` on a new socket until the reactor first saw it writable.
+        match socket2::SockRef::from(flow.socket.as_ref()).send(datagram) {
             Ok(n) => {
                 flow.guard.stats().add_sent(n);
                 flow.shared.last_activity.store(now_ms, Ordering::Relaxed);
@@ -286,5 +288,242 @@ struct Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::net::UdpSocket;
+
+    use super::expiry_period;
+    use crate::testing::*;
+    use crate::{BackendStatus, EmptyAction, Proto, Proxy, ProxyConfig, ServiceSpec};
+
+    async fn proxy_with(config: ProxyConfig, frontend: SocketAddr, spec: ServiceSpec) -> Proxy {
+        let proxy = Proxy::new(config);
+        proxy.upsert(frontend, Proto::Udp, spec).await.unwrap();
+        proxy
+    }
+
+    fn backend_status(proxy: &Proxy, backend: SocketAddr) -> BackendStatus {
+        proxy
+            .status()
+            .into_iter()
+            .flat_map(|f| f.backends)
+            .find(|b| b.addr == backend)
+            .expect("backend in status")
+    }
+
+    async fn client(ip: &str) -> UdpSocket {
+        UdpSocket::bind((ip, 0)).await.unwrap()
+    }
+
+    /// Sends `msg` to `to` and returns the reply and where it came from.
+    async fn ask(socket: &UdpSocket, to: SocketAddr, msg: &str) -> (String, SocketAddr) {
+        socket.send_to(msg.as_bytes(), to).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = step(socket.recv_from(&mut buf)).await.unwrap().unwrap();
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    }
+
+    /// Sends `msg` until a reply comes (the first datagrams may be lost on purpose).
+    async fn ask_until_answered(socket: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+        let mut buf = vec![0u8; 65_535];
+        for _ in 0..50 {
+            socket.send_to(msg.as_bytes(), to).await.unwrap();
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+            {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no UDP reply from {to}");
+    }
+
+    /// A connected client sees the ICMP port unreachable as a refused receive.
+    async fn assert_port_unreachable(frontend: SocketAddr) {
+        let socket = client("127.0.0.1").await;
+        socket.connect(frontend).await.unwrap();
+        socket.send(b"anyone?").await.unwrap();
+        let mut buf = [0u8; 64];
+        let err = step(socket.recv(&mut buf)).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    #[test]
+    fn expiry_period_is_bounded() {
+        assert_eq!(expiry_period(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(expiry_period(Duration::from_millis(200)), Duration::from_millis(50));
+        assert_eq!(expiry_period(Duration::ZERO), Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn replies_come_from_the_frontend_address() {
+        let a = udp_echo_backend("a").await;
+        let frontend = free_udp_port("127.0.0.4");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
+
+        let c = client("127.0.0.1").await;
+        let (reply, from) = ask(&c, frontend, "hello").await;
+        assert_eq!(reply, "a:hello");
+        assert_eq!(from, frontend);
+
+        let status = backend_status(&proxy, a);
+        assert_eq!(status.connections_total, 1);
+        assert_eq!(status.connections_active, 1);
+        assert_eq!(status.bytes_sent, 5);
+        assert_eq!(status.bytes_received, 7);
+    }
+
+    #[tokio::test]
+    async fn ipv6_frontend_round_trip() {
+        let a = udp_echo_backend("a").await;
+        let frontend = free_udp_port("::1");
+        let _proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
+        let c = client("::1").await;
+        let (reply, from) = ask(&c, frontend, "six").await;
+        assert_eq!((reply.as_str(), from), ("a:six", frontend));
+    }
+
+    #[tokio::test]
+    async fn each_client_is_a_flow_that_sticks_to_its_backend() {
+        let a = udp_echo_backend("a").await;
+        let b = udp_echo_backend("b").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a, b])).await;
+
+        let one = client("127.0.0.1").await;
+        let two = client("127.0.0.1").await;
+        assert_eq!(ask(&one, frontend, "1").await.0, "a:1");
+        assert_eq!(ask(&two, frontend, "2").await.0, "b:2");
+        // Round robin picks per flow, not per datagram.
+        assert_eq!(ask(&one, frontend, "3").await.0, "a:3");
+        assert_eq!(ask(&two, frontend, "4").await.0, "b:4");
+        assert_eq!(backend_status(&proxy, a).connections_total, 1);
+        assert_eq!(backend_status(&proxy, b).connections_total, 1);
+    }
+
+    #[tokio::test]
+    async fn flow_moves_when_its_backend_leaves() {
+        let a = udp_echo_backend("a").await;
+        let b = udp_echo_backend("b").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a, b])).await;
+
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask(&c, frontend, "x").await.0, "a:x");
+        proxy
+            .upsert(frontend, Proto::Udp, service(&[b]))
+            .await
+            .unwrap();
+        assert_eq!(ask(&c, frontend, "y").await.0, "b:y");
+        assert_eq!(backend_status(&proxy, b).connections_active, 1);
+    }
+
+    #[tokio::test]
+    async fn idle_flows_expire() {
+        let a = udp_echo_backend("a").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let config = ProxyConfig {
+            udp_idle_timeout: Duration::from_millis(200),
+            ..ProxyConfig::default()
+        };
+        let proxy = proxy_with(config, frontend, service(&[a])).await;
+
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask(&c, frontend, "x").await.0, "a:x");
+        assert_eq!(backend_status(&proxy, a).connections_active, 1);
+        eventually(|| async { backend_status(&proxy, a).connections_active == 0 }).await;
+
+        assert_eq!(ask(&c, frontend, "y").await.0, "a:y");
+        let status = backend_status(&proxy, a);
+        assert_eq!((status.connections_total, status.connections_active), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn unreachable_backend_is_replaced_for_the_next_datagram() {
+        let dead = free_udp_port("127.0.0.1");
+        let alive = udp_echo_backend("alive").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[dead, alive])).await;
+
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask_until_answered(&c, frontend, "x").await, "alive:x");
+        assert!(backend_status(&proxy, dead).connect_failures >= 1);
+        assert_eq!(backend_status(&proxy, dead).connections_active, 0);
+    }
+
+    #[tokio::test]
+    async fn reject_with_no_backends_unbinds_then_rebinds() {
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[])).await;
+        assert!(!proxy.status()[0].listening);
+        assert_port_unreachable(frontend).await;
+
+        let a = udp_echo_backend("a").await;
+        proxy
+            .upsert(frontend, Proto::Udp, service(&[a]))
+            .await
+            .unwrap();
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask(&c, frontend, "x").await.0, "a:x");
+
+        // Emptied: the socket goes away at once. Reply tasks hold it too, so
+        // an unreachable port also proves every flow is gone.
+        proxy
+            .upsert(frontend, Proto::Udp, service(&[]))
+            .await
+            .unwrap();
+        assert_port_unreachable(frontend).await;
+    }
+
+    #[tokio::test]
+    async fn drop_with_no_backends_discards_silently() {
+        let frontend = free_udp_port("127.0.0.1");
+        let mut spec = service(&[]);
+        spec.on_empty = EmptyAction::Drop;
+        let proxy = proxy_with(ProxyConfig::default(), frontend, spec).await;
+        assert!(proxy.status()[0].listening);
+
+        let c = client("127.0.0.1").await;
+        c.connect(frontend).await.unwrap();
+        c.send(b"void").await.unwrap();
+        let mut buf = [0u8; 64];
+        // Neither a reply nor an ICMP error arrives.
+        let outcome = tokio::time::timeout(Duration::from_millis(200), c.recv(&mut buf)).await;
+        assert!(outcome.is_err(), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn remove_frees_the_port() {
+        let a = udp_echo_backend("a").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask(&c, frontend, "x").await.0, "a:x");
+
+        proxy.remove(frontend, Proto::Udp).await;
+        assert_port_unreachable(frontend).await;
+        assert!(proxy.status().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tcp_and_udp_share_a_port() {
+        let tcp = echo_backend("t").await;
+        let udp = udp_echo_backend("u").await;
+        let frontend = free_udp_port("127.0.0.1");
+        let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[udp])).await;
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[tcp]))
+            .await
+            .unwrap();
+        let c = client("127.0.0.1").await;
+        assert_eq!(ask(&c, frontend, "d").await.0, "u:d");
+        assert_eq!(round_trip(frontend, "s").await.unwrap(), "t:s");
+        let protos: Vec<_> = proxy.status().iter().map(|s| s.proto).collect();
+        assert_eq!(protos, [Proto::Tcp, Proto::Udp]);
     }
 }
