@@ -1,0 +1,149 @@
+//! The command line: `switchyard run` (the daemon) and `switchyard services` (what a running
+//! daemon has programmed). Flags keep kube-proxy's names where kube-proxy has the same flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::daemon::DaemonConfig;
+use crate::datapath::userspace::UserspaceConfig;
+
+/// switchyard: a Kubernetes service proxy (a kube-proxy replacement).
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon.
+    Run(Box<RunArgs>),
+    /// Show the frontends, backends and connection counts of a running daemon.
+    Services(ServicesArgs),
+}
+
+/// How switchyard serves Service traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// A userspace L4 proxy: each VIP is added to a local interface and each VIP:port bound.
+    Userspace,
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (write e.g. 500ms, 30s, 5m)"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Folder of Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML) to serve;
+    /// watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+
+    /// This node's name, as in its Node object (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub hostname_override: Option<String>,
+
+    /// Which datapath serves Service traffic.
+    #[arg(long, value_enum, default_value = "userspace")]
+    pub proxy_mode: ProxyMode,
+
+    /// Address of /metrics, /services and /proxyMode.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+
+    /// Address of /healthz and /livez.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+
+    /// How often the datapath is checked against the wanted state and repaired; /healthz fails
+    /// when no sync happened within twice this period.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub sync_period: Duration,
+
+    /// How long open connections may drain after SIGTERM before switchyard exits.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub shutdown_grace_period: Duration,
+
+    /// Interface that holds the Service VIPs in userspace mode.
+    #[arg(long, default_value = "lo", value_name = "IFACE")]
+    pub vip_interface: String,
+
+    /// Timeout of a TCP connect to a backend; a failed connect is retried on another backend.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub backend_connect_timeout: Duration,
+
+    /// How many backends one TCP connection tries before it is reset.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backend_connect_attempts: u16,
+
+    /// A UDP flow without traffic for this long is forgotten.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub udp_idle_timeout: Duration,
+
+    /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (RUST_LOG overrides).
+    #[arg(long = "v", default_value_t = 0, value_name = "LEVEL")]
+    pub verbosity: u8,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How `switchyard services` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    /// The daemon's metrics address.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_address: SocketAddr,
+
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+impl RunArgs {
+    /// The daemon's configuration from the flags.
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let node_name = self.hostname_override.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_owned())
+        });
+        DaemonConfig {
+            node_name: node_name.trim().to_ascii_lowercase(),
+            manifests: self.manifests.clone(),
+            metrics_bind_address: self.metrics_bind_address,
+            healthz_bind_address: self.healthz_bind_address,
+            sync_period: self.sync_period,
+            shutdown_grace: self.shutdown_grace_period,
+            userspace: UserspaceConfig {
+                vip_interface: self.vip_interface.clone(),
+                proxy: switchyard_proxy::ProxyConfig {
+                    connect_timeout: self.backend_connect_timeout,
+                    connect_attempts: usize::from(self.backend_connect_attempts),
+                    udp_idle_timeout: self.udp_idle_timeout,
+                    ..switchyard_proxy::ProxyConfig::default()
+                },
+            },
+        }
+    }
+}

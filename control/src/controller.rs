@@ -1,0 +1,288 @@
+//! The reconcile loop: source events go into the store; the Services they affect are
+//! recomputed by the model; the difference is applied to the datapath. A periodic sync checks
+//! the datapath against the whole table and repairs drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::datapath::Datapath;
+use crate::diff::TableDiff;
+use crate::metrics::Metrics;
+use crate::model::{Frontend, NodeContext, ServiceTable, compute_service};
+use crate::source::SourceEvent;
+use crate::store::{Affected, ObjectKey, Store};
+
+/// Configuration of the reconcile loop.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub node: NodeContext,
+    /// How often the datapath is checked against the whole table (kube-proxy's sync period).
+    pub sync_period: Duration,
+    /// How long open connections may drain at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// When the datapath was last synced, for `/healthz`.
+#[derive(Debug)]
+pub struct Health {
+    last_sync_ms: AtomicU64,
+    sync_period: Duration,
+}
+
+impl Health {
+    pub fn new(sync_period: Duration) -> Health {
+        Health {
+            last_sync_ms: AtomicU64::new(0),
+            sync_period,
+        }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn mark_synced(&self) {
+        self.last_sync_ms.store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    /// The last sync, if any.
+    pub fn last_sync(&self) -> Option<SystemTime> {
+        match self.last_sync_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Healthy when the datapath was synced within twice the sync period, as kube-proxy's
+    /// `/healthz` judges it.
+    pub fn is_healthy(&self) -> bool {
+        self.last_sync()
+            .and_then(|t| SystemTime::now().duration_since(t).ok().or(Some(Duration::ZERO)))
+            .is_some_and(|age| age < self.sync_period * 2)
+    }
+}
+
+/// The controller's state: the store, the applied table and the datapath.
+pub struct Controller<D: Datapath> {
+    config: ControllerConfig,
+    store: Store,
+    table: ServiceTable,
+    frontends_of: BTreeMap<ObjectKey, Vec<Frontend>>,
+    warned: BTreeMap<ObjectKey, BTreeSet<String>>,
+    datapath: D,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    synced: bool,
+    pending: Affected,
+    pending_since: Option<Instant>,
+}
+
+impl<D: Datapath> Controller<D> {
+    pub fn new(config: ControllerConfig, datapath: D, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        Controller {
+            config,
+            store: Store::new(),
+            table: ServiceTable::new(),
+            frontends_of: BTreeMap::new(),
+            warned: BTreeMap::new(),
+            datapath,
+            metrics,
+            health,
+            synced: false,
+            pending: Affected::default(),
+            pending_since: None,
+        }
+    }
+
+    /// Runs until `cancel`, then shuts the datapath down (drain, remove what was added).
+    pub async fn run(mut self, mut events: mpsc::Receiver<SourceEvent>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.sync_period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event);
+                    // Take everything already queued, so a burst is one sync.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event);
+                    }
+                    if self.synced && !self.pending.is_empty() {
+                        self.sync_changes().await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.synced {
+                        self.full_sync().await;
+                    }
+                }
+            }
+        }
+        tracing::info!(grace = ?self.config.shutdown_grace, "stopping: draining open connections");
+        self.datapath.shutdown(self.config.shutdown_grace).await;
+    }
+
+    fn handle(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Changes {
+                upserts,
+                deletes,
+                observed,
+            } => {
+                for object in upserts {
+                    let (affected, counts) = self.store.upsert(object);
+                    self.pending.merge(affected);
+                    self.metrics.service_changes.inc_by(counts.services);
+                    self.metrics.endpoint_changes.inc_by(counts.endpoints);
+                }
+                for (kind, key) in deletes {
+                    let (affected, counts) = self.store.delete(kind, &key);
+                    self.pending.merge(affected);
+                    self.metrics.service_changes.inc_by(counts.services);
+                    self.metrics.endpoint_changes.inc_by(counts.endpoints);
+                }
+                self.pending_since = Some(self.pending_since.map_or(observed, |t| t.min(observed)));
+            }
+            SourceEvent::Synced => {
+                if !self.synced {
+                    // The first view is programmed in one pass, complete.
+                    self.synced = true;
+                    self.pending.all = true;
+                    tracing::info!(services = self.store.services_len(), "initial state received");
+                }
+            }
+        }
+    }
+
+    /// Recomputes the Services the pending changes affect and applies the difference.
+    async fn sync_changes(&mut self) {
+        let started = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        let keys: BTreeSet<ObjectKey> = if pending.all {
+            self.store
+                .service_keys()
+                .cloned()
+                .chain(self.frontends_of.keys().cloned())
+                .collect()
+        } else {
+            pending.services
+        };
+        let mut diff = TableDiff::default();
+        for key in &keys {
+            self.recompute(key, &mut diff);
+        }
+        self.apply(&diff).await;
+        let took = started.elapsed();
+        self.metrics.observe_sync(took);
+        if let Some(since) = self.pending_since.take() {
+            if !diff.is_empty() {
+                self.metrics.network_programming.observe(since.elapsed().as_secs_f64());
+            }
+        }
+        self.health.mark_synced();
+        if !diff.is_empty() {
+            tracing::debug!(
+                services = keys.len(),
+                added = diff.added.len(),
+                changed = diff.changed.len(),
+                removed = diff.removed.len(),
+                ?took,
+                "datapath programmed"
+            );
+        }
+    }
+
+    async fn apply(&mut self, diff: &TableDiff) {
+        if diff.is_empty() {
+            return;
+        }
+        let applied = self.datapath.apply(diff).await;
+        for (frontend, error) in &applied.failed {
+            tracing::error!(%frontend, %error, "cannot program frontend; retrying at the next sync");
+            self.metrics.datapath_errors.inc();
+        }
+        self.metrics.services.set(i64::try_from(self.frontends_of.len()).unwrap_or(i64::MAX));
+        self.metrics.frontends.set(i64::try_from(self.table.len()).unwrap_or(i64::MAX));
+    }
+
+    /// The periodic sync: apply anything pending, then check the datapath against the table.
+    async fn full_sync(&mut self) {
+        if !self.pending.is_empty() {
+            self.sync_changes().await;
+        }
+        let started = Instant::now();
+        let drift = self.datapath.verify(&self.table).await;
+        for repair in &drift.repaired {
+            tracing::warn!(datapath = self.datapath.name(), "repaired drift: {repair}");
+            self.metrics.repairs.inc();
+        }
+        self.metrics.observe_sync(started.elapsed());
+        self.health.mark_synced();
+    }
+
+    /// Recomputes one Service into the table, adding what changed to `diff`.
+    fn recompute(&mut self, key: &ObjectKey, diff: &mut TableDiff) {
+        let outcome = compute_service(&self.store, key, &self.config.node);
+        let mut warnings = outcome.warnings;
+        let old: Vec<Frontend> = self.frontends_of.remove(key).unwrap_or_default();
+        let mut new = Vec::new();
+        for entry in outcome.entries {
+            if let Some(owner) = self.table.get(&entry.frontend).map(|e| &e.service) {
+                if owner != key {
+                    warnings.push(crate::model::Warning {
+                        kind: "Service",
+                        object: key.clone(),
+                        message: format!(
+                            "frontend {} is already served by service {owner}; skipped",
+                            entry.frontend
+                        ),
+                        invalid: true,
+                    });
+                    continue;
+                }
+            }
+            new.push(entry.frontend);
+            diff.push(self.table.get(&entry.frontend), Some(entry.clone()));
+            self.table.insert(entry);
+        }
+        for frontend in old.iter().filter(|f| !new.contains(f)) {
+            diff.push(self.table.get(frontend), None);
+            self.table.remove(frontend);
+        }
+        if !new.is_empty() {
+            self.frontends_of.insert(key.clone(), new);
+        }
+        self.report(key, &warnings);
+    }
+
+    /// Logs each warning once: when it first appears for the Service, not at every recompute.
+    fn report(&mut self, key: &ObjectKey, warnings: &[crate::model::Warning]) {
+        let now: BTreeSet<String> = warnings.iter().map(ToString::to_string).collect();
+        let before = self.warned.remove(key).unwrap_or_default();
+        for warning in warnings {
+            let text = warning.to_string();
+            if before.contains(&text) {
+                continue;
+            }
+            tracing::warn!("skipped: {text}");
+            if warning.invalid {
+                self.metrics.invalid_object(warning.kind);
+            } else {
+                self.metrics.unsupported.with_label_values(&[warning.kind]).inc();
+            }
+        }
+        if !now.is_empty() {
+            self.warned.insert(key.clone(), now);
+        }
+    }
+}

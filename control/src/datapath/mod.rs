@@ -1,0 +1,70 @@
+//! Datapaths: where a [`TableDiff`] becomes kernel or proxy state. Each adapter turns the diff
+//! into calls of a lower crate's plain API (`switchyard-proxy` for userspace).
+
+pub mod userspace;
+pub mod vip;
+
+use std::future::Future;
+
+use crate::diff::TableDiff;
+use crate::model::{Frontend, ServiceTable};
+
+/// What an apply did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Frontends programmed (added, changed or removed).
+    pub programmed: usize,
+    /// Frontends that could not be programmed, with why; retried at the next sync.
+    pub failed: Vec<(Frontend, String)>,
+}
+
+/// Differences found between the wanted state and the datapath's, and repaired.
+#[derive(Debug, Default)]
+pub struct Drift {
+    pub repaired: Vec<String>,
+}
+
+/// A datapath that the controller programs with diffs.
+pub trait Datapath: Send + 'static {
+    /// The name in logs and `/proxyMode`.
+    fn name(&self) -> &'static str;
+
+    /// Programs a diff. Make-before-break: what is added is ready before what is removed goes.
+    fn apply(&mut self, diff: &TableDiff) -> impl Future<Output = Applied> + Send;
+
+    /// Compares the datapath's state with the wanted table and repairs any difference with the
+    /// smallest change.
+    fn verify(&mut self, want: &ServiceTable) -> impl Future<Output = Drift> + Send;
+
+    /// Stops serving: stops accepting, drains open connections for up to `grace`, removes what
+    /// the datapath added to the node.
+    fn shutdown(&mut self, grace: std::time::Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The live state of one frontend, for `/services`, `switchyard services` and metrics.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FrontendView {
+    /// `10.96.0.10:80/TCP`
+    pub frontend: String,
+    /// `namespace/name:port`
+    pub service: String,
+    pub algorithm: String,
+    pub affinity_seconds: Option<u64>,
+    /// Whether the frontend is accepting (false while it refuses for lack of backends).
+    pub listening: bool,
+    pub backends: Vec<BackendView>,
+}
+
+/// The live state of one backend of a frontend.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackendView {
+    /// `10.244.0.11:8080`
+    pub backend: String,
+    /// `active` or `terminating`
+    pub state: String,
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub connect_failures: u64,
+}

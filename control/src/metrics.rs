@@ -1,0 +1,284 @@
+//! Prometheus metrics: kube-proxy's names where they apply, so existing dashboards keep
+//! working, and switchyard's own per-service and per-backend counters, read from the datapath
+//! at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::datapath::FrontendView;
+
+/// Every metric the controller updates.
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Histogram,
+    pub sync_last_timestamp: prometheus::Gauge,
+    pub network_programming: Histogram,
+    pub service_changes: IntCounter,
+    pub endpoint_changes: IntCounter,
+    pub invalid_objects: IntCounterVec,
+    pub unsupported: IntCounterVec,
+    pub datapath_errors: IntCounter,
+    pub repairs: IntCounter,
+    pub services: IntGauge,
+    pub frontends: IntGauge,
+}
+
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, count).expect("constant bucket layout is valid")
+}
+
+impl Metrics {
+    /// Creates and registers every metric. `views` gives the datapath's live per-frontend state
+    /// at scrape time.
+    pub fn new(views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>) -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            sync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kubeproxy_sync_proxy_rules_duration_seconds",
+                    "SyncProxyRules latency in seconds",
+                )
+                .buckets(exponential(0.000_1, 2.0, 18)),
+            )
+            .expect("valid metric"),
+            sync_last_timestamp: prometheus::Gauge::new(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+            )
+            .expect("valid metric"),
+            network_programming: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kubeproxy_network_programming_duration_seconds",
+                    "In Cluster Network Programming Latency in seconds",
+                )
+                .buckets(exponential(0.001, 2.0, 20)),
+            )
+            .expect("valid metric"),
+            service_changes: IntCounter::new(
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+            )
+            .expect("valid metric"),
+            endpoint_changes: IntCounter::new(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+            )
+            .expect("valid metric"),
+            invalid_objects: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_invalid_objects_total",
+                    "Objects rejected as invalid (and skipped), by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            unsupported: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_unsupported_total",
+                    "Valid objects using something switchyard does not support (skipped in part), by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            datapath_errors: IntCounter::new(
+                "switchyard_datapath_errors_total",
+                "Frontends the datapath failed to program",
+            )
+            .expect("valid metric"),
+            repairs: IntCounter::new(
+                "switchyard_datapath_repairs_total",
+                "Differences between the wanted and the programmed datapath state that were repaired",
+            )
+            .expect("valid metric"),
+            services: IntGauge::new("switchyard_services", "Services programmed")
+                .expect("valid metric"),
+            frontends: IntGauge::new("switchyard_frontends", "Frontends programmed")
+                .expect("valid metric"),
+            registry,
+        };
+        let r = &metrics.registry;
+        let register = |c: Box<dyn Collector>| r.register(c).expect("metric names are unique");
+        register(Box::new(metrics.sync_duration.clone()));
+        register(Box::new(metrics.sync_last_timestamp.clone()));
+        register(Box::new(metrics.network_programming.clone()));
+        register(Box::new(metrics.service_changes.clone()));
+        register(Box::new(metrics.endpoint_changes.clone()));
+        register(Box::new(metrics.invalid_objects.clone()));
+        register(Box::new(metrics.unsupported.clone()));
+        register(Box::new(metrics.datapath_errors.clone()));
+        register(Box::new(metrics.repairs.clone()));
+        register(Box::new(metrics.services.clone()));
+        register(Box::new(metrics.frontends.clone()));
+        register(Box::new(DatapathCollector::new(views)));
+        #[cfg(target_os = "linux")]
+        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        metrics
+    }
+
+    /// Counts one object rejected as invalid.
+    pub fn invalid_object(&self, kind: &str) {
+        self.invalid_objects.with_label_values(&[kind]).inc();
+    }
+
+    /// Records one finished sync.
+    pub fn observe_sync(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.sync_last_timestamp.set(now.as_secs_f64());
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if let Err(error) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Per-service and per-backend counters, built from the datapath's live state at each scrape,
+/// so a removed backend's series disappear with it.
+struct DatapathCollector {
+    views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>,
+    descs: Vec<Desc>,
+}
+
+const SERVICE_LABELS: &[&str] = &["service", "frontend"];
+const BACKEND_LABELS: &[&str] = &["service", "frontend", "backend"];
+
+struct Families {
+    service_total: IntCounterVec,
+    service_active: IntGaugeVec,
+    backend_total: IntCounterVec,
+    backend_active: IntGaugeVec,
+    backend_bytes: IntCounterVec,
+    backend_failures: IntCounterVec,
+    backends: IntGaugeVec,
+}
+
+impl Families {
+    fn new() -> Families {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        Families {
+            service_total: counter(
+                "switchyard_service_connections_total",
+                "Connections (TCP) and flows (UDP) accepted by a frontend",
+                SERVICE_LABELS,
+            ),
+            service_active: gauge(
+                "switchyard_service_connections_active",
+                "Connections and flows open on a frontend",
+                SERVICE_LABELS,
+            ),
+            backend_total: counter(
+                "switchyard_backend_connections_total",
+                "Connections and flows sent to a backend",
+                BACKEND_LABELS,
+            ),
+            backend_active: gauge(
+                "switchyard_backend_connections_active",
+                "Connections and flows open to a backend",
+                BACKEND_LABELS,
+            ),
+            backend_bytes: counter(
+                "switchyard_backend_bytes_total",
+                "Bytes relayed to (direction=sent) and from (direction=received) a backend",
+                &["service", "frontend", "backend", "direction"],
+            ),
+            backend_failures: counter(
+                "switchyard_backend_connect_failures_total",
+                "Failed connects to a backend (each retried on another backend)",
+                BACKEND_LABELS,
+            ),
+            backends: gauge(
+                "switchyard_service_backends",
+                "Backends of a frontend, by state",
+                &["service", "frontend", "state"],
+            ),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 7] {
+        [
+            &self.service_total,
+            &self.service_active,
+            &self.backend_total,
+            &self.backend_active,
+            &self.backend_bytes,
+            &self.backend_failures,
+            &self.backends,
+        ]
+    }
+}
+
+impl DatapathCollector {
+    fn new(views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>) -> DatapathCollector {
+        let descs = Families::new()
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().cloned())
+            .collect();
+        DatapathCollector { views, descs }
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = Families::new();
+        for view in (self.views)() {
+            let frontend = view.frontend.clone();
+            let service = [view.service.as_str(), frontend.as_str()];
+            let mut total = 0;
+            let mut active = 0;
+            let (mut ready, mut terminating) = (0, 0);
+            for b in &view.backends {
+                let labels = [view.service.as_str(), frontend.as_str(), b.backend.as_str()];
+                f.backend_total.with_label_values(&labels).inc_by(b.connections_total);
+                f.backend_active
+                    .with_label_values(&labels)
+                    .set(i64::try_from(b.connections_active).unwrap_or(i64::MAX));
+                f.backend_failures.with_label_values(&labels).inc_by(b.connect_failures);
+                let [s, fr, be] = labels;
+                f.backend_bytes.with_label_values(&[s, fr, be, "sent"]).inc_by(b.bytes_sent);
+                f.backend_bytes
+                    .with_label_values(&[s, fr, be, "received"])
+                    .inc_by(b.bytes_received);
+                total += b.connections_total;
+                active += b.connections_active;
+                if b.state == "terminating" {
+                    terminating += 1;
+                } else {
+                    ready += 1;
+                }
+            }
+            f.service_total.with_label_values(&service).inc_by(total);
+            f.service_active
+                .with_label_values(&service)
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+            let [s, fr] = service;
+            f.backends.with_label_values(&[s, fr, "active"]).set(ready);
+            f.backends.with_label_values(&[s, fr, "terminating"]).set(terminating);
+        }
+        f.collectors().iter().flat_map(|c| c.collect()).collect()
+    }
+}

@@ -1,0 +1,33 @@
+//! Sources of Kubernetes objects. Each sends [`SourceEvent`]s to the controller: a batch of
+//! changes, and once its initial list is delivered, [`SourceEvent::Synced`].
+
+pub mod manifests;
+
+use std::path::PathBuf;
+
+use tokio::time::Instant;
+
+use crate::store::{Kind, Object, ObjectKey};
+
+/// What a source tells the controller.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Objects added or replaced, and objects deleted, in one batch.
+    Changes {
+        upserts: Vec<Object>,
+        deletes: Vec<(Kind, ObjectKey)>,
+        /// When the source saw the change, for `kubeproxy_network_programming_duration_seconds`.
+        observed: Instant,
+    },
+    /// The source has delivered its initial state.
+    Synced,
+}
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("manifest folder {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot watch manifest folder {0}: {1}")]
+    Watch(PathBuf, #[source] notify::Error),
+}
