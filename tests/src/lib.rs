@@ -1,1 +1,63 @@
-//! placeholder
+//! Test topologies for switchyard: network namespaces as a node, its pods and
+//! a client; real backend servers (`pod-server`); the real `switchyard`
+//! binary; real clients (`curl`, `python3`).
+//!
+//! The end-to-end tests in `tests/` and the comparison benchmarks build on
+//! this library. Everything it creates is owned by a guard whose `Drop`
+//! undoes it, also when a test panics: [`Process`] kills its process by PID
+//! (SIGTERM, then SIGKILL), [`Netns`] deletes its namespace, [`ScratchDir`]
+//! removes its files (and keeps them, printing where, when the test failed).
+//!
+//! What it never does: touch the machine's own interfaces, routes or root
+//! cgroup, or give a namespace a route out of the machine. Every veth pair is
+//! created inside the test's namespaces, no namespace has a default route
+//! that leads anywhere but the test's own node, and the node namespace has no
+//! link to the host at all.
+//!
+//! A typical test:
+//!
+//! ```no_run
+//! use switchyard_tests::{Manifests, Topology, client, objects};
+//! # fn main() -> anyhow::Result<()> {
+//! let mut topo = Topology::new(3)?;
+//! topo.start_pod_servers()?;
+//! let manifests = Manifests::new_in(topo.scratch_dir())?;
+//! manifests.write_objects("svc.yaml", &[objects::Service::new("web")
+//!     .cluster_ips(&["10.96.0.10"])
+//!     .selector("app", "web")
+//!     .port(objects::ServicePort::tcp("http", 80, 8080))
+//!     .to_value()])?;
+//! let daemon = topo.start_daemon(&manifests)?;
+//! let names = client::curl_many(topo.client(), "http://10.96.0.10/", 30)?;
+//! # drop(daemon); Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod daemon;
+pub mod manifests;
+pub mod metrics;
+pub mod netns;
+pub mod objects;
+pub mod poll;
+pub mod scratch;
+pub mod topology;
+pub mod yaml;
+
+pub use daemon::{Daemon, DaemonConfig};
+pub use manifests::Manifests;
+pub use netns::{Netns, Process, require_root, unique_prefix};
+pub use poll::poll_until;
+pub use scratch::ScratchDir;
+pub use topology::{PodNs, PodServerConfig, Topology};
+
+use std::path::PathBuf;
+
+/// The workspace root (the folder holding the workspace `Cargo.toml`).
+pub fn workspace_dir() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), std::path::Path::to_path_buf)
+}

@@ -1,0 +1,472 @@
+//! One node, its pods and a client, as network namespaces joined by veth
+//! pairs.
+//!
+//! ```text
+//!  client ns                 node ns                        pod ns (one per pod)
+//!  eth0 10.0.0.2/24  ───  client 10.0.0.1/24
+//!       fd00:10::2/64            fd00:10::1/64
+//!                            pod<i> 10.244.0.1/32     ───  eth0 10.244.0.<10+i>/24
+//!                                   fd00:244::1/128             fd00:244::<10+i>/64
+//!                            (route 10.244.0.<10+i>/32 dev pod<i>)   default via the node
+//! ```
+//!
+//! The client's only routes beyond its own link are the Service CIDRs
+//! (`10.96.0.0/16`, `fd00:96::/108`) and the pod CIDR (`10.244.0.0/24`,
+//! `fd00:244::/64`), all via the node. The node has no default route and no
+//! link out of the test, so nothing a test sends can leave the machine; the
+//! pods' default routes lead to the node and stop there. The node forwards
+//! (so the client can reach pods directly); Service traffic needs no
+//! forwarding, since switchyard makes each VIP a local address on the node.
+//!
+//! All interface names live inside the test's namespaces (veth pairs are
+//! created in the node namespace with the peer placed straight into the pod
+//! or client namespace), so they can never clash with the machine's.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::daemon::{Daemon, DaemonConfig};
+use crate::manifests::Manifests;
+use crate::netns::{Netns, Process, require_root, unique_prefix};
+use crate::scratch::ScratchDir;
+
+/// The node's address on every pod link (IPv4): the pods' gateway.
+pub const NODE_POD_GATEWAY4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The node's address on every pod link (IPv6): the pods' gateway.
+pub const NODE_POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 1);
+/// The node's address on the client link (IPv4).
+pub const NODE_IP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The node's address on the client link (IPv6).
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
+/// The client's address (IPv4).
+pub const CLIENT_IP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The client's address (IPv6).
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2);
+/// The name the node has in manifests (`spec.nodeName`, `--hostname-override`).
+pub const NODE_NAME: &str = "node-0";
+/// The HTTP port every pod server listens on by default.
+pub const POD_HTTP_PORT: u16 = 8080;
+/// The UDP port every pod server echoes on by default.
+pub const POD_UDP_PORT: u16 = 5353;
+/// At most this many pods fit the address plan (`10.244.0.10` ... `.254`).
+pub const MAX_PODS: usize = 245;
+
+/// What one `pod-server` serves.
+#[derive(Clone, Debug)]
+pub struct PodServerConfig {
+    /// The name it answers with.
+    pub name: String,
+    /// TCP ports it serves HTTP on, on both `0.0.0.0` and `[::]`.
+    pub http_ports: Vec<u16>,
+    /// UDP ports it echoes on, on both `0.0.0.0` and `[::]`.
+    pub udp_ports: Vec<u16>,
+}
+
+impl PodServerConfig {
+    /// `web-<index>`, HTTP on 8080, UDP on 5353.
+    pub fn web(index: usize) -> Self {
+        Self {
+            name: format!("web-{index}"),
+            http_ports: vec![POD_HTTP_PORT],
+            udp_ports: vec![POD_UDP_PORT],
+        }
+    }
+
+    /// Renames the server.
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    /// Replaces the HTTP ports.
+    #[must_use]
+    pub fn http_ports(mut self, ports: &[u16]) -> Self {
+        self.http_ports = ports.to_vec();
+        self
+    }
+
+    /// Replaces the UDP ports.
+    #[must_use]
+    pub fn udp_ports(mut self, ports: &[u16]) -> Self {
+        self.udp_ports = ports.to_vec();
+        self
+    }
+}
+
+/// One pod: its namespace, addresses and (once started) its server.
+#[derive(Debug)]
+pub struct PodNs {
+    index: usize,
+    ns: Netns,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+    node_link: String,
+    server: Option<(PodServerConfig, Process)>,
+}
+
+impl PodNs {
+    /// Its position in the topology (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its namespace.
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// Its IPv4 address, `10.244.0.<10+index>`.
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.ipv4
+    }
+
+    /// Its IPv6 address, `fd00:244::<10+index>` (the suffix written in hex
+    /// digits that read as the decimal number, e.g. `fd00:244::10`).
+    pub fn ipv6(&self) -> Ipv6Addr {
+        self.ipv6
+    }
+
+    /// The name of its veth end in the node namespace (`pod<index>`).
+    pub fn node_link(&self) -> &str {
+        &self.node_link
+    }
+
+    /// The name its server answers with, once started.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server.as_ref().map(|(config, _)| config.name.as_str())
+    }
+
+    /// Its server process, once started.
+    pub fn server(&mut self) -> Option<&mut Process> {
+        self.server.as_mut().map(|(_, process)| process)
+    }
+}
+
+/// A node namespace with pods and a client around it. Dropping it stops the
+/// pod servers and deletes every namespace.
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    // Field order is drop order: processes first, namespaces, then files.
+    pods: Vec<PodNs>,
+    client: Netns,
+    node: Netns,
+    scratch: ScratchDir,
+}
+
+impl Topology {
+    /// Builds the node, `pods` pod namespaces and the client, with the
+    /// addresses and routes described in the module docs. The client
+    /// namespace's processes run in a cgroup of their own.
+    pub fn new(pods: usize) -> Result<Self> {
+        require_root()?;
+        ensure!(
+            pods <= MAX_PODS,
+            "at most {MAX_PODS} pods fit the address plan"
+        );
+        let prefix = unique_prefix();
+        let scratch = ScratchDir::new(&prefix)?;
+        let node = Netns::create(&format!("{prefix}-node"))?;
+        let client = Netns::create_in_cgroup(&format!("{prefix}-client"))?;
+        let mut topo = Self {
+            prefix: prefix.clone(),
+            pods: Vec::with_capacity(pods),
+            client,
+            node,
+            scratch,
+        };
+        topo.configure_node()?;
+        topo.link_client()?;
+        for index in 0..pods {
+            let ns = Netns::create(&format!("{prefix}-pod{index}"))?;
+            let octet = u8::try_from(10 + index).context("pod index out of range")?;
+            // `fd00:244::10` for pod 0: the group is hex, written as decimal.
+            let group = u16::from_str_radix(&(10 + index).to_string(), 16)
+                .context("pod index out of range")?;
+            let pod = PodNs {
+                index,
+                ns,
+                ipv4: Ipv4Addr::new(10, 244, 0, octet),
+                ipv6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, group),
+                node_link: format!("pod{index}"),
+                server: None,
+            };
+            topo.link_pod(&pod)?;
+            topo.pods.push(pod);
+        }
+        Ok(topo)
+    }
+
+    fn configure_node(&self) -> Result<()> {
+        let node = &self.node;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        node.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        node.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        Ok(())
+    }
+
+    fn link_client(&self) -> Result<()> {
+        let node = &self.node;
+        let client = &self.client;
+        node.run([
+            "ip",
+            "link",
+            "add",
+            "client",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.name(),
+        ])?;
+        node.run(["ip", "addr", "add", "10.0.0.1/24", "dev", "client"])?;
+        node.run([
+            "ip",
+            "addr",
+            "add",
+            "fd00:10::1/64",
+            "dev",
+            "client",
+            "nodad",
+        ])?;
+        node.run(["ip", "link", "set", "client", "up"])?;
+        client.run(["ip", "addr", "add", "10.0.0.2/24", "dev", "eth0"])?;
+        client.run(["ip", "addr", "add", "fd00:10::2/64", "dev", "eth0", "nodad"])?;
+        client.run(["ip", "link", "set", "eth0", "up"])?;
+        // The client's only routes: Service CIDRs and the pod CIDR, via the
+        // node. Never a default route.
+        for (cidr, via) in [
+            ("10.96.0.0/16", "10.0.0.1"),
+            ("10.244.0.0/24", "10.0.0.1"),
+            ("fd00:96::/108", "fd00:10::1"),
+            ("fd00:244::/64", "fd00:10::1"),
+        ] {
+            client.run(["ip", "route", "add", cidr, "via", via, "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
+    fn link_pod(&self, pod: &PodNs) -> Result<()> {
+        let node = &self.node;
+        let link = pod.node_link.as_str();
+        node.run([
+            "ip",
+            "link",
+            "add",
+            link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.ns.name(),
+        ])?;
+        node.run(["ip", "addr", "add", "10.244.0.1/32", "dev", link])?;
+        node.run(["ip", "addr", "add", "fd00:244::1/128", "dev", link, "nodad"])?;
+        node.run(["ip", "link", "set", link, "up"])?;
+        let ipv4 = pod.ipv4.to_string();
+        let ipv6 = pod.ipv6.to_string();
+        node.run([
+            "ip",
+            "route",
+            "add",
+            &format!("{ipv4}/32"),
+            "dev",
+            link,
+            "src",
+            "10.244.0.1",
+        ])?;
+        node.run([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{ipv6}/128"),
+            "dev",
+            link,
+            "src",
+            "fd00:244::1",
+        ])?;
+        let ns = &pod.ns;
+        ns.run(["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+        ns.run([
+            "ip",
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.run(["ip", "link", "set", "eth0", "up"])?;
+        ns.run([
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.0.1",
+            "dev",
+            "eth0",
+        ])?;
+        ns.run([
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:244::1",
+            "dev",
+            "eth0",
+        ])?;
+        Ok(())
+    }
+
+    /// The name prefix of this topology's namespaces (`sy<pid>x<n>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The folder for this topology's logs (and, by convention, manifests).
+    pub fn scratch_dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// The node namespace.
+    pub fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    /// The client namespace.
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    /// Pod `index`.
+    ///
+    /// # Panics
+    /// If there is no such pod (a bug in the test).
+    pub fn pod(&self, index: usize) -> &PodNs {
+        &self.pods[index]
+    }
+
+    /// Pod `index`, mutably (to reach its server).
+    ///
+    /// # Panics
+    /// If there is no such pod (a bug in the test).
+    pub fn pod_mut(&mut self, index: usize) -> &mut PodNs {
+        &mut self.pods[index]
+    }
+
+    /// All pods.
+    pub fn pods(&self) -> &[PodNs] {
+        &self.pods
+    }
+
+    /// Starts `pod-server` in every pod as [`PodServerConfig::web`] (names
+    /// `web-0`, `web-1`, ...; HTTP 8080, UDP 5353) and waits for each to be
+    /// ready.
+    pub fn start_pod_servers(&mut self) -> Result<()> {
+        for index in 0..self.pods.len() {
+            self.start_pod_server(index, PodServerConfig::web(index))?;
+        }
+        Ok(())
+    }
+
+    /// Starts `pod-server` in pod `index` as `config` (stopping the one
+    /// already there) and waits until it is ready.
+    pub fn start_pod_server(&mut self, index: usize, config: PodServerConfig) -> Result<()> {
+        let bin = pod_server_bin()?;
+        let log = self
+            .scratch
+            .join(&format!("pod{index}-{}.log", config.name));
+        let pod = self
+            .pods
+            .get_mut(index)
+            .with_context(|| format!("no pod {index}"))?;
+        pod.server = None;
+        let mut argv: Vec<String> = vec![
+            bin.to_string_lossy().into_owned(),
+            "--name".into(),
+            config.name.clone(),
+        ];
+        for port in &config.http_ports {
+            argv.extend(["--http".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--http".into(), format!("[::]:{port}")]);
+        }
+        for port in &config.udp_ports {
+            argv.extend(["--udp".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--udp".into(), format!("[::]:{port}")]);
+        }
+        let mut process = pod.ns.spawn(&argv, &log)?;
+        process.wait_for_line("ready", Duration::from_secs(10))?;
+        pod.server = Some((config, process));
+        Ok(())
+    }
+
+    /// Stops the server in pod `index` (SIGTERM, then SIGKILL).
+    pub fn stop_pod_server(&mut self, index: usize) -> Result<()> {
+        let pod = self
+            .pods
+            .get_mut(index)
+            .with_context(|| format!("no pod {index}"))?;
+        if let Some((_, mut process)) = pod.server.take() {
+            process.terminate(Duration::from_secs(2))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the switchyard daemon in the node namespace over `manifests`
+    /// with the default [`DaemonConfig`] (userspace proxy), logging into this
+    /// topology's scratch folder, and waits until `/healthz` answers 200.
+    pub fn start_daemon(&self, manifests: &Manifests) -> Result<Daemon> {
+        self.start_daemon_with(manifests, &DaemonConfig::default())
+    }
+
+    /// Like [`Topology::start_daemon`], with `config`.
+    pub fn start_daemon_with(
+        &self,
+        manifests: &Manifests,
+        config: &DaemonConfig,
+    ) -> Result<Daemon> {
+        Daemon::start(&self.node, manifests.path(), self.scratch.path(), config)
+    }
+
+    /// All addresses of pod `index` (IPv4 first), for manifests.
+    pub fn pod_ips(&self, index: usize) -> Vec<IpAddr> {
+        let pod = self.pod(index);
+        vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)]
+    }
+}
+
+/// Finds the `pod-server` binary: `$POD_SERVER_BIN`, else next to the
+/// running test or bench executable (`target/<profile>/`), else
+/// `<workspace>/target/debug/pod-server`.
+pub fn pod_server_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("POD_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // Test and bench executables live in target/<profile>/deps/.
+        for dir in exe.ancestors().skip(1).take(2) {
+            candidates.push(dir.join("pod-server"));
+        }
+    }
+    candidates.push(crate::workspace_dir().join("target/debug/pod-server"));
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "pod-server binary not found (looked at {candidates:?}): run `cargo build -p switchyard-tests` or set POD_SERVER_BIN"
+    )
+}
