@@ -119,7 +119,7 @@ impl BackendSet {
             .filter(|b| !self.any_ready || !b.terminating)
     }
 
-    fn candidates<'a, 't>(&'a self, tried: &'t [SocketAddr]) -> impl Iterator<Item = &'a Backend> {
+    fn candidates<'a>(&'a self, tried: &[SocketAddr]) -> impl Iterator<Item = &'a Backend> {
         self.eligible
             .iter()
             .map(|&i| &self.backends[i])
@@ -361,9 +361,7 @@ mod tests {
     #[test]
     fn random_with_tried_reaches_every_other_backend() {
         let b = balancer(spec(Algorithm::Random, &[1, 2, 3]));
-        let seen: HashSet<_> = (0..1000)
-            .filter_map(|_| pick(&b, 1, &[addr(2)]))
-            .collect();
+        let seen: HashSet<_> = (0..1000).filter_map(|_| pick(&b, 1, &[addr(2)])).collect();
         assert_eq!(seen, HashSet::from([addr(1), addr(3)]));
     }
 
@@ -440,7 +438,11 @@ mod tests {
         s.backends[0].terminating = true;
         let b = balancer(s);
         let set = b.snapshot();
-        let addrs: Vec<_> = set.backends.iter().map(|b| (b.addr, b.terminating)).collect();
+        let addrs: Vec<_> = set
+            .backends
+            .iter()
+            .map(|b| (b.addr, b.terminating))
+            .collect();
         assert_eq!(addrs, [(addr(1), false), (addr(2), false)]);
     }
 
@@ -454,13 +456,22 @@ mod tests {
         b.publish(spec(Algorithm::RoundRobin, &[2, 3]));
         let after = b.snapshot();
         assert_eq!(after.generation, before.generation + 1);
-        assert!(Arc::ptr_eq(&after.backends[0].stats, &before.backends[1].stats));
-        assert_eq!(after.backends[0].stats.status(addr(2), false).bytes_sent, 20);
+        assert!(Arc::ptr_eq(
+            &after.backends[0].stats,
+            &before.backends[1].stats
+        ));
+        assert_eq!(
+            after.backends[0].stats.status(addr(2), false).bytes_sent,
+            20
+        );
         assert_eq!(after.backends[1].stats.status(addr(3), false).bytes_sent, 0);
         // Backend 1 is gone: new connections cannot reach it...
         assert!(after.eligible_backend(addr(1)).is_none());
         // ...while its open connections keep their own counters.
-        assert_eq!(before.backends[0].stats.status(addr(1), false).bytes_sent, 10);
+        assert_eq!(
+            before.backends[0].stats.status(addr(1), false).bytes_sent,
+            10
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -498,7 +509,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn affinity_survives_update_and_moves_when_backend_leaves() {
         let mut s = spec(Algorithm::RoundRobin, &[1, 2, 3]);
-        s.affinity = Some(Duration::from_secs(60));
+        s.affinity = Some(Duration::from_mins(1));
         let b = balancer(s.clone());
         assert_eq!(pick(&b, 1, &[]), Some(addr(1)));
         assert_eq!(pick(&b, 2, &[]), Some(addr(2)));
@@ -515,7 +526,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn affinity_skips_a_tried_backend_and_records_the_new_one() {
         let mut s = spec(Algorithm::RoundRobin, &[1, 2]);
-        s.affinity = Some(Duration::from_secs(60));
+        s.affinity = Some(Duration::from_mins(1));
         let b = balancer(s);
         assert_eq!(pick(&b, 1, &[]), Some(addr(1)));
         assert_eq!(pick(&b, 1, &[addr(1)]), Some(addr(2)));

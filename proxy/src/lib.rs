@@ -247,7 +247,11 @@ impl Proxy {
         // Publish before binding, so the first connection already sees the backends.
         fe.balancer.publish(spec);
         if wants_socket {
-            fe.start(&self.inner.config, &self.inner.connections, &self.inner.root)?;
+            fe.start(
+                &self.inner.config,
+                &self.inner.connections,
+                &self.inner.root,
+            )?;
         } else {
             fe.stop().await;
         }
@@ -291,8 +295,15 @@ impl Proxy {
         }
         let connections = &self.inner.connections;
         connections.close();
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-            info!(open = connections.len(), ?grace, "shutdown grace period over");
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                open = connections.len(),
+                ?grace,
+                "shutdown grace period over"
+            );
         }
         connections.len()
     }
@@ -307,6 +318,16 @@ mod tests {
     fn proxy_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync + Clone>() {}
         assert_send_sync::<Proxy>();
+    }
+
+    #[test]
+    fn control_futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let proxy = Proxy::new(ProxyConfig::default());
+        let frontend: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_send(&proxy.upsert(frontend, Proto::Tcp, ServiceSpec::default()));
+        assert_send(&proxy.remove(frontend, Proto::Tcp));
+        assert_send(&proxy.shutdown(Duration::ZERO));
     }
 
     #[test]

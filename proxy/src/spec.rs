@@ -105,7 +105,8 @@ pub struct ServiceSpec {
 pub struct ProxyConfig {
     /// How long to wait for a backend to accept a TCP connection.
     pub connect_timeout: Duration,
-    /// How many backends to try for one TCP connection (or UDP flow) before giving up.
+    /// How many different backends to try for one TCP connection (or UDP
+    /// flow) before giving up; 0 counts as 1.
     pub connect_attempts: usize,
     /// A UDP flow with no traffic in either direction for this long is forgotten.
     pub udp_idle_timeout: Duration,

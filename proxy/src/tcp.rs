@@ -83,11 +83,11 @@ async fn serve_connection(
     if let Err(error) = client.set_nodelay(true) {
         trace!(%frontend, %peer, %error, "TCP_NODELAY on client");
     }
-    let Some((stream, active)) = connect(peer, frontend, &balancer, &config).await else {
+    let Some((stream, backend_addr, active)) = connect(peer, frontend, &balancer, &config).await
+    else {
         reset(&client);
         return;
     };
-    let backend_addr = stream.peer_addr().ok();
     let mut backend = Counted {
         inner: stream,
         guard: active,
@@ -101,18 +101,16 @@ async fn serve_connection(
     .await
     {
         Ok((sent, received)) => {
-            trace!(%frontend, %peer, ?backend_addr, sent, received, "TCP connection done");
+            trace!(%frontend, %peer, backend = %backend_addr, sent, received, "TCP connection done");
         }
         Err(error) => {
             // One side failed: reset the other too rather than let it see a clean close.
-            debug!(%frontend, %peer, ?backend_addr, %error, "TCP relay failed");
+            debug!(%frontend, %peer, backend = %backend_addr, %error, "TCP relay failed");
             reset(&client);
             reset(&backend.inner);
         }
     }
-    if let Some(addr) = backend_addr {
-        balancer.touch(peer.ip(), addr, Instant::now());
-    }
+    balancer.touch(peer.ip(), backend_addr, Instant::now());
 }
 
 /// Connects to a backend, trying up to `connect_attempts` different ones.
@@ -121,7 +119,7 @@ async fn connect(
     frontend: SocketAddr,
     balancer: &Balancer,
     config: &ProxyConfig,
-) -> Option<(TcpStream, ActiveGuard)> {
+) -> Option<(TcpStream, SocketAddr, ActiveGuard)> {
     let attempts = config.connect_attempts.max(1);
     let mut tried = Vec::with_capacity(attempts);
     while tried.len() < attempts {
@@ -146,7 +144,7 @@ async fn connect(
                 if let Err(error) = stream.set_nodelay(true) {
                     trace!(%frontend, backend = %addr, %error, "TCP_NODELAY on backend");
                 }
-                return Some((stream, connecting.established()));
+                return Some((stream, addr, connecting.established()));
             }
             Ok(Err(error)) => {
                 connecting.failed();
@@ -440,7 +438,10 @@ mod tests {
         spec.algorithm = crate::Algorithm::LeastConnections;
         proxy.upsert(frontend, Proto::Tcp, spec).await.unwrap();
         let a_status = backend_status(&proxy, a).unwrap();
-        assert_eq!((a_status.connections_total, a_status.connections_active), (1, 1));
+        assert_eq!(
+            (a_status.connections_total, a_status.connections_active),
+            (1, 1)
+        );
         let mut on_b = LineClient::connect(frontend).await.unwrap();
         assert_eq!(on_b.ask("y").await.unwrap(), "b:y");
     }
@@ -524,7 +525,7 @@ mod tests {
         let b = echo_backend("b").await;
         let frontend = free_tcp_port("127.0.0.1");
         let mut spec = service(&[a, b]);
-        spec.affinity = Some(Duration::from_secs(60));
+        spec.affinity = Some(Duration::from_mins(1));
         let _proxy = proxy_with(frontend, spec).await;
         let first = round_trip(frontend, "s").await.unwrap();
         for _ in 0..4 {
@@ -536,23 +537,25 @@ mod tests {
     async fn connect_timeout_moves_to_the_next_backend() {
         // A listener with a full backlog that is never accepted from makes
         // the kernel drop further SYNs: connects to it hang.
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            None,
-        )
-        .unwrap();
-        socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         socket.listen(0).unwrap();
         let stuck: SocketAddr = socket.local_addr().unwrap().as_socket().unwrap();
         let mut fillers = Vec::new();
         for _ in 0..4 {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             s.set_nonblocking(true).unwrap();
             let _ = s.connect(&stuck.into());
             fillers.push(s);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let direct =
+            tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(stuck)).await;
+        assert!(direct.is_err(), "precondition: connects to {stuck} hang");
 
         let alive = echo_backend("alive").await;
         let frontend = free_tcp_port("127.0.0.1");

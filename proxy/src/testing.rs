@@ -126,9 +126,7 @@ impl LineClient {
 
     /// Sends `line`, returns the answer without its newline.
     pub(crate) async fn ask(&mut self, line: &str) -> io::Result<String> {
-        self.write
-            .write_all(format!("{line}\n").as_bytes())
-            .await?;
+        self.write.write_all(format!("{line}\n").as_bytes()).await?;
         let mut answer = String::new();
         let n = step(self.read.read_line(&mut answer)).await??;
         if n == 0 {

@@ -171,7 +171,10 @@ impl Relay {
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call site, all borrowed from Relay")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, all borrowed from Relay"
+)]
 fn open_flow(
     client: SocketAddr,
     set: &BackendSet,
@@ -355,8 +358,14 @@ mod tests {
 
     #[test]
     fn expiry_period_is_bounded() {
-        assert_eq!(expiry_period(Duration::from_secs(30)), Duration::from_secs(5));
-        assert_eq!(expiry_period(Duration::from_millis(200)), Duration::from_millis(50));
+        assert_eq!(
+            expiry_period(Duration::from_secs(30)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            expiry_period(Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
         assert_eq!(expiry_period(Duration::ZERO), Duration::from_millis(10));
     }
 
@@ -440,7 +449,10 @@ mod tests {
 
         assert_eq!(ask(&c, frontend, "y").await.0, "a:y");
         let status = backend_status(&proxy, a);
-        assert_eq!((status.connections_total, status.connections_active), (2, 1));
+        assert_eq!(
+            (status.connections_total, status.connections_active),
+            (2, 1)
+        );
     }
 
     #[tokio::test]
