@@ -384,7 +384,7 @@ mod tests {
         let proxy = Proxy::new(ProxyConfig::default());
         assert_eq!(proxy.shutdown(Duration::from_millis(10)).await, 0);
         let err = proxy
-            .upsert(free_tcp_port("127.0.0.1"), Proto::Tcp, service(&[]))
+            .upsert(frontend_v4(), Proto::Tcp, service(&[]))
             .await
             .unwrap_err();
         assert!(matches!(err, ProxyError::ShutDown { .. }));
@@ -393,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_listeners_and_counts_open_connections() {
         let backend = echo_backend("a").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = Proxy::new(ProxyConfig::default());
         proxy
             .upsert(frontend, Proto::Tcp, service(&[backend]))
@@ -414,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_proxy_closes_its_sockets() {
         let backend = echo_backend("a").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = Proxy::new(ProxyConfig::default());
         proxy
             .upsert(frontend, Proto::Tcp, service(&[backend]))

@@ -237,7 +237,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -273,7 +273,7 @@ mod tests {
     async fn round_robin_spreads_over_two_backends() {
         let a = echo_backend("a").await;
         let b = echo_backend("b").await;
-        let frontend = free_tcp_port("127.0.0.2");
+        let frontend = free_port(Ipv4Addr::new(127, 0, 0, 2));
         let proxy = proxy_with(frontend, service(&[a, b])).await;
 
         let mut answers = Vec::new();
@@ -291,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn ipv6_frontend_proxies_to_ipv4_backend() {
         let a = echo_backend("a").await;
-        let frontend = free_tcp_port("::1");
+        let frontend = free_port(Ipv6Addr::LOCALHOST);
         let _proxy = proxy_with(frontend, service(&[a])).await;
         assert_eq!(round_trip(frontend, "six").await.unwrap(), "a:six");
     }
@@ -300,7 +300,7 @@ mod tests {
     async fn refused_backend_is_retried_on_another() {
         let dead = dead_backend();
         let alive = echo_backend("alive").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&[dead, alive])).await;
 
         for i in 0..4 {
@@ -318,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn client_is_reset_when_every_attempt_fails() {
         let dead = [dead_backend(), dead_backend()];
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&dead)).await;
 
         let mut client = step(TcpStream::connect(frontend)).await.unwrap().unwrap();
@@ -336,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn connect_attempts_bound_the_retries() {
         let dead: Vec<_> = (0..5).map(|_| dead_backend()).collect();
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = Proxy::new(ProxyConfig {
             connect_attempts: 2,
             ..ProxyConfig::default()
@@ -357,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn reject_with_no_backends_refuses_then_rebinds() {
-        let frontend = free_tcp_port("127.0.0.3");
+        let frontend = free_port(Ipv4Addr::new(127, 0, 0, 3));
         let proxy = proxy_with(frontend, service(&[])).await;
         assert_refused(frontend).await;
         assert!(!proxy.status()[0].listening);
@@ -384,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_with_no_backends_accepts_and_resets() {
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let mut spec = service(&[]);
         spec.on_empty = EmptyAction::Drop;
         let proxy = proxy_with(frontend, spec).await;
@@ -401,7 +401,7 @@ mod tests {
     async fn removed_backend_gets_no_new_connections_but_keeps_open_ones() {
         let a = echo_backend("a").await;
         let b = echo_backend("b").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&[a, b])).await;
 
         let mut on_a = LineClient::connect(frontend).await.unwrap();
@@ -425,7 +425,7 @@ mod tests {
     async fn stats_survive_an_update_and_algorithm_change_applies() {
         let a = echo_backend("a").await;
         let b = echo_backend("b").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&[a])).await;
         let _held = {
             let mut c = LineClient::connect(frontend).await.unwrap();
@@ -449,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn half_close_still_delivers_the_reply() {
         let backend = collect_backend("c").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let _proxy = proxy_with(frontend, service(&[backend])).await;
 
         let mut client = step(TcpStream::connect(frontend)).await.unwrap().unwrap();
@@ -466,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn status_counts_bytes_live_and_connections() {
         let a = echo_backend("a").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&[a])).await;
 
         let mut client = LineClient::connect(frontend).await.unwrap();
@@ -489,7 +489,7 @@ mod tests {
     #[tokio::test]
     async fn remove_stops_accepting_but_open_connections_finish() {
         let a = echo_backend("a").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(frontend, service(&[a])).await;
         let mut open = LineClient::connect(frontend).await.unwrap();
         assert_eq!(open.ask("1").await.unwrap(), "a:1");
@@ -504,8 +504,8 @@ mod tests {
     async fn other_frontends_are_not_disturbed() {
         let a = echo_backend("a").await;
         let b = echo_backend("b").await;
-        let one = free_tcp_port("127.0.0.1");
-        let two = free_tcp_port("127.0.0.1");
+        let one = frontend_v4();
+        let two = frontend_v4();
         let proxy = proxy_with(one, service(&[a])).await;
         proxy.upsert(two, Proto::Tcp, service(&[b])).await.unwrap();
         let mut open = LineClient::connect(two).await.unwrap();
@@ -523,7 +523,7 @@ mod tests {
     async fn affinity_keeps_a_client_on_one_backend() {
         let a = echo_backend("a").await;
         let b = echo_backend("b").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let mut spec = service(&[a, b]);
         spec.affinity = Some(Duration::from_mins(1));
         let _proxy = proxy_with(frontend, spec).await;
@@ -558,7 +558,7 @@ mod tests {
         assert!(direct.is_err(), "precondition: connects to {stuck} hang");
 
         let alive = echo_backend("alive").await;
-        let frontend = free_tcp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = Proxy::new(ProxyConfig {
             connect_timeout: Duration::from_millis(200),
             ..ProxyConfig::default()

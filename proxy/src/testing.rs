@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,20 +26,35 @@ pub(crate) fn service(backends: &[SocketAddr]) -> ServiceSpec {
     }
 }
 
-/// A port on `ip` that was free a moment ago.
-pub(crate) fn free_tcp_port(ip: &str) -> SocketAddr {
-    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind ephemeral TCP port");
-    listener.local_addr().expect("local addr")
+/// A loopback address (in 127.1.0.0/16) no other test uses. Outgoing
+/// connections take their source port on 127.0.0.1, so a port found free here
+/// stays free.
+pub(crate) fn fresh_ip() -> IpAddr {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    IpAddr::from([127, 1, (n / 250) as u8, (n % 250 + 1) as u8])
 }
 
-pub(crate) fn free_udp_port(ip: &str) -> SocketAddr {
-    let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind ephemeral UDP port");
-    socket.local_addr().expect("local addr")
+/// A port free for both TCP and UDP on a fresh loopback address.
+pub(crate) fn frontend_v4() -> SocketAddr {
+    free_port(fresh_ip())
 }
 
-/// A TCP address nothing listens on: connecting is refused.
+/// A port on `ip` that was free for TCP and UDP a moment ago.
+pub(crate) fn free_port(ip: impl Into<IpAddr>) -> SocketAddr {
+    let ip = ip.into();
+    loop {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind ephemeral TCP port");
+        let addr = listener.local_addr().expect("local addr");
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// A TCP and UDP address nothing listens on: connecting is refused.
 pub(crate) fn dead_backend() -> SocketAddr {
-    free_tcp_port("127.0.0.1")
+    frontend_v4()
 }
 
 /// A TCP backend that answers every line `l` with `name:l`.

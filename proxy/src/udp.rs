@@ -296,7 +296,7 @@ impl Drop for Flow {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::time::Duration;
 
     use tokio::net::UdpSocket;
@@ -372,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn replies_come_from_the_frontend_address() {
         let a = udp_echo_backend("a").await;
-        let frontend = free_udp_port("127.0.0.4");
+        let frontend = free_port(Ipv4Addr::new(127, 0, 0, 4));
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
 
         let c = client("127.0.0.1").await;
@@ -390,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn ipv6_frontend_round_trip() {
         let a = udp_echo_backend("a").await;
-        let frontend = free_udp_port("::1");
+        let frontend = free_port(Ipv6Addr::LOCALHOST);
         let _proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
         let c = client("::1").await;
         let (reply, from) = ask(&c, frontend, "six").await;
@@ -401,7 +401,7 @@ mod tests {
     async fn each_client_is_a_flow_that_sticks_to_its_backend() {
         let a = udp_echo_backend("a").await;
         let b = udp_echo_backend("b").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a, b])).await;
 
         let one = client("127.0.0.1").await;
@@ -419,7 +419,7 @@ mod tests {
     async fn flow_moves_when_its_backend_leaves() {
         let a = udp_echo_backend("a").await;
         let b = udp_echo_backend("b").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a, b])).await;
 
         let c = client("127.0.0.1").await;
@@ -435,7 +435,7 @@ mod tests {
     #[tokio::test]
     async fn idle_flows_expire() {
         let a = udp_echo_backend("a").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let config = ProxyConfig {
             udp_idle_timeout: Duration::from_millis(200),
             ..ProxyConfig::default()
@@ -457,9 +457,9 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_backend_is_replaced_for_the_next_datagram() {
-        let dead = free_udp_port("127.0.0.1");
+        let dead = frontend_v4();
         let alive = udp_echo_backend("alive").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[dead, alive])).await;
 
         let c = client("127.0.0.1").await;
@@ -470,7 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn reject_with_no_backends_unbinds_then_rebinds() {
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[])).await;
         assert!(!proxy.status()[0].listening);
         assert_port_unreachable(frontend).await;
@@ -494,7 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_with_no_backends_discards_silently() {
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let mut spec = service(&[]);
         spec.on_empty = EmptyAction::Drop;
         let proxy = proxy_with(ProxyConfig::default(), frontend, spec).await;
@@ -512,7 +512,7 @@ mod tests {
     #[tokio::test]
     async fn remove_frees_the_port() {
         let a = udp_echo_backend("a").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[a])).await;
         let c = client("127.0.0.1").await;
         assert_eq!(ask(&c, frontend, "x").await.0, "a:x");
@@ -526,7 +526,7 @@ mod tests {
     async fn tcp_and_udp_share_a_port() {
         let tcp = echo_backend("t").await;
         let udp = udp_echo_backend("u").await;
-        let frontend = free_udp_port("127.0.0.1");
+        let frontend = frontend_v4();
         let proxy = proxy_with(ProxyConfig::default(), frontend, service(&[udp])).await;
         proxy
             .upsert(frontend, Proto::Tcp, service(&[tcp]))
