@@ -48,8 +48,9 @@ pub use crate::stats::{BackendStatus, FrontendStatus};
 /// Why a frontend could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The frontend socket could not be created or bound. The frontend stays
-    /// registered (not listening); the next `upsert` tries to bind again.
+    /// The frontend socket could not be created or bound. A new frontend is
+    /// then not created; an existing one keeps its new backend set but is not
+    /// listening until an `upsert` binds it.
     #[error("{proto} frontend {frontend}: cannot bind: {source}")]
     Bind {
         frontend: SocketAddr,
@@ -214,7 +215,7 @@ impl Proxy {
     ///
     /// With no backends and [`EmptyAction::Reject`] the socket is closed by
     /// the time this returns; it is bound again once backends come back.
-    /// On a bind error the frontend stays registered but not listening.
+    /// On a bind error a new frontend is not created (see [`ProxyError::Bind`]).
     pub async fn upsert(
         &self,
         frontend: SocketAddr,
@@ -228,7 +229,9 @@ impl Proxy {
         if *shut_down {
             return Err(ProxyError::ShutDown { frontend, proto });
         }
-        let existing = self.inner.frontends.read().get(&(frontend, proto)).cloned();
+        let key = (frontend, proto);
+        let existing = self.inner.frontends.read().get(&key).cloned();
+        let created = existing.is_none();
         let fe = existing.unwrap_or_else(|| {
             let fe = Arc::new(Frontend {
                 addr: frontend,
@@ -236,10 +239,7 @@ impl Proxy {
                 balancer: Arc::new(Balancer::new()),
                 serving: Mutex::new(None),
             });
-            self.inner
-                .frontends
-                .write()
-                .insert((frontend, proto), Arc::clone(&fe));
+            self.inner.frontends.write().insert(key, Arc::clone(&fe));
             fe
         });
         let backends = spec.backends.len();
@@ -247,11 +247,17 @@ impl Proxy {
         // Publish before binding, so the first connection already sees the backends.
         fe.balancer.publish(spec);
         if wants_socket {
-            fe.start(
+            let started = fe.start(
                 &self.inner.config,
                 &self.inner.connections,
                 &self.inner.root,
-            )?;
+            );
+            if let Err(error) = started {
+                if created {
+                    self.inner.frontends.write().remove(&key);
+                }
+                return Err(error);
+            }
         } else {
             fe.stop().await;
         }
@@ -354,7 +360,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bind_error_names_the_frontend_and_is_retried() {
+    async fn bind_error_names_the_frontend_and_creates_nothing() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let frontend = holder.local_addr().unwrap();
         let backend = echo_backend("a").await;
@@ -366,9 +372,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProxyError::Bind { .. }));
         assert!(err.to_string().contains(&frontend.to_string()), "{err}");
+        assert!(proxy.status().is_empty());
+
+        drop(holder);
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap();
+        assert!(proxy.status()[0].listening);
+        assert_eq!(round_trip(frontend, "x").await.unwrap(), "a:x");
+    }
+
+    #[tokio::test]
+    async fn rebind_error_keeps_the_frontend_not_listening() {
+        let frontend = frontend_v4();
+        let backend = echo_backend("a").await;
+        let proxy = Proxy::new(ProxyConfig::default());
+        proxy
+            .upsert(frontend, Proto::Tcp, service(&[]))
+            .await
+            .unwrap();
+        let holder = std::net::TcpListener::bind(frontend).unwrap();
+
+        let err = proxy
+            .upsert(frontend, Proto::Tcp, service(&[backend]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Bind { .. }));
         let status = proxy.status();
         assert_eq!(status.len(), 1);
         assert!(!status[0].listening);
+        assert_eq!(status[0].backends.len(), 1, "new backend set published");
 
         drop(holder);
         proxy
