@@ -148,7 +148,7 @@ fn guards_remove_namespaces_and_processes() -> Result<()> {
         topo.start_pod_servers()?;
         let names: Vec<String> = [topo.node(), topo.client()]
             .into_iter()
-            .chain(topo.pods().iter().map(|p| p.ns()))
+            .chain(topo.pods().iter().map(switchyard_tests::PodNs::ns))
             .map(|ns| ns.name().to_owned())
             .collect();
         let pids: Vec<u32> = (0..2)

@@ -1,0 +1,591 @@
+//! End-to-end tests of the switchyard daemon (userspace proxy mode): each
+//! test builds its own node, pods and client as network namespaces, runs
+//! real pod servers and the real binary over a folder of manifests, and
+//! sends real traffic from the client to Service VIPs.
+//!
+//! Tests need root and the `switchyard` binary (`cargo build -p
+//! switchyard-control`, or `SWITCHYARD_BIN`). They run in parallel: every
+//! topology has its own namespaces.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use switchyard_tests::objects::{self, Endpoint, EndpointSlice, Pod, Service, ServicePort};
+use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME};
+use switchyard_tests::{Manifests, PodServerConfig, Topology, client, metrics, poll_until};
+
+/// The daemon promises file changes reach the datapath within 200 ms; the
+/// tests wait far longer before calling it a failure.
+const PICKUP: Duration = Duration::from_secs(5);
+
+const WEB_VIP: &str = "10.96.0.10";
+const WEB_URL: &str = "http://10.96.0.10:80/";
+
+/// A topology with `pods` pods running the default servers (`web-<i>`),
+/// and a manifest folder holding the Node.
+fn cluster(pods: usize) -> Result<(Topology, Manifests)> {
+    let mut topo = Topology::new(pods)?;
+    topo.start_pod_servers()?;
+    let manifests = Manifests::new_in(topo.scratch_dir())?;
+    manifests.write_objects(
+        "node.yaml",
+        &[objects::node(
+            NODE_NAME,
+            &[IpAddr::V4(NODE_IP4), IpAddr::V6(NODE_IP6)],
+        )],
+    )?;
+    Ok((topo, manifests))
+}
+
+/// Each pod's manifest in a file of its own, `pod-web-<i>.yaml`.
+fn write_web_pods(topo: &Topology, manifests: &Manifests) -> Result<()> {
+    for index in 0..topo.pods().len() {
+        write_pod(manifests, &Pod::web(topo, index))?;
+    }
+    Ok(())
+}
+
+fn write_pod(manifests: &Manifests, pod: &Pod) -> Result<()> {
+    manifests.write_objects(&format!("pod-{}.yaml", pod.name()), &[pod.to_value()])
+}
+
+/// Service `web`: `10.96.0.10:80` → selector `app=web`, port 8080.
+fn web_service() -> Service {
+    Service::new("web")
+        .cluster_ips(&[WEB_VIP])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080))
+}
+
+/// Polls until a request to `url` from the client succeeds.
+fn wait_served(topo: &Topology, url: &str) -> Result<String> {
+    poll_until(&format!("{url} to be served"), PICKUP, || {
+        Ok(client::curl_many_results(topo.client(), url, 1)?
+            .remove(0)
+            .ok())
+    })
+}
+
+/// Polls until `pods` are the only pods that answer a batch of 20
+/// requests, then returns.
+fn wait_only(topo: &Topology, url: &str, pods: &[&str]) -> Result<()> {
+    poll_until(&format!("only {pods:?} to answer {url}"), PICKUP, || {
+        let names = client::curl_many(topo.client(), url, 20)?;
+        Ok(names
+            .iter()
+            .all(|n| pods.contains(&n.as_str()))
+            .then_some(()))
+    })
+}
+
+fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics::sum(&metrics::parse(text), name, labels)
+}
+
+#[test]
+fn even_spread_over_ready_pods() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        // /healthz said synced: the Service must answer now, not later.
+        let first = client::curl_once(topo.client(), WEB_URL)
+            .context("first request after /healthz answered 200")?;
+        ensure!(first.starts_with("web-"), "first answer {first:?}");
+
+        let names = client::curl_many(topo.client(), WEB_URL, 300)?;
+        let counts = client::tally(&names);
+        ensure!(
+            counts
+                .keys()
+                .map(String::as_str)
+                .eq(["web-0", "web-1", "web-2"]),
+            "pods reached: {counts:?}"
+        );
+        for (pod, count) in &counts {
+            // 20%..47% of 300.
+            ensure!(
+                (60..=141).contains(count),
+                "{pod} got {count} of 300 requests: {counts:?}"
+            );
+        }
+        Ok(())
+    })())
+}
+
+/// Sends 60 requests and checks that all three pods answer (so a later
+/// check that one pod is gone means something).
+fn all_three_in_rotation(topo: &Topology) -> Result<()> {
+    let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
+    ensure!(counts.len() == 3, "before the change: {counts:?}");
+    Ok(())
+}
+
+/// Sleeps 1 s after a change, then sends 60 requests: all must succeed and
+/// none may reach `gone`.
+fn left_rotation_within_a_second(topo: &Topology, gone: &str) -> Result<()> {
+    std::thread::sleep(Duration::from_secs(1));
+    let names = client::curl_many(topo.client(), WEB_URL, 60)?;
+    let counts = client::tally(&names);
+    ensure!(
+        !counts.contains_key(gone),
+        "{gone} still answered 1 s after the change: {counts:?}"
+    );
+    ensure!(counts.len() == 2, "the other pods: {counts:?}");
+    Ok(())
+}
+
+#[test]
+fn relabelled_pod_leaves_rotation_within_a_second() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        all_three_in_rotation(&topo)?;
+        write_pod(&manifests, &Pod::web(&topo, 2).label("app", "other"))?;
+        left_rotation_within_a_second(&topo, "web-2")?;
+        // Labelled back, it returns.
+        write_pod(&manifests, &Pod::web(&topo, 2))?;
+        poll_until("web-2 to come back", PICKUP, || {
+            let names = client::curl_many(topo.client(), WEB_URL, 20)?;
+            Ok(names.iter().any(|n| n == "web-2").then_some(()))
+        })
+    })())
+}
+
+#[test]
+fn unready_pod_leaves_rotation_within_a_second() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        all_three_in_rotation(&topo)?;
+        write_pod(&manifests, &Pod::web(&topo, 1).ready(false))?;
+        left_rotation_within_a_second(&topo, "web-1")?;
+        write_pod(&manifests, &Pod::web(&topo, 1))?;
+        poll_until("web-1 to come back once ready", PICKUP, || {
+            let names = client::curl_many(topo.client(), WEB_URL, 20)?;
+            Ok(names.iter().any(|n| n == "web-1").then_some(()))
+        })
+    })())
+}
+
+/// An explicit slice for the selectorless Service `web`, with `endpoints`
+/// given as (pod index, ready, serving, terminating).
+fn web_slice(topo: &Topology, endpoints: &[(usize, bool, bool, bool)]) -> Value {
+    let mut slice = EndpointSlice::new("web-manual", "web").port("http", 8080, "TCP");
+    for &(index, ready, serving, terminating) in endpoints {
+        slice = slice.endpoint(
+            Endpoint::new(IpAddr::V4(topo.pod(index).ipv4()))
+                .conditions(ready, serving, terminating)
+                .pod(&format!("web-{index}")),
+        );
+    }
+    slice.to_value()
+}
+
+#[test]
+fn terminating_endpoints_serve_until_one_is_ready() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    let service = Service::new("web")
+        .cluster_ips(&[WEB_VIP])
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
+    // web-0 and web-1 are terminating but still serving; web-2 is
+    // terminating and no longer serving: never a candidate.
+    manifests.write_objects(
+        "slice-web.yaml",
+        &[web_slice(
+            &topo,
+            &[
+                (0, false, true, true),
+                (1, false, true, true),
+                (2, false, false, true),
+            ],
+        )],
+    )?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        wait_served(&topo, WEB_URL)?;
+        let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
+        ensure!(
+            counts.keys().map(String::as_str).eq(["web-0", "web-1"]),
+            "with every endpoint terminating, the serving ones answer: {counts:?}"
+        );
+
+        // One ready endpoint: only it is used.
+        manifests.write_objects(
+            "slice-web.yaml",
+            &[web_slice(
+                &topo,
+                &[
+                    (0, true, true, false),
+                    (1, false, true, true),
+                    (2, false, false, true),
+                ],
+            )],
+        )?;
+        wait_only(&topo, WEB_URL, &["web-0"])?;
+        let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
+        ensure!(
+            counts.keys().map(String::as_str).eq(["web-0"]),
+            "with one ready endpoint, only it answers: {counts:?}"
+        );
+        Ok(())
+    })())
+}
+
+#[test]
+fn service_without_endpoints_refuses_at_once() -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    let empty = Service::new("empty")
+        .cluster_ips(&["10.96.0.30"])
+        .selector("tier", "backend")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc.yaml", &[web_service().to_value(), empty.to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        // The daemon has synced both Services: one of them answers.
+        wait_served(&topo, WEB_URL)?;
+        let out = client::curl(
+            topo.client(),
+            &["-sS", "--connect-timeout", "5", "http://10.96.0.30:80/"],
+        )?;
+        ensure!(
+            out.code == Some(7),
+            "a Service without endpoints must refuse the connection (curl exit 7), got {:?}: {}",
+            out.code,
+            out.stderr.trim()
+        );
+        ensure!(
+            out.elapsed < Duration::from_secs(2),
+            "refusal took {:?}: that is a timeout, not a refusal",
+            out.elapsed
+        );
+        // The same Service serves as soon as it has an endpoint.
+        write_pod(&manifests, &Pod::web(&topo, 0).label("tier", "backend"))?;
+        let name = wait_served(&topo, "http://10.96.0.30:80/")?;
+        ensure!(name == "web-0", "answered by {name}");
+        Ok(())
+    })())
+}
+
+#[test]
+fn client_ip_affinity_pins_one_pod() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects(
+        "svc-web.yaml",
+        &[web_service().client_ip_affinity(Some(10800)).to_value()],
+    )?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        let names = client::curl_many(topo.client(), WEB_URL, 50)?;
+        let counts = client::tally(&names);
+        ensure!(
+            counts.len() == 1,
+            "sessionAffinity ClientIP: 50 requests reached {counts:?}"
+        );
+        Ok(())
+    })())
+}
+
+#[test]
+fn named_target_port_resolves_per_pod() -> Result<()> {
+    let (mut topo, manifests) = cluster(2)?;
+    // web-1 serves on 8081 only, and names that port `http`.
+    topo.start_pod_server(1, PodServerConfig::web(1).http_ports(&[8081]))?;
+    write_pod(&manifests, &Pod::web(&topo, 0))?;
+    write_pod(
+        &manifests,
+        &Pod::web(&topo, 1).without_ports().port("http", 8081),
+    )?;
+    let service = Service::new("web")
+        .cluster_ips(&[WEB_VIP])
+        .selector("app", "web")
+        .port(ServicePort::tcp_named("http", 80, "http"));
+    manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
+        ensure!(
+            counts.keys().map(String::as_str).eq(["web-0", "web-1"]),
+            "targetPort http must reach web-0 on 8080 and web-1 on 8081: {counts:?}"
+        );
+        Ok(())
+    })())
+}
+
+#[test]
+fn udp_service_answers_from_the_vip_and_spreads_flows() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    let service = Service::new("dns")
+        .cluster_ips(&[WEB_VIP])
+        .selector("app", "web")
+        .port(ServicePort::udp("dns", 53, 5353));
+    manifests.write_objects("svc-dns.yaml", &[service.to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        let vip = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 53);
+        // Each exchange from a fresh socket, so a fresh source port.
+        let replies = client::udp_requests(topo.client(), vip, "ping", 20)?;
+        let mut pods = BTreeSet::new();
+        for (i, reply) in replies.iter().enumerate() {
+            let reply = reply
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("exchange {i}: {e}"))?;
+            ensure!(
+                reply.from == vip,
+                "exchange {i}: the reply came from {} instead of the VIP",
+                reply.from
+            );
+            ensure!(
+                reply.payload == format!("{} ping", reply.pod()) && reply.pod().starts_with("web-"),
+                "exchange {i}: reply {:?}",
+                reply.payload
+            );
+            pods.insert(reply.pod().to_owned());
+        }
+        ensure!(
+            pods.len() > 1,
+            "20 flows from different source ports all went to {pods:?}"
+        );
+        Ok(())
+    })())
+}
+
+#[test]
+fn dual_stack_service_serves_both_families() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    let service = Service::new("web")
+        .cluster_ips(&["10.96.0.20", "fd00:96::20"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        let v6 = client::tally(&client::curl_many(
+            topo.client(),
+            "http://[fd00:96::20]:80/",
+            30,
+        )?);
+        ensure!(v6.len() >= 2, "IPv6 ClusterIP spread: {v6:?}");
+        let v4 = client::tally(&client::curl_many(
+            topo.client(),
+            "http://10.96.0.20:80/",
+            30,
+        )?);
+        ensure!(v4.len() >= 2, "IPv4 ClusterIP spread: {v4:?}");
+        // Each family's ClusterIP goes to that family's pod addresses.
+        let peer6 = client::curl_once(topo.client(), "http://[fd00:96::20]:80/peer")?;
+        ensure!(
+            peer6.starts_with("[fd00:244::"),
+            "the IPv6 ClusterIP reached a pod from {peer6}, not over IPv6"
+        );
+        let peer4 = client::curl_once(topo.client(), "http://10.96.0.20:80/peer")?;
+        ensure!(
+            peer4.starts_with("10.244.0."),
+            "the IPv4 ClusterIP reached a pod from {peer4}"
+        );
+        Ok(())
+    })())
+}
+
+#[test]
+fn malformed_manifests_are_skipped_alone() -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let mut daemon = topo.start_daemon(&manifests)?;
+    let result = (|| {
+        wait_served(&topo, WEB_URL)?;
+        manifests.write(
+            "broken.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: [broken\n",
+        )?;
+        // Document 1 is a good Service; document 2 has port 70000.
+        let good = Service::new("web2")
+            .cluster_ips(&["10.96.0.11"])
+            .selector("app", "web")
+            .port(ServicePort::tcp("http", 80, 8080));
+        let mut bad = Service::new("bad")
+            .cluster_ips(&["10.96.0.12"])
+            .selector("app", "web")
+            .port(ServicePort::tcp("http", 80, 8080))
+            .to_value();
+        bad["spec"]["ports"][0]["port"] = serde_json::json!(70000);
+        manifests.write_objects("badport.yaml", &[good.to_value(), bad])?;
+
+        let broken_path = manifests.file("broken.yaml").display().to_string();
+        let line = daemon.wait_for_log("a log line naming broken.yaml", PICKUP, |l| {
+            l.contains(&broken_path) && l.contains("document 1")
+        })?;
+        eprintln!("broken YAML logged as: {line}");
+        let badport_path = manifests.file("badport.yaml").display().to_string();
+        let line = daemon.wait_for_log("a log line naming badport.yaml", PICKUP, |l| {
+            l.contains(&badport_path) && l.contains("document 2")
+        })?;
+        eprintln!("port 70000 logged as: {line}");
+
+        // The good document of the same file is served; the bad one is not.
+        let name = wait_served(&topo, "http://10.96.0.11:80/")?;
+        ensure!(name.starts_with("web-"), "web2 answered {name:?}");
+        let out = client::curl(
+            topo.client(),
+            &["-sS", "--connect-timeout", "2", "http://10.96.0.12:80/"],
+        )?;
+        ensure!(!out.status.success(), "the invalid Service was served");
+
+        // The running Service still works, and so does the daemon.
+        let names = client::curl_many(topo.client(), WEB_URL, 30)?;
+        ensure!(
+            client::tally(&names).len() == 2,
+            "web after bad files: {names:?}"
+        );
+        ensure!(daemon.try_wait()?.is_none(), "the daemon exited");
+        let (code, _) = daemon.healthz()?;
+        ensure!(code == 200, "/healthz answered {code} after bad files");
+        let text = daemon.metrics()?;
+        let invalid = sample_sum(&text, "switchyard_invalid_objects_total", &[]);
+        ensure!(
+            invalid > 0.0,
+            "switchyard_invalid_objects_total is {invalid}"
+        );
+        Ok(())
+    })();
+    daemon.with_log(result)
+}
+
+#[test]
+fn metrics_and_cli_describe_the_service() -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        client::curl_many(topo.client(), WEB_URL, 30)?;
+        let pod_ips: Vec<String> = topo.pods().iter().map(|p| p.ipv4().to_string()).collect();
+
+        let text = poll_until("30 backend connections counted", PICKUP, || {
+            let text = daemon.metrics()?;
+            let count = sample_sum(
+                &text,
+                "switchyard_backend_connections_total",
+                &[("service", "default/web:http")],
+            );
+            Ok((count >= 30.0).then_some(text))
+        })?;
+        let all = metrics::parse(&text);
+        ensure!(
+            all.iter().any(|s| s
+                .name
+                .starts_with("kubeproxy_sync_proxy_rules_duration_seconds")),
+            "no kubeproxy_sync_proxy_rules_duration_seconds in /metrics"
+        );
+        let sync_count = metrics::sum(
+            &all,
+            "kubeproxy_sync_proxy_rules_duration_seconds_count",
+            &[],
+        );
+        ensure!(sync_count >= 1.0, "sync duration count is {sync_count}");
+        let backends: BTreeSet<&str> =
+            metrics::samples(&all, "switchyard_backend_connections_total")
+                .into_iter()
+                .filter(|s| s.label("service") == Some("default/web:http"))
+                .filter_map(|s| s.label("backend"))
+                .collect();
+        for ip in &pod_ips {
+            ensure!(
+                backends.iter().any(|b| b.contains(ip.as_str())),
+                "no backend label for {ip}: {backends:?}"
+            );
+        }
+
+        let table = daemon.cli(&["services"])?;
+        let stdout = String::from_utf8_lossy(&table.stdout);
+        ensure!(
+            table.status.success(),
+            "switchyard services failed: {}",
+            String::from_utf8_lossy(&table.stderr)
+        );
+        ensure!(
+            stdout.contains("10.96.0.10:80"),
+            "`switchyard services` does not show the frontend:\n{stdout}"
+        );
+        for ip in &pod_ips {
+            ensure!(
+                stdout.contains(&format!("{ip}:8080")),
+                "`switchyard services` does not show backend {ip}:8080:\n{stdout}"
+            );
+        }
+
+        let json = daemon.cli(&["services", "--output", "json"])?;
+        ensure!(json.status.success(), "services --output json failed");
+        let value: Value = serde_json::from_slice(&json.stdout).with_context(|| {
+            format!(
+                "`services --output json` is not JSON: {}",
+                String::from_utf8_lossy(&json.stdout)
+            )
+        })?;
+        let rendered = value.to_string();
+        ensure!(
+            rendered.contains(WEB_VIP),
+            "the JSON does not list the frontend: {rendered}"
+        );
+        for ip in &pod_ips {
+            ensure!(
+                rendered.contains(ip.as_str()),
+                "the JSON does not list backend {ip}: {rendered}"
+            );
+        }
+        Ok(())
+    })())
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_vips() -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    let dual = Service::new("web6")
+        .cluster_ips(&["10.96.0.20", "fd00:96::20"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc.yaml", &[web_service().to_value(), dual.to_value()])?;
+    let mut daemon = topo.start_daemon(&manifests)?;
+    let vips = ["10.96.0.10/32", "10.96.0.20/32", "fd00:96::20/128"];
+    let result = (|| {
+        wait_served(&topo, WEB_URL)?;
+        let before = topo.node().addresses("lo")?;
+        for vip in vips {
+            ensure!(
+                before.iter().any(|a| a == vip),
+                "{vip} is not on lo while running: {before:?}"
+            );
+        }
+        let started = Instant::now();
+        let status = daemon.terminate(Duration::from_secs(15))?;
+        ensure!(
+            status.success(),
+            "switchyard exited with {status} after SIGTERM (in {:?})",
+            started.elapsed()
+        );
+        let after = topo.node().addresses("lo")?;
+        for vip in vips {
+            ensure!(
+                !after.iter().any(|a| a == vip),
+                "{vip} is still on lo after exit: {after:?}"
+            );
+        }
+        Ok(())
+    })();
+    daemon.with_log(result)
+}
