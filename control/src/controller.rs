@@ -3,6 +3,8 @@
 //! the datapath against the whole table and repairs drift.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::incremental::IncrementalTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::datapath::Datapath;
 use crate::diff::TableDiff;
 use crate::metrics::Metrics;
-use crate::model::{Frontend, NodeContext, ServiceTable, compute_service};
+use crate::model::NodeContext;
 use crate::source::SourceEvent;
 use crate::store::{Affected, ObjectKey, Store};
 
@@ -65,7 +67,12 @@ impl Health {
     /// `/healthz` judges it.
     pub fn is_healthy(&self) -> bool {
         self.last_sync()
-            .and_then(|t| SystemTime::now().duration_since(t).ok().or(Some(Duration::ZERO)))
+            .and_then(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .ok()
+                    .or(Some(Duration::ZERO))
+            })
             .is_some_and(|age| age < self.sync_period * 2)
     }
 }
@@ -74,8 +81,7 @@ impl Health {
 pub struct Controller<D: Datapath> {
     config: ControllerConfig,
     store: Store,
-    table: ServiceTable,
-    frontends_of: BTreeMap<ObjectKey, Vec<Frontend>>,
+    table: IncrementalTable,
     warned: BTreeMap<ObjectKey, BTreeSet<String>>,
     datapath: D,
     metrics: Arc<Metrics>,
@@ -86,12 +92,16 @@ pub struct Controller<D: Datapath> {
 }
 
 impl<D: Datapath> Controller<D> {
-    pub fn new(config: ControllerConfig, datapath: D, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(
+        config: ControllerConfig,
+        datapath: D,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
         Controller {
             config,
             store: Store::new(),
-            table: ServiceTable::new(),
-            frontends_of: BTreeMap::new(),
+            table: IncrementalTable::new(),
             warned: BTreeMap::new(),
             datapath,
             metrics,
@@ -158,7 +168,10 @@ impl<D: Datapath> Controller<D> {
                     // The first view is programmed in one pass, complete.
                     self.synced = true;
                     self.pending.all = true;
-                    tracing::info!(services = self.store.services_len(), "initial state received");
+                    tracing::info!(
+                        services = self.store.services_len(),
+                        "initial state received"
+                    );
                 }
             }
         }
@@ -168,31 +181,24 @@ impl<D: Datapath> Controller<D> {
     async fn sync_changes(&mut self) {
         let started = Instant::now();
         let pending = std::mem::take(&mut self.pending);
-        let keys: BTreeSet<ObjectKey> = if pending.all {
-            self.store
-                .service_keys()
-                .cloned()
-                .chain(self.frontends_of.keys().cloned())
-                .collect()
-        } else {
-            pending.services
-        };
-        let mut diff = TableDiff::default();
-        for key in &keys {
-            self.recompute(key, &mut diff);
+        let (diff, warnings) = self.table.update(&self.store, &self.config.node, &pending);
+        for (key, warnings) in &warnings {
+            self.report(key, warnings);
         }
         self.apply(&diff).await;
         let took = started.elapsed();
         self.metrics.observe_sync(took);
         if let Some(since) = self.pending_since.take() {
             if !diff.is_empty() {
-                self.metrics.network_programming.observe(since.elapsed().as_secs_f64());
+                self.metrics
+                    .network_programming
+                    .observe(since.elapsed().as_secs_f64());
             }
         }
         self.health.mark_synced();
         if !diff.is_empty() {
             tracing::debug!(
-                services = keys.len(),
+                services = warnings.len(),
                 added = diff.added.len(),
                 changed = diff.changed.len(),
                 removed = diff.removed.len(),
@@ -211,8 +217,12 @@ impl<D: Datapath> Controller<D> {
             tracing::error!(%frontend, %error, "cannot program frontend; retrying at the next sync");
             self.metrics.datapath_errors.inc();
         }
-        self.metrics.services.set(i64::try_from(self.frontends_of.len()).unwrap_or(i64::MAX));
-        self.metrics.frontends.set(i64::try_from(self.table.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .services
+            .set(i64::try_from(self.table.services()).unwrap_or(i64::MAX));
+        self.metrics
+            .frontends
+            .set(i64::try_from(self.table.table().len()).unwrap_or(i64::MAX));
     }
 
     /// The periodic sync: apply anything pending, then check the datapath against the table.
@@ -221,48 +231,13 @@ impl<D: Datapath> Controller<D> {
             self.sync_changes().await;
         }
         let started = Instant::now();
-        let drift = self.datapath.verify(&self.table).await;
+        let drift = self.datapath.verify(self.table.table()).await;
         for repair in &drift.repaired {
             tracing::warn!(datapath = self.datapath.name(), "repaired drift: {repair}");
             self.metrics.repairs.inc();
         }
         self.metrics.observe_sync(started.elapsed());
         self.health.mark_synced();
-    }
-
-    /// Recomputes one Service into the table, adding what changed to `diff`.
-    fn recompute(&mut self, key: &ObjectKey, diff: &mut TableDiff) {
-        let outcome = compute_service(&self.store, key, &self.config.node);
-        let mut warnings = outcome.warnings;
-        let old: Vec<Frontend> = self.frontends_of.remove(key).unwrap_or_default();
-        let mut new = Vec::new();
-        for entry in outcome.entries {
-            if let Some(owner) = self.table.get(&entry.frontend).map(|e| &e.service) {
-                if owner != key {
-                    warnings.push(crate::model::Warning {
-                        kind: "Service",
-                        object: key.clone(),
-                        message: format!(
-                            "frontend {} is already served by service {owner}; skipped",
-                            entry.frontend
-                        ),
-                        invalid: true,
-                    });
-                    continue;
-                }
-            }
-            new.push(entry.frontend);
-            diff.push(self.table.get(&entry.frontend), Some(entry.clone()));
-            self.table.insert(entry);
-        }
-        for frontend in old.iter().filter(|f| !new.contains(f)) {
-            diff.push(self.table.get(frontend), None);
-            self.table.remove(frontend);
-        }
-        if !new.is_empty() {
-            self.frontends_of.insert(key.clone(), new);
-        }
-        self.report(key, &warnings);
     }
 
     /// Logs each warning once: when it first appears for the Service, not at every recompute.
@@ -278,7 +253,10 @@ impl<D: Datapath> Controller<D> {
             if warning.invalid {
                 self.metrics.invalid_object(warning.kind);
             } else {
-                self.metrics.unsupported.with_label_values(&[warning.kind]).inc();
+                self.metrics
+                    .unsupported
+                    .with_label_values(&[warning.kind])
+                    .inc();
             }
         }
         if !now.is_empty() {

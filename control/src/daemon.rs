@@ -66,14 +66,26 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     });
 
     let listen = |what, addr| async move {
-        http::bind(addr).await.map_err(|source| DaemonError::Listen { what, addr, source })
+        http::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { what, addr, source })
     };
     let metrics_listener = listen("metrics address", config.metrics_bind_address).await?;
     let healthz_listener = listen("healthz address", config.healthz_bind_address).await?;
 
     let cancel = CancellationToken::new();
-    tokio::spawn(http::serve(metrics_listener, Endpoints::Metrics, Arc::clone(&state), cancel.clone()));
-    tokio::spawn(http::serve(healthz_listener, Endpoints::Health, state, cancel.clone()));
+    tokio::spawn(http::serve(
+        metrics_listener,
+        Endpoints::Metrics,
+        Arc::clone(&state),
+        cancel.clone(),
+    ));
+    tokio::spawn(http::serve(
+        healthz_listener,
+        Endpoints::Health,
+        state,
+        cancel.clone(),
+    ));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signals)?;
@@ -95,7 +107,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     let (source_metrics, source_cancel) = (Arc::clone(&metrics), cancel.clone());
     let source = tokio::spawn(async move {
-        let result = manifests::run(source_config, events, source_metrics, source_cancel.clone()).await;
+        let result =
+            manifests::run(source_config, events, source_metrics, source_cancel.clone()).await;
         if result.is_err() {
             source_cancel.cancel(); // nothing can reach the datapath any more: stop
         }

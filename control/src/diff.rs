@@ -100,13 +100,55 @@ mod tests {
         let a2 = entry("10.96.0.1", 80, &["10.244.0.1", "10.244.0.2"]);
         let b = entry("10.96.0.2", 80, &["10.244.0.3"]);
         let c = entry("fd00:96::3", 53, &[]);
-        let cases: Vec<(&str, Vec<ServiceEntry>, Vec<ServiceEntry>, usize, usize, usize)> = vec![
+        let cases: Vec<(
+            &str,
+            Vec<ServiceEntry>,
+            Vec<ServiceEntry>,
+            usize,
+            usize,
+            usize,
+        )> = vec![
             ("both empty", vec![], vec![], 0, 0, 0),
-            ("same", vec![a.clone(), b.clone()], vec![a.clone(), b.clone()], 0, 0, 0),
-            ("one added", vec![a.clone()], vec![a.clone(), b.clone()], 1, 0, 0),
-            ("one removed", vec![a.clone(), b.clone()], vec![b.clone()], 0, 0, 1),
-            ("backend added", vec![a.clone(), b.clone()], vec![a2.clone(), b.clone()], 0, 1, 0),
-            ("all at once", vec![a.clone(), b.clone()], vec![a2.clone(), c.clone()], 1, 1, 1),
+            (
+                "same",
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), b.clone()],
+                0,
+                0,
+                0,
+            ),
+            (
+                "one added",
+                vec![a.clone()],
+                vec![a.clone(), b.clone()],
+                1,
+                0,
+                0,
+            ),
+            (
+                "one removed",
+                vec![a.clone(), b.clone()],
+                vec![b.clone()],
+                0,
+                0,
+                1,
+            ),
+            (
+                "backend added",
+                vec![a.clone(), b.clone()],
+                vec![a2.clone(), b.clone()],
+                0,
+                1,
+                0,
+            ),
+            (
+                "all at once",
+                vec![a.clone(), b.clone()],
+                vec![a2.clone(), c.clone()],
+                1,
+                1,
+                1,
+            ),
         ];
         for (name, old, new, added, changed, removed) in cases {
             let old: ServiceTable = old.into_iter().collect();
@@ -119,7 +161,10 @@ mod tests {
             );
             let mut applied = old.clone();
             applied.apply(&d);
-            assert_eq!(applied, new, "{name}: applying the diff gives the new table");
+            assert_eq!(
+                applied, new,
+                "{name}: applying the diff gives the new table"
+            );
         }
     }
 }

@@ -75,18 +75,32 @@ pub async fn serve(
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
 
-fn route(state: &AdminState, endpoints: Endpoints, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    state: &AdminState,
+    endpoints: Endpoints,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
     }
     match (endpoints, request.uri().path()) {
         (_, "/healthz") => health(state, true),
@@ -107,7 +121,9 @@ fn route(state: &AdminState, endpoints: Endpoints, request: &Request<Incoming>) 
                 ),
             }
         }
-        (Endpoints::Metrics, "/proxyMode") => respond(StatusCode::OK, "text/plain", state.proxy_mode),
+        (Endpoints::Metrics, "/proxyMode") => {
+            respond(StatusCode::OK, "text/plain", state.proxy_mode)
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
@@ -116,15 +132,18 @@ fn route(state: &AdminState, endpoints: Endpoints, request: &Request<Incoming>) 
 /// 200 when the datapath was synced within twice the sync period, 503 otherwise.
 fn health(state: &AdminState, with_node: bool) -> Response<Full<Bytes>> {
     let healthy = state.health.is_healthy();
-    let last = state
-        .health
-        .last_sync()
-        .map_or_else(String::new, |t| humantime::format_rfc3339_millis(t).to_string());
+    let last = state.health.last_sync().map_or_else(String::new, |t| {
+        humantime::format_rfc3339_millis(t).to_string()
+    });
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let mut body = serde_json::json!({"lastUpdated": last, "currentTime": now});
     if with_node {
         body["nodeEligible"] = serde_json::Value::Bool(true);
     }
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     respond(status, "application/json", body.to_string())
 }

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod diff;
 pub mod http;
+pub mod incremental;
 pub mod metrics;
 pub mod model;
 pub mod services;

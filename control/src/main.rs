@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Run(args) => {
             let level = match args.verbosity {
@@ -15,8 +17,12 @@ fn main() -> anyhow::Result<()> {
                 2 | 3 => "debug",
                 _ => "trace",
             };
-            let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr);
             match args.log_format {
                 LogFormat::Text => builder.init(),
                 LogFormat::Json => builder.json().init(),
@@ -25,7 +31,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(switchyard_control::daemon::run(config))?;
         }
         Command::Services(args) => {
-            let views = runtime.block_on(switchyard_control::services::fetch(args.metrics_address))?;
+            let views =
+                runtime.block_on(switchyard_control::services::fetch(args.metrics_address))?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
                 Output::Table => print!("{}", switchyard_control::services::render_table(&views)),

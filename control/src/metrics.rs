@@ -118,7 +118,9 @@ impl Metrics {
         register(Box::new(metrics.frontends.clone()));
         register(Box::new(DatapathCollector::new(views)));
         #[cfg(target_os = "linux")]
-        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         metrics
     }
 
@@ -253,13 +255,19 @@ impl Collector for DatapathCollector {
             let (mut ready, mut terminating) = (0, 0);
             for b in &view.backends {
                 let labels = [view.service.as_str(), frontend.as_str(), b.backend.as_str()];
-                f.backend_total.with_label_values(&labels).inc_by(b.connections_total);
+                f.backend_total
+                    .with_label_values(&labels)
+                    .inc_by(b.connections_total);
                 f.backend_active
                     .with_label_values(&labels)
                     .set(i64::try_from(b.connections_active).unwrap_or(i64::MAX));
-                f.backend_failures.with_label_values(&labels).inc_by(b.connect_failures);
+                f.backend_failures
+                    .with_label_values(&labels)
+                    .inc_by(b.connect_failures);
                 let [s, fr, be] = labels;
-                f.backend_bytes.with_label_values(&[s, fr, be, "sent"]).inc_by(b.bytes_sent);
+                f.backend_bytes
+                    .with_label_values(&[s, fr, be, "sent"])
+                    .inc_by(b.bytes_sent);
                 f.backend_bytes
                     .with_label_values(&[s, fr, be, "received"])
                     .inc_by(b.bytes_received);
@@ -277,7 +285,9 @@ impl Collector for DatapathCollector {
                 .set(i64::try_from(active).unwrap_or(i64::MAX));
             let [s, fr] = service;
             f.backends.with_label_values(&[s, fr, "active"]).set(ready);
-            f.backends.with_label_values(&[s, fr, "terminating"]).set(terminating);
+            f.backends
+                .with_label_values(&[s, fr, "terminating"])
+                .set(terminating);
         }
         f.collectors().iter().flat_map(|c| c.collect()).collect()
     }

@@ -12,7 +12,9 @@ use crate::datapath::FrontendView;
 /// Why the daemon's table could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
-    #[error("cannot reach the switchyard daemon at {addr} (is it running? see --metrics-address): {source}")]
+    #[error(
+        "cannot reach the switchyard daemon at {addr} (is it running? see --metrics-address): {source}"
+    )]
     Connect {
         addr: SocketAddr,
         #[source]
@@ -25,7 +27,10 @@ pub enum ServicesError {
         source: hyper::Error,
     },
     #[error("{addr} answered {status}")]
-    Status { addr: SocketAddr, status: hyper::StatusCode },
+    Status {
+        addr: SocketAddr,
+        status: hyper::StatusCode,
+    },
     #[error("{addr} sent a table that does not parse: {source}")]
     Parse {
         addr: SocketAddr,
@@ -81,7 +86,11 @@ pub fn render_table(views: &[FrontendView]) -> String {
             None => view.algorithm.clone(),
         };
         if view.backends.is_empty() {
-            let state = if view.listening { "no backends (drop)" } else { "no backends (reject)" };
+            let state = if view.listening {
+                "no backends (drop)"
+            } else {
+                "no backends (reject)"
+            };
             rows.push([
                 view.service.clone(),
                 view.frontend.clone(),
@@ -95,7 +104,11 @@ pub fn render_table(views: &[FrontendView]) -> String {
         }
         for (i, backend) in view.backends.iter().enumerate() {
             let (service, frontend, algorithm) = if i == 0 {
-                (view.service.clone(), view.frontend.clone(), algorithm.clone())
+                (
+                    view.service.clone(),
+                    view.frontend.clone(),
+                    algorithm.clone(),
+                )
             } else {
                 (String::new(), String::new(), String::new())
             };

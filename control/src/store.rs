@@ -30,7 +30,10 @@ impl ObjectKey {
     /// `kubectl apply` would put it.
     pub fn of(meta: &ObjectMeta) -> ObjectKey {
         ObjectKey {
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
             name: meta.name.clone().unwrap_or_default(),
         }
     }
@@ -238,7 +241,8 @@ impl Store {
             Object::Pod(pod) => {
                 counts.endpoints = 1;
                 let old = self.pods.insert(key.clone(), pod);
-                affected.services = self.services_selecting(&key.namespace, old.as_ref(), self.pods.get(&key));
+                affected.services =
+                    self.services_selecting(&key.namespace, old.as_ref(), self.pods.get(&key));
             }
             Object::Node(node) => {
                 affected.all = true;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use switchyard_proxy as proxy;
 
+use super::vip::{VipError, VipManager};
 use super::{Applied, BackendView, Datapath, Drift, FrontendView};
 use crate::diff::TableDiff;
-use crate::model::{Algorithm, BackendState, EmptyAction, Frontend, Protocol, ServiceEntry, ServiceTable};
-use super::vip::{VipError, VipManager};
+use crate::model::{
+    Algorithm, BackendState, EmptyAction, Frontend, Protocol, ServiceEntry, ServiceTable,
+};
 
 /// Configuration of the userspace datapath.
 #[derive(Clone, Debug)]
@@ -81,10 +83,17 @@ impl UserspaceDatapath {
 
     async fn add(&mut self, entry: &ServiceEntry) -> Result<(), String> {
         let frontend = entry.frontend;
-        self.vips.acquire(frontend.addr).await.map_err(|e| e.to_string())?;
+        self.vips
+            .acquire(frontend.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Err(error) = self
             .proxy
-            .upsert(socket_addr(&frontend), proto(frontend.proto), spec_of(entry))
+            .upsert(
+                socket_addr(&frontend),
+                proto(frontend.proto),
+                spec_of(entry),
+            )
             .await
         {
             if let Err(e) = self.vips.release(frontend.addr).await {
@@ -102,7 +111,11 @@ impl UserspaceDatapath {
         }
         let frontend = entry.frontend;
         self.proxy
-            .upsert(socket_addr(&frontend), proto(frontend.proto), spec_of(entry))
+            .upsert(
+                socket_addr(&frontend),
+                proto(frontend.proto),
+                spec_of(entry),
+            )
             .await
             .map_err(|e| e.to_string())?;
         self.programmed.insert(frontend, entry.clone());
@@ -113,7 +126,9 @@ impl UserspaceDatapath {
         if self.programmed.remove(frontend).is_none() {
             return;
         }
-        self.proxy.remove(socket_addr(frontend), proto(frontend.proto)).await;
+        self.proxy
+            .remove(socket_addr(frontend), proto(frontend.proto))
+            .await;
         if let Err(error) = self.vips.release(frontend.addr).await {
             tracing::warn!(%error, "cannot remove VIP");
         }
@@ -158,14 +173,23 @@ impl Datapath for UserspaceDatapath {
             .collect();
         for entry in want.entries() {
             let known = self.programmed.get(&entry.frontend);
-            let in_proxy = serving.contains(&(socket_addr(&entry.frontend), proto(entry.frontend.proto)));
+            let in_proxy =
+                serving.contains(&(socket_addr(&entry.frontend), proto(entry.frontend.proto)));
             if known == Some(entry) && in_proxy {
                 continue;
             }
-            let result = if known.is_some() { self.change(entry).await } else { self.add(entry).await };
+            let result = if known.is_some() {
+                self.change(entry).await
+            } else {
+                self.add(entry).await
+            };
             match result {
-                Ok(()) => drift.repaired.push(format!("frontend {} reprogrammed", entry.frontend)),
-                Err(e) => tracing::warn!(frontend = %entry.frontend, error = %e, "cannot program frontend"),
+                Ok(()) => drift
+                    .repaired
+                    .push(format!("frontend {} reprogrammed", entry.frontend)),
+                Err(e) => {
+                    tracing::warn!(frontend = %entry.frontend, error = %e, "cannot program frontend")
+                }
             }
         }
         let extra: Vec<Frontend> = self
@@ -176,14 +200,17 @@ impl Datapath for UserspaceDatapath {
             .collect();
         for frontend in extra {
             self.remove(&frontend).await;
-            drift.repaired.push(format!("stale frontend {frontend} removed"));
+            drift
+                .repaired
+                .push(format!("stale frontend {frontend} removed"));
         }
         match self.vips.repair().await {
-            Ok(addrs) => drift.repaired.extend(
-                addrs
-                    .into_iter()
-                    .map(|a| format!("VIP {a} was missing from {} and was added back", self.vips.interface())),
-            ),
+            Ok(addrs) => drift.repaired.extend(addrs.into_iter().map(|a| {
+                format!(
+                    "VIP {a} was missing from {} and was added back",
+                    self.vips.interface()
+                )
+            })),
             Err(error) => tracing::warn!(%error, "cannot check VIPs"),
         }
         drift
@@ -192,7 +219,10 @@ impl Datapath for UserspaceDatapath {
     async fn shutdown(&mut self, grace: Duration) {
         let open = self.proxy.shutdown(grace).await;
         if open > 0 {
-            tracing::warn!(open, "grace period over; closing the connections still open");
+            tracing::warn!(
+                open,
+                "grace period over; closing the connections still open"
+            );
         }
         self.vips.release_all().await;
         self.programmed.clear();
@@ -223,7 +253,12 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
                 .into_iter()
                 .map(|b| BackendView {
                     backend: b.addr.to_string(),
-                    state: if b.terminating { "terminating" } else { "active" }.to_owned(),
+                    state: if b.terminating {
+                        "terminating"
+                    } else {
+                        "active"
+                    }
+                    .to_owned(),
                     connections_total: b.connections_total,
                     connections_active: b.connections_active,
                     bytes_sent: b.bytes_sent,
@@ -233,6 +268,10 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
                 .collect(),
         })
         .collect();
-    out.sort_by(|a, b| a.service.cmp(&b.service).then_with(|| a.frontend.cmp(&b.frontend)));
+    out.sort_by(|a, b| {
+        a.service
+            .cmp(&b.service)
+            .then_with(|| a.frontend.cmp(&b.frontend))
+    });
     out
 }

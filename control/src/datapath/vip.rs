@@ -100,7 +100,11 @@ impl VipManager {
             .set_link_index_filter(self.index)
             .set_address_filter(addr)
             .execute();
-        while let Some(message) = found.try_next().await.map_err(|e| self.request_error(addr, e))? {
+        while let Some(message) = found
+            .try_next()
+            .await
+            .map_err(|e| self.request_error(addr, e))?
+        {
             if message.header.prefix_len != prefix_len(addr) {
                 continue; // not a VIP we would have added (e.g. 127.0.0.1/8)
             }

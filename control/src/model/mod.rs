@@ -265,7 +265,11 @@ pub fn compute_table(store: &Store, node: &NodeContext) -> (ServiceTable, Vec<Wa
 
 /// Inserts an entry unless another Service already holds its frontend; the first Service (by
 /// namespace/name) keeps it, as the API server would never have allowed the second.
-pub fn insert_unclaimed(table: &mut ServiceTable, entry: ServiceEntry, warnings: &mut Vec<Warning>) {
+pub fn insert_unclaimed(
+    table: &mut ServiceTable,
+    entry: ServiceEntry,
+    warnings: &mut Vec<Warning>,
+) {
     if let Some(existing) = table.get(&entry.frontend) {
         if existing.service != entry.service {
             warnings.push(Warning {
@@ -410,7 +414,9 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
 /// handed to another proxy by `service.kubernetes.io/service-proxy-name`.
 pub fn is_proxied(service: &Service) -> bool {
     let labels = service.metadata.labels.as_ref();
-    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
+    if labels
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
+    {
         return false;
     }
     let Some(spec) = service.spec.as_ref() else {
@@ -497,7 +503,11 @@ fn endpoints_for_port(
         }) else {
             continue;
         };
-        let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+        let Some(target_port) = target
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
             continue;
         };
         for endpoint in slice.endpoints.iter().flatten() {

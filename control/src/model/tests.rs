@@ -77,7 +77,12 @@ fn run(objects: Vec<Object>) -> (ServiceTable, Vec<Warning>) {
     for object in objects {
         store.upsert(object);
     }
-    compute_table(&store, &NodeContext { name: NODE.to_owned() })
+    compute_table(
+        &store,
+        &NodeContext {
+            name: NODE.to_owned(),
+        },
+    )
 }
 
 /// `vip:port/proto -> sorted "ip:port" backends`, for compact expectations.
@@ -150,8 +155,10 @@ fn frontends_and_backends() {
         (
             "dual stack: each family gets its own endpoints",
             vec![
-                service(json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-                               "ports": [{"name": "http", "port": 80}]})),
+                service(
+                    json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                               "ports": [{"name": "http", "port": 80}]}),
+                ),
                 v4_slice(),
                 slice(
                     "web-b",
@@ -168,18 +175,30 @@ fn frontends_and_backends() {
         (
             "IPv6-only Service",
             vec![
-                service(json!({"clusterIP": "fd00:96::10", "ports": [{"name": "http", "port": 80}]})),
-                slice("web-b", "IPv6", json!([{"name": "http", "port": 8080}]),
-                      json!([ep("fd00:244::11", ready())])),
+                service(
+                    json!({"clusterIP": "fd00:96::10", "ports": [{"name": "http", "port": 80}]}),
+                ),
+                slice(
+                    "web-b",
+                    "IPv6",
+                    json!([{"name": "http", "port": 8080}]),
+                    json!([ep("fd00:244::11", ready())]),
+                ),
             ],
             vec!["[fd00:96::10]:80/TCP -> [fd00:244::11]:8080"],
         ),
         (
             "an address of the wrong family in a slice is not used",
             vec![
-                service(json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]})),
-                slice("web-b", "IPv6", json!([{"name": "http", "port": 8080}]),
-                      json!([ep("fd00:244::11", ready())])),
+                service(
+                    json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+                ),
+                slice(
+                    "web-b",
+                    "IPv6",
+                    json!([{"name": "http", "port": 8080}]),
+                    json!([ep("fd00:244::11", ready())]),
+                ),
             ],
             vec!["10.96.0.10:80/TCP -> "],
         ),
@@ -191,20 +210,34 @@ fn frontends_and_backends() {
         (
             "the same endpoint in two slices is used once",
             vec![
-                service(json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]})),
+                service(
+                    json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}),
+                ),
                 v4_slice(),
-                slice("web-c", "IPv4", json!([{"name": "http", "port": 8080}]),
-                      json!([ep("10.244.0.11", ready())])),
+                slice(
+                    "web-c",
+                    "IPv4",
+                    json!([{"name": "http", "port": 8080}]),
+                    json!([ep("10.244.0.11", ready())]),
+                ),
             ],
             vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"],
         ),
         (
             "explicit slices win over pods",
             vec![
-                service(json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
-                               "ports": [{"name": "http", "port": 80, "targetPort": 9999}]})),
+                service(
+                    json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                               "ports": [{"name": "http", "port": 80, "targetPort": 9999}]}),
+                ),
                 v4_slice(),
-                pod("web-9", json!({"app": "web"}), &["10.244.0.99"], true, json!({})),
+                pod(
+                    "web-9",
+                    json!({"app": "web"}),
+                    &["10.244.0.99"],
+                    true,
+                    json!({}),
+                ),
             ],
             vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"],
         ),
@@ -220,7 +253,10 @@ fn frontends_and_backends() {
 fn services_that_are_skipped() {
     let ports = json!([{"port": 80}]);
     let cases: Vec<(&str, Object)> = vec![
-        ("clusterIP None", service(json!({"clusterIP": "None", "ports": ports}))),
+        (
+            "clusterIP None",
+            service(json!({"clusterIP": "None", "ports": ports})),
+        ),
         (
             "headless label",
             service_with(
@@ -239,7 +275,9 @@ fn services_that_are_skipped() {
         ),
         (
             "ExternalName",
-            service(json!({"type": "ExternalName", "externalName": "example.invalid", "ports": ports})),
+            service(
+                json!({"type": "ExternalName", "externalName": "example.invalid", "ports": ports}),
+            ),
         ),
     ];
     for (name, object) in cases {
@@ -286,7 +324,9 @@ fn unsupported_and_invalid_services_warn() {
         ),
         (
             "unknown protocol",
-            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "QUIC"}]})),
+            service(
+                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "QUIC"}]}),
+            ),
             vec![],
             "spec.ports[0].protocol: unknown protocol \"QUIC\"",
         ),
@@ -327,15 +367,28 @@ fn endpoint_conditions() {
             .collect();
         vec![
             service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
-            slice("web-a", "IPv4", json!([{"port": 8080}]), Value::Array(endpoints)),
+            slice(
+                "web-a",
+                "IPv4",
+                json!([{"port": 8080}]),
+                Value::Array(endpoints),
+            ),
         ]
     };
     let terminating = json!({"ready": false, "serving": true, "terminating": true});
     let not_serving = json!({"ready": false, "serving": false, "terminating": true});
     let not_ready = json!({"ready": false, "serving": false, "terminating": false});
     let cases: Vec<(&str, Vec<Value>, &str)> = vec![
-        ("ready only", vec![ready(), not_ready.clone()], "10.244.0.11:8080"),
-        ("unset conditions mean ready", vec![json!({}), not_ready.clone()], "10.244.0.11:8080"),
+        (
+            "ready only",
+            vec![ready(), not_ready.clone()],
+            "10.244.0.11:8080",
+        ),
+        (
+            "unset conditions mean ready",
+            vec![json!({}), not_ready.clone()],
+            "10.244.0.11:8080",
+        ),
         (
             "ready wins over terminating",
             vec![terminating.clone(), ready()],
@@ -343,14 +396,26 @@ fn endpoint_conditions() {
         ),
         (
             "no ready: serving-and-terminating fallback",
-            vec![terminating.clone(), not_serving.clone(), terminating.clone()],
+            vec![
+                terminating.clone(),
+                not_serving.clone(),
+                terminating.clone(),
+            ],
             "10.244.0.11:8080(t),10.244.0.13:8080(t)",
         ),
-        ("no ready, none serving: empty", vec![not_serving, not_ready], ""),
+        (
+            "no ready, none serving: empty",
+            vec![not_serving, not_ready],
+            "",
+        ),
     ];
     for (name, conditions, want) in cases {
         let (table, _) = run(with(conditions));
-        assert_eq!(summary(&table), vec![format!("10.96.0.10:80/TCP -> {want}")], "{name}");
+        assert_eq!(
+            summary(&table),
+            vec![format!("10.96.0.10:80/TCP -> {want}")],
+            "{name}"
+        );
     }
 }
 
@@ -369,17 +434,34 @@ fn label_selection_derives_endpoints_from_pods() {
             vec![
                 pod("web-0", web.clone(), &["10.244.0.10"], true, json!({})),
                 pod("web-1", web.clone(), &["10.244.0.11"], true, json!({})),
-                pod("other", json!({"app": "db"}), &["10.244.0.12"], true, json!({})),
+                pod(
+                    "other",
+                    json!({"app": "db"}),
+                    &["10.244.0.12"],
+                    true,
+                    json!({}),
+                ),
                 pod("no-ip", web.clone(), &[], true, json!({})),
-                pod("done", web.clone(), &["10.244.0.13"], true, json!({"status": {"phase": "Succeeded"}})),
+                pod(
+                    "done",
+                    web.clone(),
+                    &["10.244.0.13"],
+                    true,
+                    json!({"status": {"phase": "Succeeded"}}),
+                ),
             ],
             "10.244.0.10:8080,10.244.0.11:8080",
         ),
         (
             "a pod in another namespace is not selected",
             basic_spec(),
-            vec![pod("web-0", web.clone(), &["10.244.0.10"], true,
-                     json!({"metadata": {"namespace": "other"}}))],
+            vec![pod(
+                "web-0",
+                web.clone(),
+                &["10.244.0.10"],
+                true,
+                json!({"metadata": {"namespace": "other"}}),
+            )],
             "",
         ),
         (
@@ -395,15 +477,33 @@ fn label_selection_derives_endpoints_from_pods() {
             "publishNotReadyAddresses uses not-ready pods",
             json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
                    "publishNotReadyAddresses": true, "ports": [{"port": 80, "targetPort": 8080}]}),
-            vec![pod("web-0", web.clone(), &["10.244.0.10"], false, json!({}))],
+            vec![pod(
+                "web-0",
+                web.clone(),
+                &["10.244.0.10"],
+                false,
+                json!({}),
+            )],
             "10.244.0.10:8080",
         ),
         (
             "deleting pods are the terminating fallback",
             basic_spec(),
             vec![
-                pod("web-0", web.clone(), &["10.244.0.10"], true, deleting.clone()),
-                pod("web-1", web.clone(), &["10.244.0.11"], false, deleting.clone()),
+                pod(
+                    "web-0",
+                    web.clone(),
+                    &["10.244.0.10"],
+                    true,
+                    deleting.clone(),
+                ),
+                pod(
+                    "web-1",
+                    web.clone(),
+                    &["10.244.0.11"],
+                    false,
+                    deleting.clone(),
+                ),
             ],
             "10.244.0.10:8080(t)",
         ),
@@ -427,9 +527,27 @@ fn label_selection_derives_endpoints_from_pods() {
             json!({"clusterIP": "10.96.0.10", "selector": {"app": "web"},
                    "ports": [{"port": 80, "targetPort": "http"}]}),
             vec![
-                pod("web-0", web.clone(), &["10.244.0.10"], true, named_port("http", 8080)),
-                pod("web-1", web.clone(), &["10.244.0.11"], true, named_port("http", 8081)),
-                pod("web-2", web.clone(), &["10.244.0.12"], true, named_port("admin", 9000)),
+                pod(
+                    "web-0",
+                    web.clone(),
+                    &["10.244.0.10"],
+                    true,
+                    named_port("http", 8080),
+                ),
+                pod(
+                    "web-1",
+                    web.clone(),
+                    &["10.244.0.11"],
+                    true,
+                    named_port("http", 8081),
+                ),
+                pod(
+                    "web-2",
+                    web.clone(),
+                    &["10.244.0.12"],
+                    true,
+                    named_port("admin", 9000),
+                ),
             ],
             "10.244.0.10:8080,10.244.0.11:8081",
         ),
@@ -444,7 +562,11 @@ fn label_selection_derives_endpoints_from_pods() {
         let mut objects = vec![service(spec)];
         objects.extend(pods);
         let (table, warnings) = run(objects);
-        assert_eq!(summary(&table), vec![format!("10.96.0.10:80/TCP -> {want}")], "{name}");
+        assert_eq!(
+            summary(&table),
+            vec![format!("10.96.0.10:80/TCP -> {want}")],
+            "{name}"
+        );
         assert!(warnings.is_empty(), "{name}: {warnings:?}");
     }
 }
@@ -454,10 +576,20 @@ fn derived_endpoints_carry_node_and_zone() {
     let (table, _) = run(vec![
         service(basic_spec()),
         node("node-a", "zone-1"),
-        pod("web-0", json!({"app": "web"}), &["10.244.0.10", "fd00:244::10"], true, json!({})),
+        pod(
+            "web-0",
+            json!({"app": "web"}),
+            &["10.244.0.10", "fd00:244::10"],
+            true,
+            json!({}),
+        ),
     ]);
     let entry = table.entries().next().expect("one frontend");
-    assert_eq!(entry.backends.len(), 1, "only the IPv4 address for an IPv4 VIP");
+    assert_eq!(
+        entry.backends.len(),
+        1,
+        "only the IPv4 address for an IPv4 VIP"
+    );
     assert_eq!(entry.backends[0].node.as_deref(), Some("node-a"));
     assert_eq!(entry.backends[0].zone.as_deref(), Some("zone-1"));
 }
@@ -593,8 +725,10 @@ fn affinity_algorithm_and_traffic_policy() {
 #[test]
 fn local_policy_falls_back_to_local_terminating() {
     let (table, _) = run(vec![
-        service(json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
-                       "ports": [{"port": 80}]})),
+        service(
+            json!({"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
+                       "ports": [{"port": 80}]}),
+        ),
         slice(
             "web-a",
             "IPv4",
@@ -606,20 +740,42 @@ fn local_policy_falls_back_to_local_terminating() {
             ]),
         ),
     ]);
-    assert_eq!(summary(&table), vec!["10.96.0.10:80/TCP -> 10.244.0.12:8080(t)"]);
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.12:8080(t)"]
+    );
 }
 
 #[test]
 fn invalid_slices_are_skipped_alone() {
     let (table, warnings) = run(vec![
         service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
-        slice("good", "IPv4", json!([{"port": 8080}]), json!([ep("10.244.0.11", ready())])),
-        slice("bad", "IPv4", json!([{"port": 8080}]), json!([ep("fd00::1", ready())])),
+        slice(
+            "good",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([ep("10.244.0.11", ready())]),
+        ),
+        slice(
+            "bad",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([ep("fd00::1", ready())]),
+        ),
     ]);
-    assert_eq!(summary(&table), vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080"]);
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080"]
+    );
     assert_eq!(warnings.len(), 1);
     assert_eq!(warnings[0].kind, "EndpointSlice");
-    assert!(warnings[0].to_string().contains("endpoints[0].addresses[0]"), "{}", warnings[0]);
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("endpoints[0].addresses[0]"),
+        "{}",
+        warnings[0]
+    );
 }
 
 #[test]
@@ -632,9 +788,16 @@ fn two_services_claiming_one_frontend() {
         ),
     ]);
     assert_eq!(table.len(), 1);
-    assert_eq!(table.entries().next().map(|e| e.service.name.as_str()), Some("web"));
+    assert_eq!(
+        table.entries().next().map(|e| e.service.name.as_str()),
+        Some("web")
+    );
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].to_string().contains("already served by service default/web"));
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("already served by service default/web")
+    );
 }
 
 #[test]
@@ -648,11 +811,23 @@ fn store_reports_affected_services() {
     let web = ObjectKey::new("default", "web");
     let db = ObjectKey::new("default", "db");
 
-    let (affected, counts) = store.upsert(pod("p", json!({"app": "web"}), &["10.244.0.10"], true, json!({})));
+    let (affected, counts) = store.upsert(pod(
+        "p",
+        json!({"app": "web"}),
+        &["10.244.0.10"],
+        true,
+        json!({}),
+    ));
     assert_eq!(affected.services.iter().collect::<Vec<_>>(), vec![&web]);
     assert_eq!(counts.endpoints, 1);
     // Relabelled from web to db: both Services see the change.
-    let (affected, _) = store.upsert(pod("p", json!({"app": "db"}), &["10.244.0.10"], true, json!({})));
+    let (affected, _) = store.upsert(pod(
+        "p",
+        json!({"app": "db"}),
+        &["10.244.0.10"],
+        true,
+        json!({}),
+    ));
     assert_eq!(affected.services.len(), 2);
     let (affected, _) = store.delete(crate::store::Kind::Pod, &ObjectKey::new("default", "p"));
     assert_eq!(affected.services.iter().collect::<Vec<_>>(), vec![&db]);

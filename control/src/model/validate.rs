@@ -34,7 +34,10 @@ fn check_port(field: &str, value: i32) -> Result<u16, ValidationError> {
 fn check_protocol(field: &str, value: Option<&str>) -> Result<(), ValidationError> {
     match value {
         None | Some("TCP" | "UDP" | "SCTP") => Ok(()),
-        Some(other) => invalid(field, format!("unknown protocol {other:?} (want TCP, UDP or SCTP)")),
+        Some(other) => invalid(
+            field,
+            format!("unknown protocol {other:?} (want TCP, UDP or SCTP)"),
+        ),
     }
 }
 
@@ -54,7 +57,9 @@ fn check_name(meta: &ObjectMeta) -> Result<(), ValidationError> {
 fn is_port_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -120,7 +125,10 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
             return invalid(field("name"), format!("{name:?} is not a valid port name"));
         }
         if ports.len() > 1 && name.is_empty() {
-            return invalid(field("name"), "is required when a Service has more than one port");
+            return invalid(
+                field("name"),
+                "is required when a Service has more than one port",
+            );
         }
         if !names.insert(name) {
             return invalid(field("name"), format!("duplicate port name {name:?}"));
@@ -173,13 +181,22 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
         }
     }
     for (field, value) in [
-        ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref()),
-        ("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref()),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
     ] {
         match value {
             None | Some("Cluster" | "Local") => {}
             Some(other) => {
-                return invalid(field, format!("unknown value {other:?} (want Cluster or Local)"));
+                return invalid(
+                    field,
+                    format!("unknown value {other:?} (want Cluster or Local)"),
+                );
             }
         }
     }
@@ -202,7 +219,10 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), ValidationEr
     };
     for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
         if endpoint.addresses.is_empty() {
-            return invalid(format!("endpoints[{i}].addresses"), "must hold at least one address");
+            return invalid(
+                format!("endpoints[{i}].addresses"),
+                "must hold at least one address",
+            );
         }
         let Some(ipv4) = family else { continue };
         for (j, address) in endpoint.addresses.iter().enumerate() {
@@ -224,7 +244,10 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), ValidationEr
         check_protocol(&format!("ports[{i}].protocol"), port.protocol.as_deref())?;
         let name = port.name.as_deref().unwrap_or("");
         if !names.insert(name) {
-            return invalid(format!("ports[{i}].name"), format!("duplicate port name {name:?}"));
+            return invalid(
+                format!("ports[{i}].name"),
+                format!("duplicate port name {name:?}"),
+            );
         }
     }
     Ok(())

@@ -76,7 +76,11 @@ pub fn parse_manifest(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentError
         }
         // `kind: List` (as `kubectl get -o yaml` writes) holds its objects in `items`.
         if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
-            let items = value.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            let items = value
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default();
             for (i, item) in items.into_iter().enumerate() {
                 match parse_object(item) {
                     Ok(object) => objects.push(object),
@@ -106,7 +110,10 @@ pub fn parse_manifest(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentError
 /// Reads one object: its kind from `apiVersion` and `kind`, its fields into the k8s-openapi
 /// type (the error names the field), then switchyard's validation.
 fn parse_object(value: serde_json::Value) -> Result<Object, (Option<Kind>, String)> {
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let kind_name = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
     let name = value
         .pointer("/metadata/name")
@@ -488,11 +495,25 @@ mod tests {
 
         // A broken edit: error reported, the Service is kept, nothing is deleted.
         let broken = state.update(path, Some("kind: [unclosed"));
-        assert_eq!((broken.upserts.len(), broken.deletes.len(), broken.errors.len()), (0, 0, 1));
+        assert_eq!(
+            (
+                broken.upserts.len(),
+                broken.deletes.len(),
+                broken.errors.len()
+            ),
+            (0, 0, 1)
+        );
 
         // An invalid edit of the same object: also kept.
         let invalid = state.update(path, Some(&SERVICE.replace("port: 80", "port: 0")));
-        assert_eq!((invalid.upserts.len(), invalid.deletes.len(), invalid.errors.len()), (0, 0, 1));
+        assert_eq!(
+            (
+                invalid.upserts.len(),
+                invalid.deletes.len(),
+                invalid.errors.len()
+            ),
+            (0, 0, 1)
+        );
 
         // A good edit replaces it.
         let fixed = state.update(path, Some(&SERVICE.replace("port: 80", "port: 81")));
