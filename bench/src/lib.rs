@@ -1,1 +1,46 @@
-//! placeholder
+//! switchyard's comparison benchmarks: the userspace L4 TCP proxy measured
+//! against HAProxy and against a direct connection to the pods, on one
+//! topology of network namespaces, with a load generator of its own.
+//!
+//! What it owns: the load generator ([`loadgen`], binary `loadgen`), the
+//! HAProxy setup ([`haproxy`]), CPU pinning and accounting ([`cpu`]), the
+//! run itself ([`suite`]) and its dated report ([`report`], written to
+//! `bench/results/`). The binary `compare` ties them together.
+//!
+//! What it never does: pass or fail (it measures), or send traffic anywhere
+//! but loopback and the namespaces it created through `switchyard-tests`.
+
+#![forbid(unsafe_code)]
+
+pub mod binaries;
+pub mod cpu;
+pub mod haproxy;
+pub mod loadgen;
+pub mod machine;
+pub mod report;
+pub mod suite;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::machine::Machine;
+use crate::report::{Method, Report};
+use crate::suite::SuiteConfig;
+
+/// Runs the comparison described by `config` against the switchyard binary
+/// `switchyard_bin` (which `$SWITCHYARD_BIN` must name: the topology
+/// library starts it from there) and writes the report into `out_dir`.
+/// Returns the report and the paths of its Markdown and JSON files.
+pub fn compare(
+    config: &SuiteConfig,
+    switchyard_bin: &Path,
+    out_dir: &Path,
+) -> Result<(Report, PathBuf, PathBuf)> {
+    let haproxy = haproxy::version()?;
+    let machine = Machine::gather(&switchyard_tests::workspace_dir(), switchyard_bin, haproxy);
+    let outcome = suite::run(config)?;
+    let report = Report::new(machine, Method::of(config), outcome);
+    let (md, json) = report.write(out_dir)?;
+    Ok((report, md, json))
+}
