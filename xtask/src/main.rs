@@ -1,1 +1,168 @@
-fn main(){}
+//! `cargo xtask`: the project's commands.
+//!
+//! - `cargo xtask run`: builds switchyard, installs missing Debian packages, brings up a demo
+//!   node with three pods in network namespaces, starts the daemon on `examples/demo/` and
+//!   shows traffic being balanced (then keeps it up until Ctrl-C, or exits with `--once`).
+//! - `cargo xtask test`: installs what the tests need, builds, and runs every test (unit tests
+//!   and the end-to-end tests, which need root).
+//! - `cargo xtask lint`: `cargo fmt --check` and clippy with warnings denied.
+//! - `cargo xtask bench`: the criterion model benchmark and the comparison against HAProxy.
+
+mod demo;
+mod packages;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "switchyard's build, demo, test and benchmark commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build, set up a demo node in network namespaces and show switchyard balancing traffic.
+    Run {
+        /// Exit after the demo instead of keeping it up until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run every test: unit tests and end-to-end tests (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and clippy (warnings are errors).
+    Lint,
+    /// The demo itself, run by `run` with the release binaries in its environment.
+    #[command(name = "__demo", hide = true)]
+    Demo,
+    /// Run the benchmarks and write their results to bench/results/.
+    Bench {
+        /// Length of each comparison measurement.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Run { once } => {
+            require_root("the demo creates network namespaces")?;
+            packages::ensure(&packages::DEMO)?;
+            step("building switchyard (release)");
+            cargo(&root, &["build", "--release", "-p", "switchyard-control", "-p", "switchyard-tests", "--bins"])?;
+            demo::run(&root, once)
+        }
+        Task::Demo => demo::inner(),
+        Task::Test { args } => {
+            require_root("the end-to-end tests create network namespaces")?;
+            packages::ensure(&packages::TEST)?;
+            step("building the binaries the end-to-end tests run");
+            cargo(&root, &["build", "--workspace", "--bins"])?;
+            step("running every test");
+            let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
+            if !args.is_empty() {
+                test_args.push("--");
+                test_args.extend(args.iter().map(String::as_str));
+            }
+            let bin = root.join("target/debug/switchyard");
+            let status = Command::new(cargo_bin())
+                .args(&test_args)
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", &bin)
+                .env("POD_SERVER_BIN", root.join("target/debug/pod-server"))
+                .status()
+                .context("cannot run cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+        Task::Lint => {
+            step("cargo fmt --check");
+            cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            step("cargo clippy (clippy::all denied)");
+            cargo(
+                &root,
+                &["clippy", "--workspace", "--all-targets", "--", "-D", "clippy::all", "-D", "rust_2018_idioms"],
+            )
+        }
+        Task::Bench { duration } => {
+            require_root("the comparison benchmark creates network namespaces")?;
+            packages::ensure(&packages::BENCH)?;
+            step("criterion: the model at 10,000 Services");
+            cargo(&root, &["bench", "-p", "switchyard-control", "--bench", "model"])?;
+            step("building for the comparison (release)");
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
+            step("comparison: switchyard userspace L4 against HAProxy and a direct connection");
+            let status = Command::new(root.join("target/release/compare"))
+                .args(["--duration", &duration, "--out"])
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .env("POD_SERVER_BIN", root.join("target/release/pod-server"))
+                .status()
+                .context("cannot run the comparison benchmark")?;
+            if !status.success() {
+                bail!("the comparison benchmark failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints what is being done, so a long step is never silent.
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_bin())
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !nix_is_root() {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // The effective uid, read without a libc dependency.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
