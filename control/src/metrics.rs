@@ -250,7 +250,6 @@ impl Collector for DatapathCollector {
         for view in (self.views)() {
             let frontend = view.frontend.clone();
             let service = [view.service.as_str(), frontend.as_str()];
-            let mut total = 0;
             let mut active = 0;
             let (mut ready, mut terminating) = (0, 0);
             for b in &view.backends {
@@ -271,7 +270,6 @@ impl Collector for DatapathCollector {
                 f.backend_bytes
                     .with_label_values(&[s, fr, be, "received"])
                     .inc_by(b.bytes_received);
-                total += b.connections_total;
                 active += b.connections_active;
                 if b.state == "terminating" {
                     terminating += 1;
@@ -279,7 +277,7 @@ impl Collector for DatapathCollector {
                     ready += 1;
                 }
             }
-            f.service_total.with_label_values(&service).inc_by(total);
+            f.service_total.with_label_values(&service).inc_by(view.connections_total);
             f.service_active
                 .with_label_values(&service)
                 .set(i64::try_from(active).unwrap_or(i64::MAX));

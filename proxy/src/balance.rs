@@ -140,6 +140,8 @@ pub(crate) struct Balancer {
     set: ArcSwap<BackendSet>,
     next: AtomicUsize,
     affinity: Mutex<HashMap<IpAddr, Sticky>>,
+    /// Connections of backends that have left the set, so the frontend's total never falls.
+    retired_total: std::sync::atomic::AtomicU64,
 }
 
 impl Balancer {
@@ -148,17 +150,37 @@ impl Balancer {
             set: ArcSwap::from_pointee(BackendSet::empty()),
             next: AtomicUsize::new(0),
             affinity: Mutex::new(HashMap::new()),
+            retired_total: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Publishes the snapshot for `spec`. New connections see it at once.
     pub(crate) fn publish(&self, spec: ServiceSpec) {
-        let next = BackendSet::build(spec, &self.set.load());
+        let previous = self.set.load();
+        let next = BackendSet::build(spec, &previous);
+        let retired: u64 = previous
+            .backends
+            .iter()
+            .filter(|b| !next.contains(b.addr))
+            .map(|b| b.stats.status(b.addr, b.terminating).connections_total)
+            .sum();
+        self.retired_total.fetch_add(retired, Ordering::Relaxed);
+        drop(previous);
         let affinity_off = next.affinity.is_none();
         self.set.store(Arc::new(next));
         if affinity_off {
             self.affinity.lock().clear();
         }
+    }
+
+    /// Connections ever sent by this frontend, including to backends that have left.
+    pub(crate) fn connections_total(&self, set: &BackendSet) -> u64 {
+        let current: u64 = set
+            .backends
+            .iter()
+            .map(|b| b.stats.status(b.addr, b.terminating).connections_total)
+            .sum();
+        current + self.retired_total.load(Ordering::Relaxed)
     }
 
     /// The current snapshot.

@@ -188,6 +188,7 @@ impl Frontend {
             algorithm: set.algorithm,
             affinity: set.affinity,
             listening: self.listening(),
+            connections_total: self.balancer.connections_total(&set),
             backends: set
                 .backends
                 .iter()

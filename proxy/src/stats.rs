@@ -19,6 +19,8 @@ pub struct FrontendStatus {
     /// The frontend holds its socket (false while rejecting with no backends,
     /// or after a bind failure).
     pub listening: bool,
+    /// Connections and flows ever accepted, including those sent to backends that have left.
+    pub connections_total: u64,
     pub backends: Vec<BackendStatus>,
 }
 

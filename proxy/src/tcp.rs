@@ -419,6 +419,12 @@ mod tests {
         }
         assert_eq!(on_a.ask("still").await.unwrap(), "a:still");
         assert!(backend_status(&proxy, a).is_none());
+        let total = proxy
+            .status()
+            .into_iter()
+            .find(|s| s.frontend == frontend)
+            .map(|s| s.connections_total);
+        assert_eq!(total, Some(5), "the frontend's total keeps a's connection");
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ pub struct FrontendView {
     pub affinity_seconds: Option<u64>,
     /// Whether the frontend is accepting (false while it refuses for lack of backends).
     pub listening: bool,
+    /// Connections and flows ever accepted, including to backends that have left.
+    pub connections_total: u64,
     pub backends: Vec<BackendView>,
 }
 

@@ -248,6 +248,7 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
             .to_owned(),
             affinity_seconds: s.affinity.map(|d| d.as_secs()),
             listening: s.listening,
+            connections_total: s.connections_total,
             backends: s
                 .backends
                 .into_iter()
