@@ -277,7 +277,9 @@ impl Collector for DatapathCollector {
                     ready += 1;
                 }
             }
-            f.service_total.with_label_values(&service).inc_by(view.connections_total);
+            f.service_total
+                .with_label_values(&service)
+                .inc_by(view.connections_total);
             f.service_active
                 .with_label_values(&service)
                 .set(i64::try_from(active).unwrap_or(i64::MAX));

@@ -46,26 +46,39 @@ fn bar(counts: &BTreeMap<String, usize>, total: usize) {
 
 /// The demo itself (the hidden `__demo` command).
 pub fn inner() -> Result<()> {
-    let root = std::env::var_os("SWITCHYARD_DEMO_ROOT").context("run the demo with `cargo xtask run`")?;
+    let root =
+        std::env::var_os("SWITCHYARD_DEMO_ROOT").context("run the demo with `cargo xtask run`")?;
     let once = std::env::var_os("SWITCHYARD_DEMO_ONCE").is_some();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot handle Ctrl-C")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot handle Ctrl-C")?;
 
     step("creating the demo topology: a node, three pods and a client, in network namespaces");
     let mut topo = Topology::new(3)?;
     topo.start_pod_servers()?;
     for pod in topo.pods() {
-        println!("    pod {} at {} and {}", pod.server_name().unwrap_or("?"), pod.ipv4(), pod.ipv6());
+        println!(
+            "    pod {} at {} and {}",
+            pod.server_name().unwrap_or("?"),
+            pod.ipv4(),
+            pod.ipv6()
+        );
     }
 
     step("starting switchyard on examples/demo/ (userspace mode)");
     let manifests = Manifests::new_in(topo.scratch_dir())?;
     let examples = Path::new(&root).join("examples/demo");
     let mut web_yaml = String::new();
-    for entry in std::fs::read_dir(&examples).with_context(|| format!("read {}", examples.display()))? {
+    for entry in
+        std::fs::read_dir(&examples).with_context(|| format!("read {}", examples.display()))?
+    {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let text = std::fs::read_to_string(&path)?;
         if name == "web.yaml" {
             web_yaml.clone_from(&text);
@@ -74,10 +87,16 @@ pub fn inner() -> Result<()> {
         println!("    {}", path.display());
     }
     let daemon = topo.start_daemon(&manifests)?;
-    println!("    daemon pid {}, log {}", daemon.pid(), daemon.log_path().display());
+    println!(
+        "    daemon pid {}, log {}",
+        daemon.pid(),
+        daemon.log_path().display()
+    );
 
     let client = topo.client();
-    step("300 HTTP requests, each a new connection, from the client to web's ClusterIP 10.96.0.10:80");
+    step(
+        "300 HTTP requests, each a new connection, from the client to web's ClusterIP 10.96.0.10:80",
+    );
     let names = client::curl_many(client, "http://10.96.0.10/", 300)?;
     bar(&client::tally(&names), names.len());
 
@@ -90,7 +109,8 @@ pub fn inner() -> Result<()> {
     let replies = client::udp_requests(client, target, "hello", 30)?;
     let mut udp = BTreeMap::new();
     for reply in replies.iter().flatten() {
-        *udp.entry(format!("{} (from {})", reply.pod(), reply.from)).or_insert(0) += 1;
+        *udp.entry(format!("{} (from {})", reply.pod(), reply.from))
+            .or_insert(0) += 1;
     }
     bar(&udp, replies.len());
 
@@ -122,9 +142,19 @@ pub fn inner() -> Result<()> {
 
     if !once {
         step("the demo is up; press Ctrl-C to stop it and remove everything");
-        println!("    try: ip netns exec {} curl http://10.96.0.10/", client.name());
-        println!("    try: ip netns exec {} {} services", topo.node().name(), switchyard_tests::daemon::switchyard_bin()?.display());
-        println!("    edit the manifests in {} and watch the daemon follow", manifests.path().display());
+        println!(
+            "    try: ip netns exec {} curl http://10.96.0.10/",
+            client.name()
+        );
+        println!(
+            "    try: ip netns exec {} {} services",
+            topo.node().name(),
+            switchyard_tests::daemon::switchyard_bin()?.display()
+        );
+        println!(
+            "    edit the manifests in {} and watch the daemon follow",
+            manifests.path().display()
+        );
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -137,5 +167,9 @@ pub fn inner() -> Result<()> {
 
 fn replace_nth(text: &str, from: &str, to: &str, n: usize) -> Option<String> {
     let (index, _) = text.match_indices(from).nth(n - 1)?;
-    Some(format!("{}{to}{}", &text[..index], &text[index + from.len()..]))
+    Some(format!(
+        "{}{to}{}",
+        &text[..index],
+        &text[index + from.len()..]
+    ))
 }

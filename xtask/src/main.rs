@@ -18,7 +18,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "switchyard's build, demo, test and benchmark commands")]
+#[command(
+    name = "xtask",
+    about = "switchyard's build, demo, test and benchmark commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -59,7 +62,18 @@ fn main() -> Result<()> {
             require_root("the demo creates network namespaces")?;
             packages::ensure(&packages::DEMO)?;
             step("building switchyard (release)");
-            cargo(&root, &["build", "--release", "-p", "switchyard-control", "-p", "switchyard-tests", "--bins"])?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "switchyard-control",
+                    "-p",
+                    "switchyard-tests",
+                    "--bins",
+                ],
+            )?;
             demo::run(&root, once)
         }
         Task::Demo => demo::inner(),
@@ -93,14 +107,26 @@ fn main() -> Result<()> {
             step("cargo clippy (clippy::all denied)");
             cargo(
                 &root,
-                &["clippy", "--workspace", "--all-targets", "--", "-D", "clippy::all", "-D", "rust_2018_idioms"],
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "clippy::all",
+                    "-D",
+                    "rust_2018_idioms",
+                ],
             )
         }
         Task::Bench { duration } => {
             require_root("the comparison benchmark creates network namespaces")?;
             packages::ensure(&packages::BENCH)?;
             step("criterion: the model at 10,000 Services");
-            cargo(&root, &["bench", "-p", "switchyard-control", "--bench", "model"])?;
+            cargo(
+                &root,
+                &["bench", "-p", "switchyard-control", "--bench", "model"],
+            )?;
             step("building for the comparison (release)");
             cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
             step("comparison: switchyard userspace L4 against HAProxy and a direct connection");

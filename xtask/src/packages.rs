@@ -15,7 +15,11 @@ const fn need(command: &'static str, package: &'static str) -> Need {
 }
 
 /// What the demo runs: `ip` for namespaces, curl and python3 as clients.
-pub const DEMO: [Need; 3] = [need("ip", "iproute2"), need("curl", "curl"), need("python3", "python3")];
+pub const DEMO: [Need; 3] = [
+    need("ip", "iproute2"),
+    need("curl", "curl"),
+    need("python3", "python3"),
+];
 /// What the tests run.
 pub const TEST: [Need; 3] = DEMO;
 /// What the benchmarks run: also HAProxy and taskset.
@@ -36,12 +40,19 @@ fn have(command: &str) -> bool {
 
 /// Installs the packages of every missing command, with one `apt-get update` first.
 pub fn ensure(needs: &[Need]) -> Result<()> {
-    let mut missing: Vec<&str> = needs.iter().filter(|n| !have(n.command)).map(|n| n.package).collect();
+    let mut missing: Vec<&str> = needs
+        .iter()
+        .filter(|n| !have(n.command))
+        .map(|n| n.package)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
-    crate::step(&format!("installing missing Debian packages: {}", missing.join(" ")));
+    crate::step(&format!(
+        "installing missing Debian packages: {}",
+        missing.join(" ")
+    ));
     let update = Command::new("apt-get")
         .args(["update", "-q"])
         .status()
