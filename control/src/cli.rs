@@ -92,7 +92,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub udp_idle_timeout: Duration,
 
-    /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (RUST_LOG overrides).
+    /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (`RUST_LOG` overrides).
     #[arg(long = "v", default_value_t = 0, value_name = "LEVEL")]
     pub verbosity: u8,
 

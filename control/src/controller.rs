@@ -188,12 +188,12 @@ impl<D: Datapath> Controller<D> {
         self.apply(&diff).await;
         let took = started.elapsed();
         self.metrics.observe_sync(took);
-        if let Some(since) = self.pending_since.take() {
-            if !diff.is_empty() {
-                self.metrics
-                    .network_programming
-                    .observe(since.elapsed().as_secs_f64());
-            }
+        if let Some(since) = self.pending_since.take()
+            && !diff.is_empty()
+        {
+            self.metrics
+                .network_programming
+                .observe(since.elapsed().as_secs_f64());
         }
         self.health.mark_synced();
         if !diff.is_empty() {

@@ -136,9 +136,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     );
     controller.run(receiver, cancel.clone()).await;
     cancel.cancel();
-    match source.await {
-        Ok(Err(error)) => return Err(error.into()),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(error)) = source.await {
+        return Err(error.into());
     }
     tracing::info!("switchyard stopped");
     Ok(())

@@ -96,18 +96,20 @@ mod tests {
 
     #[test]
     fn diff_cases() {
+        // name, old table, new table, then how many added, changed and removed
+        type Case = (
+            &'static str,
+            Vec<ServiceEntry>,
+            Vec<ServiceEntry>,
+            usize,
+            usize,
+            usize,
+        );
         let a = entry("10.96.0.1", 80, &["10.244.0.1"]);
         let a2 = entry("10.96.0.1", 80, &["10.244.0.1", "10.244.0.2"]);
         let b = entry("10.96.0.2", 80, &["10.244.0.3"]);
         let c = entry("fd00:96::3", 53, &[]);
-        let cases: Vec<(
-            &str,
-            Vec<ServiceEntry>,
-            Vec<ServiceEntry>,
-            usize,
-            usize,
-            usize,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             ("both empty", vec![], vec![], 0, 0, 0),
             (
                 "same",

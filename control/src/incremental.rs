@@ -68,19 +68,19 @@ impl IncrementalTable {
         let old: Vec<Frontend> = self.frontends_of.remove(key).unwrap_or_default();
         let mut new = Vec::with_capacity(outcome.entries.len());
         for entry in outcome.entries {
-            if let Some(owner) = self.table.get(&entry.frontend).map(|e| &e.service) {
-                if owner != key {
-                    warnings.push(Warning {
-                        kind: "Service",
-                        object: key.clone(),
-                        message: format!(
-                            "frontend {} is already served by service {owner}; skipped",
-                            entry.frontend
-                        ),
-                        invalid: true,
-                    });
-                    continue;
-                }
+            if let Some(owner) = self.table.get(&entry.frontend).map(|e| &e.service)
+                && owner != key
+            {
+                warnings.push(Warning {
+                    kind: "Service",
+                    object: key.clone(),
+                    message: format!(
+                        "frontend {} is already served by service {owner}; skipped",
+                        entry.frontend
+                    ),
+                    invalid: true,
+                });
+                continue;
             }
             new.push(entry.frontend);
             diff.push(self.table.get(&entry.frontend), Some(entry.clone()));
@@ -151,7 +151,7 @@ mod tests {
                 3 => {
                     let (affected, _) =
                         store.delete(Kind::Service, &ObjectKey::new("default", format!("s{svc}")));
-                    check(&mut store, &mut incremental, &node, affected, step);
+                    check(&store, &mut incremental, &node, &affected, step);
                     continue;
                 }
                 4 => {
@@ -159,7 +159,7 @@ mod tests {
                         Kind::Pod,
                         &ObjectKey::new("default", format!("p{}", next(10))),
                     );
-                    check(&mut store, &mut incremental, &node, affected, step);
+                    check(&store, &mut incremental, &node, &affected, step);
                     continue;
                 }
                 _ => {
@@ -167,24 +167,24 @@ mod tests {
                         Kind::EndpointSlice,
                         &ObjectKey::new("default", format!("e{}", next(5))),
                     );
-                    check(&mut store, &mut incremental, &node, affected, step);
+                    check(&store, &mut incremental, &node, &affected, step);
                     continue;
                 }
             };
             let (affected, _) = store.upsert(change);
-            check(&mut store, &mut incremental, &node, affected, step);
+            check(&store, &mut incremental, &node, &affected, step);
         }
     }
 
     fn check(
-        store: &mut Store,
+        store: &Store,
         incremental: &mut IncrementalTable,
         node: &NodeContext,
-        affected: Affected,
+        affected: &Affected,
         step: usize,
     ) {
         let before = incremental.table().clone();
-        let (diff, _) = incremental.update(store, node, &affected);
+        let (diff, _) = incremental.update(store, node, affected);
         let (full, _) = compute_table(store, node);
         let mut applied = before;
         applied.apply(&diff);

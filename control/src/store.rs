@@ -83,6 +83,7 @@ impl fmt::Display for Kind {
 }
 
 /// One object of a kind switchyard reads.
+#[allow(clippy::large_enum_variant)] // moved a few times per change, never kept in bulk
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Service),
@@ -181,7 +182,7 @@ impl Store {
         self.services.len()
     }
 
-    /// The EndpointSlices labelled with this Service's name, in its namespace.
+    /// The `EndpointSlices` labelled with this Service's name, in its namespace.
     pub fn slices_for_service(&self, key: &ObjectKey) -> Vec<&EndpointSlice> {
         self.slices_by_service
             .get(key)

@@ -6,7 +6,7 @@
 //! - `cargo xtask test`: installs what the tests need, builds, and runs every test (unit tests
 //!   and the end-to-end tests, which need root).
 //! - `cargo xtask lint`: `cargo fmt --check` and clippy with warnings denied.
-//! - `cargo xtask bench`: the criterion model benchmark and the comparison against HAProxy.
+//! - `cargo xtask bench`: the criterion model benchmark and the comparison against `HAProxy`.
 
 mod demo;
 mod packages;

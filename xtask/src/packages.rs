@@ -22,7 +22,7 @@ pub const DEMO: [Need; 3] = [
 ];
 /// What the tests run.
 pub const TEST: [Need; 3] = DEMO;
-/// What the benchmarks run: also HAProxy and taskset.
+/// What the benchmarks run: also `HAProxy` and taskset.
 pub const BENCH: [Need; 5] = [
     need("ip", "iproute2"),
     need("curl", "curl"),

@@ -188,7 +188,7 @@ impl Datapath for UserspaceDatapath {
                     .repaired
                     .push(format!("frontend {} reprogrammed", entry.frontend)),
                 Err(e) => {
-                    tracing::warn!(frontend = %entry.frontend, error = %e, "cannot program frontend")
+                    tracing::warn!(frontend = %entry.frontend, error = %e, "cannot program frontend");
                 }
             }
         }

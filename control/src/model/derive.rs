@@ -1,4 +1,4 @@
-//! Deriving EndpointSlices from Pods, the way Kubernetes' EndpointSlice controller does, for
+//! Deriving `EndpointSlices` from Pods, the way Kubernetes' `EndpointSlice` controller does, for
 //! sources that deliver Pods but no slices (the manifest folder).
 
 use std::collections::BTreeMap;
@@ -10,6 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{LABEL_SERVICE_NAME, LABEL_ZONE};
+
+/// A Service port resolved on one Pod: (port name, protocol, number).
+type ResolvedPort = (String, String, i32);
 
 /// Whether the Service's selector picks the Pod. A Service without a selector (or with an
 /// empty one) selects nothing: its endpoints are managed by hand.
@@ -84,7 +87,7 @@ fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
     }
 }
 
-/// The slices the EndpointSlice controller would write for this Service: one per address family
+/// The slices the `EndpointSlice` controller would write for this Service: one per address family
 /// and set of resolved ports (Pods that resolve a named port differently land in different
 /// slices), with ready, serving and terminating taken from the Pod, and node and zone from the
 /// Pod's node.
@@ -108,8 +111,7 @@ where
         .unwrap_or_else(|| "default".to_owned());
 
     // (address type, resolved ports) -> endpoints
-    let mut groups: BTreeMap<(&'static str, Vec<(String, String, i32)>), Vec<Endpoint>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(&'static str, Vec<ResolvedPort>), Vec<Endpoint>> = BTreeMap::new();
     for pod in pods {
         if !selects(service, pod) {
             continue;
@@ -135,7 +137,7 @@ where
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let serving = pod_ready(pod);
         // A terminating Pod is never ready unless the Service publishes not-ready addresses.
-        let ready = (publish_not_ready || serving) && (!terminating || publish_not_ready);
+        let ready = publish_not_ready || (serving && !terminating);
         let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let zone = node_name
             .as_deref()

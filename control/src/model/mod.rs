@@ -31,7 +31,7 @@ pub use validate::{
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Label that hands a Service to another proxy; kube-proxy and switchyard skip it.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// Label on an EndpointSlice naming the Service it belongs to.
+/// Label on an `EndpointSlice` naming the Service it belongs to.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Node label carrying the node's zone.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
@@ -39,7 +39,7 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub const ANNOTATION_LB_ALGORITHM: &str = "switchyard.io/lb-algorithm";
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`, as in Kubernetes (3 hours).
-pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_hours(3);
 
 /// The transport protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -270,19 +270,19 @@ pub fn insert_unclaimed(
     entry: ServiceEntry,
     warnings: &mut Vec<Warning>,
 ) {
-    if let Some(existing) = table.get(&entry.frontend) {
-        if existing.service != entry.service {
-            warnings.push(Warning {
-                kind: "Service",
-                object: entry.service.clone(),
-                message: format!(
-                    "frontend {} is already served by service {}; skipped",
-                    entry.frontend, existing.service
-                ),
-                invalid: true,
-            });
-            return;
-        }
+    if let Some(existing) = table.get(&entry.frontend)
+        && existing.service != entry.service
+    {
+        warnings.push(Warning {
+            kind: "Service",
+            object: entry.service.clone(),
+            message: format!(
+                "frontend {} is already served by service {}; skipped",
+                entry.frontend, existing.service
+            ),
+            invalid: true,
+        });
+        return;
     }
     table.insert(entry);
 }
@@ -410,7 +410,7 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     outcome
 }
 
-/// Whether switchyard serves this Service at all: not headless, not an ExternalName, not
+/// Whether switchyard serves this Service at all: not headless, not an `ExternalName`, not
 /// handed to another proxy by `service.kubernetes.io/service-proxy-name`.
 pub fn is_proxied(service: &Service) -> bool {
     let labels = service.metadata.labels.as_ref();

@@ -1,4 +1,5 @@
 //! Table-driven cases for every Service rule the model follows.
+#![allow(clippy::needless_pass_by_value, clippy::items_after_statements)] // test helpers take values for brevity
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -645,7 +646,7 @@ fn affinity_algorithm_and_traffic_policy() {
             annotation: None,
             spec: spec(json!({"sessionAffinity": "ClientIP"})),
             with_endpoints: true,
-            affinity: Some(Duration::from_secs(10_800)),
+            affinity: Some(Duration::from_hours(3)),
             algorithm: Algorithm::Random,
             on_empty: EmptyAction::Reject,
             backends: "10.244.0.11:8080,10.244.1.11:8080",
@@ -656,7 +657,7 @@ fn affinity_algorithm_and_traffic_policy() {
             spec: spec(json!({"sessionAffinity": "ClientIP",
                               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}})),
             with_endpoints: true,
-            affinity: Some(Duration::from_secs(60)),
+            affinity: Some(Duration::from_mins(1)),
             algorithm: Algorithm::Random,
             on_empty: EmptyAction::Reject,
             backends: "10.244.0.11:8080,10.244.1.11:8080",

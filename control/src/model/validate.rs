@@ -52,7 +52,7 @@ fn check_name(meta: &ObjectMeta) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Kubernetes' IANA_SVC_NAME: 1-15 lowercase letters, digits and '-', with a letter, no '-' at
+/// Kubernetes' `IANA_SVC_NAME`: 1-15 lowercase letters, digits and '-', with a letter, no '-' at
 /// either end and no "--".
 fn is_port_name(name: &str) -> bool {
     !name.is_empty()
@@ -104,13 +104,14 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
             return invalid(field, "both entries are of the same IP family");
         }
     }
-    if let Some(first) = ips.first() {
-        if !cluster_ip.is_empty() && first != cluster_ip {
-            return invalid(
-                "spec.clusterIPs[0]",
-                format!("{first:?} must equal spec.clusterIP {cluster_ip:?}"),
-            );
-        }
+    if let Some(first) = ips.first()
+        && !cluster_ip.is_empty()
+        && first != cluster_ip
+    {
+        return invalid(
+            "spec.clusterIPs[0]",
+            format!("{first:?} must equal spec.clusterIP {cluster_ip:?}"),
+        );
     }
 
     let ports = spec.ports.as_deref().unwrap_or_default();
@@ -172,13 +173,12 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
         .as_ref()
         .and_then(|c| c.client_ip.as_ref())
         .and_then(|c| c.timeout_seconds)
+        && !(1..=86_400).contains(&timeout)
     {
-        if !(1..=86_400).contains(&timeout) {
-            return invalid(
-                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                format!("{timeout} is out of range 1-86400"),
-            );
-        }
+        return invalid(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("{timeout} is out of range 1-86400"),
+        );
     }
     for (field, value) in [
         (
@@ -203,7 +203,7 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks an EndpointSlice's address type, addresses and ports.
+/// Checks an `EndpointSlice`'s address type, addresses and ports.
 pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<(), ValidationError> {
     check_name(&slice.metadata)?;
     let family = match slice.address_type.as_str() {

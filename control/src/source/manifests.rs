@@ -55,9 +55,8 @@ pub fn is_manifest(path: &Path) -> bool {
 pub fn parse_manifest(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentError>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    let mut index = 0;
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        index += 1;
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
         let value = match serde_json::Value::deserialize(document) {
             Ok(value) => value,
             Err(error) => {
