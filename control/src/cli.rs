@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub udp_idle_timeout: Duration,
 
     /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (`RUST_LOG` overrides).
-    #[arg(long = "v", default_value_t = 0, value_name = "LEVEL")]
+    #[arg(long = "v", short = 'v', default_value_t = 0, value_name = "LEVEL")]
     pub verbosity: u8,
 
     /// Log line format.

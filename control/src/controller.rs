@@ -264,3 +264,149 @@ impl<D: Datapath> Controller<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use super::*;
+    use crate::datapath::{Applied, Drift};
+    use crate::diff::TableDiff;
+    use crate::model::ServiceTable;
+    use crate::store::Object;
+
+    /// A datapath that records the diffs it is given (the controller's logic is under test
+    /// here; the real datapaths are tested through the kernel in `tests/`).
+    #[derive(Clone, Default)]
+    struct Recorder {
+        diffs: Arc<Mutex<Vec<TableDiff>>>,
+        verified: Arc<Mutex<usize>>,
+    }
+
+    impl Datapath for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        async fn apply(&mut self, diff: &TableDiff) -> Applied {
+            self.diffs.lock().push(diff.clone());
+            Applied {
+                programmed: diff.len(),
+                failed: Vec::new(),
+            }
+        }
+        async fn verify(&mut self, _want: &ServiceTable) -> Drift {
+            *self.verified.lock() += 1;
+            Drift::default()
+        }
+        async fn shutdown(&mut self, _grace: Duration) {}
+    }
+
+    fn service(name: &str, ip: &str) -> Object {
+        Object::Service(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+            }))
+            .expect("test Service"),
+        )
+    }
+
+    fn changes(upserts: Vec<Object>) -> SourceEvent {
+        SourceEvent::Changes {
+            upserts,
+            deletes: Vec::new(),
+            observed: Instant::now(),
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_programmed_before_the_first_complete_view() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(Vec::new)));
+        let health = Arc::new(Health::new(Duration::from_secs(30)));
+        let controller = Controller::new(
+            ControllerConfig {
+                node: NodeContext {
+                    name: "n".to_owned(),
+                },
+                sync_period: Duration::from_secs(30),
+                shutdown_grace: Duration::ZERO,
+            },
+            recorder.clone(),
+            metrics,
+            Arc::clone(&health),
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controller.run(rx, cancel.clone()));
+
+        tx.send(changes(vec![service("a", "10.96.0.1")]))
+            .await
+            .unwrap();
+        tx.send(changes(vec![service("b", "10.96.0.2")]))
+            .await
+            .unwrap();
+        settle().await;
+        assert!(
+            recorder.diffs.lock().is_empty(),
+            "no partial view is programmed"
+        );
+        assert!(!health.is_healthy(), "not healthy before the first sync");
+
+        tx.send(SourceEvent::Synced).await.unwrap();
+        settle().await;
+        {
+            let diffs = recorder.diffs.lock();
+            assert_eq!(diffs.len(), 1, "the first view is programmed in one pass");
+            assert_eq!(diffs[0].added.len(), 2);
+        }
+        assert!(health.is_healthy());
+
+        // A change to one Service is a diff of its frontend alone.
+        tx.send(changes(vec![service("a", "10.96.0.3")]))
+            .await
+            .unwrap();
+        settle().await;
+        {
+            let diffs = recorder.diffs.lock();
+            assert_eq!(diffs.len(), 2);
+            assert_eq!(
+                (
+                    diffs[1].added.len(),
+                    diffs[1].changed.len(),
+                    diffs[1].removed.len()
+                ),
+                (1, 0, 1)
+            );
+        }
+
+        // The periodic sync verifies the datapath.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        settle().await;
+        assert_eq!(*recorder.verified.lock(), 1);
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn health_follows_the_sync_period() {
+        let health = Health::new(Duration::from_secs(30));
+        assert!(!health.is_healthy(), "never synced");
+        health.mark_synced();
+        assert!(health.is_healthy());
+        // A sync older than twice the period is unhealthy.
+        let old = Health::now_ms() - 61_000;
+        health.last_sync_ms.store(old, Ordering::Relaxed);
+        assert!(!health.is_healthy());
+    }
+}
