@@ -14,17 +14,19 @@ const fn need(command: &'static str, package: &'static str) -> Need {
     Need { command, package }
 }
 
-/// What the demo runs: `ip` for namespaces, curl and python3 as clients.
-pub const DEMO: [Need; 3] = [
+/// What the demo runs: `ip` and `sysctl` for namespaces, curl and python3 as clients.
+pub const DEMO: [Need; 4] = [
     need("ip", "iproute2"),
+    need("sysctl", "procps"),
     need("curl", "curl"),
     need("python3", "python3"),
 ];
 /// What the tests run.
-pub const TEST: [Need; 3] = DEMO;
-/// What the benchmarks run: also `HAProxy` and taskset.
-pub const BENCH: [Need; 5] = [
+pub const TEST: [Need; 4] = DEMO;
+/// What the benchmarks run: also `HAProxy` and `taskset`.
+pub const BENCH: [Need; 6] = [
     need("ip", "iproute2"),
+    need("sysctl", "procps"),
     need("curl", "curl"),
     need("python3", "python3"),
     need("haproxy", "haproxy"),
