@@ -18,32 +18,39 @@ pub fn bin_dir() -> Result<PathBuf> {
         .context("the running executable has no folder")
 }
 
-/// Builds, with the profile of this binary, the packages whose binaries
-/// the run needs: always switchyard-bench (`loadgen`) and switchyard-tests
-/// (`pod-server`), and switchyard-control (`switchyard`) unless the caller
-/// brings its own switchyard binary. Cargo makes this a no-op when nothing
-/// changed.
+/// Builds, with the profile of this binary, the binaries the run needs:
+/// `loadgen` (switchyard-bench), `pod-server` (switchyard-tests) and
+/// `switchyard` (switchyard-control) unless the caller brings its own.
+/// Cargo makes this a no-op when nothing changed.
+///
+/// One package per cargo call: features are unified over the packages of
+/// one call, so building them together would give shared dependencies other
+/// features than `cargo run -p switchyard-bench` does, and each of the two
+/// would rebuild everything the other built.
 pub fn build(with_switchyard: bool) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(switchyard_tests::workspace_dir())
-        .args(["build", "-j2", "--bins"]);
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    command.args(["-p", "switchyard-bench", "-p", "switchyard-tests"]);
+    let mut packages = vec![
+        ("switchyard-bench", "loadgen"),
+        ("switchyard-tests", "pod-server"),
+    ];
     if with_switchyard {
-        command.args(["-p", "switchyard-control"]);
+        packages.push(("switchyard-control", "switchyard"));
     }
-    eprintln!("building the benchmark's programs: {command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("run {}", cargo.to_string_lossy()))?;
-    if !status.success() {
-        bail!(
-            "building the benchmark's programs failed ({status}); fix the build or pass --no-build"
-        );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for (package, bin) in packages {
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(switchyard_tests::workspace_dir())
+            .args(["build", "-j2", "-p", package, "--bin", bin]);
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        eprintln!("building {bin}: {command:?}");
+        let status = command
+            .status()
+            .with_context(|| format!("run {}", cargo.to_string_lossy()))?;
+        if !status.success() {
+            bail!("building {bin} failed ({status}); fix the build or pass --no-build");
+        }
     }
     Ok(())
 }

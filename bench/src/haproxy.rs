@@ -54,6 +54,28 @@ impl HaproxyConfig {
     }
 }
 
+/// A `maxconn` that fits this process's open-file limit (which HAProxy
+/// inherits and cannot raise without `CAP_SYS_RESOURCE`): HAProxy wants two
+/// descriptors per connection plus a few of its own. At most `ceiling`.
+pub fn maxconn_for_fd_limit(ceiling: u32) -> u32 {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        })
+        .and_then(|hard| hard.parse::<u64>().ok());
+    match hard {
+        // "unlimited" or unreadable: trust the ceiling.
+        None => ceiling,
+        Some(hard) => u32::try_from(hard.saturating_sub(200) / 2)
+            .unwrap_or(u32::MAX)
+            .clamp(256, ceiling),
+    }
+}
+
 /// The first line of `haproxy -v`, or a message saying how to install it.
 pub fn version() -> Result<String> {
     let output = Command::new("haproxy").arg("-v").output();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::ThreadAffinity;
 use crate::loadgen::Scenario;
 use crate::machine::Machine;
 use crate::suite::{Measurement, Outcome, SuiteConfig, Target};
@@ -21,6 +22,10 @@ pub struct Method {
     pub warmup_s: f64,
     /// Idle time between measurements, seconds.
     pub pause_s: f64,
+    /// A CPU busier than this fraction in the pause counts as disturbed.
+    pub quiet_threshold: f64,
+    /// The longest wait for a quiet machine before a run, seconds.
+    pub quiet_wait_s: f64,
     /// Rounds.
     pub repeats: usize,
     /// Workers of the connection scenario.
@@ -44,6 +49,8 @@ impl Method {
             duration_s: config.duration.as_secs_f64(),
             warmup_s: config.warmup.as_secs_f64(),
             pause_s: config.pause.as_secs_f64(),
+            quiet_threshold: config.quiet_threshold,
+            quiet_wait_s: config.quiet_wait.as_secs_f64(),
             repeats: config.repeats,
             cps_workers: config.cps_workers,
             bulk_connections: config.bulk_connections,
@@ -62,12 +69,22 @@ pub struct Stat {
     pub median: Option<f64>,
     /// Each round's value, in round order (failed runs left out).
     pub values: Vec<f64>,
+    /// The smallest of `values`.
+    pub min: Option<f64>,
+    /// The largest of `values`.
+    pub max: Option<f64>,
+    /// Median of the runs' value per second of proxy CPU time: conn per
+    /// CPU-second (cps) or MB per CPU-second (bulk). Less sensitive than the
+    /// rate itself to other tenants taking the proxy's CPU.
+    pub per_cpu_s: Option<f64>,
     /// Runs that produced no result.
     pub failed_runs: usize,
     /// Failed requests, summed over the runs.
     pub errors: u64,
     /// Median CPU use of the proxy during the runs, percent of one CPU.
     pub proxy_cpu_pct: Option<f64>,
+    /// Median over the runs of how busy the load CPU was (0..1).
+    pub load_cpu_busy: Option<f64>,
     /// Median of the runs' median latency, milliseconds (cps).
     pub p50_ms: Option<f64>,
     /// Median of the runs' 99th percentile latency, milliseconds (cps).
@@ -91,13 +108,20 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 impl Stat {
     /// Summarizes the runs of `target` in `scenario`.
-    pub fn of(measurements: &[Measurement], target: Target, scenario: Scenario) -> Self {
+    pub fn of(
+        measurements: &[Measurement],
+        target: Target,
+        scenario: Scenario,
+        load_cpu: usize,
+    ) -> Self {
         let runs: Vec<&Measurement> = measurements
             .iter()
             .filter(|m| m.target == target && m.scenario == scenario)
             .collect();
         let mut stat = Self::default();
         let mut cpu = Vec::new();
+        let mut per_cpu = Vec::new();
+        let mut load_busy = Vec::new();
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         for run in runs {
@@ -105,13 +129,16 @@ impl Stat {
                 stat.failed_runs += 1;
                 continue;
             };
-            stat.values.push(match scenario {
+            let value = match scenario {
                 Scenario::Cps => result.completed_per_s,
                 Scenario::Bulk => result.mb_per_s,
-            });
+            };
+            stat.values.push(value);
             stat.errors += result.errors;
-            if let Some(seconds) = run.proxy_cpu_s {
+            load_busy.extend(run.cpu_busy.get(load_cpu).copied());
+            if let Some(seconds) = run.proxy_cpu_s.filter(|&s| s > 0.0) {
                 cpu.push(100.0 * seconds / result.duration_s);
+                per_cpu.push(value * result.duration_s / seconds);
             }
             if let Some(latency) = &result.latency {
                 p50.push(latency.p50_us as f64 / 1000.0);
@@ -119,6 +146,10 @@ impl Stat {
             }
         }
         stat.median = median(&stat.values);
+        stat.min = stat.values.iter().copied().reduce(f64::min);
+        stat.max = stat.values.iter().copied().reduce(f64::max);
+        stat.per_cpu_s = median(&per_cpu);
+        stat.load_cpu_busy = median(&load_busy);
         stat.proxy_cpu_pct = median(&cpu);
         stat.p50_ms = median(&p50);
         stat.p99_ms = median(&p99);
@@ -146,6 +177,10 @@ pub struct Ratio {
     pub cps: Option<f64>,
     /// Of MB/s.
     pub bulk: Option<f64>,
+    /// Of conn per proxy CPU-second (none when the denominator is direct).
+    pub cps_per_cpu_s: Option<f64>,
+    /// Of MB per proxy CPU-second (none when the denominator is direct).
+    pub bulk_per_cpu_s: Option<f64>,
 }
 
 /// The whole result.
@@ -177,8 +212,18 @@ impl Report {
             .iter()
             .map(|&target| Row {
                 target,
-                cps: Stat::of(&outcome.measurements, target, Scenario::Cps),
-                bulk: Stat::of(&outcome.measurements, target, Scenario::Bulk),
+                cps: Stat::of(
+                    &outcome.measurements,
+                    target,
+                    Scenario::Cps,
+                    method.load_cpu,
+                ),
+                bulk: Stat::of(
+                    &outcome.measurements,
+                    target,
+                    Scenario::Bulk,
+                    method.load_cpu,
+                ),
             })
             .collect();
         let row = |target: Target| rows.iter().find(|row| row.target == target);
@@ -193,6 +238,8 @@ impl Report {
                     name: format!("{} / {}", a.as_str(), b.as_str()),
                     cps: ratio(ra.cps.median, rb.cps.median),
                     bulk: ratio(ra.bulk.median, rb.bulk.median),
+                    cps_per_cpu_s: ratio(ra.cps.per_cpu_s, rb.cps.per_cpu_s),
+                    bulk_per_cpu_s: ratio(ra.bulk.per_cpu_s, rb.bulk.per_cpu_s),
                 });
             }
         }
@@ -296,8 +343,16 @@ impl Report {
              interleaved (direct, switchyard, haproxy, direct, ...), and the table shows the median \
              of the rounds, to tame the noise of a shared machine. A request cut off by the end of \
              the window counts neither as done nor as failed.\n\
+             - Before each measurement the CPUs are sampled over the pause; while either was busier \
+             than {quiet:.0}% (other tenants: the benchmark itself is idle then) the run waits, up \
+             to {quiet_wait} s, then goes ahead anyway. The per-run table shows that background load.\n\
              - \"proxy CPU\" is the proxy process's user+system time over the window (100% = one CPU \
-             busy). It excludes softirq work the kernel does for the proxy's sockets.\n\n",
+             busy); softirq work the kernel does for its sockets is counted only where it happens \
+             to interrupt the proxy. \"per proxy CPU-second\" divides the work done by that time: \
+             a measure of efficiency that other tenants' load on the proxy's CPU disturbs less than \
+             the rate itself.\n\
+             - HAProxy runs with its defaults apart from the settings above (so 16 kB buffers, no \
+             splicing); switchyard with the defaults of `switchyard run`.\n\n",
             pods = crate::suite::PODS,
             proxy = method.proxy_cpu,
             load = method.load_cpu,
@@ -308,6 +363,8 @@ impl Report {
             warmup = method.warmup_s,
             pause = method.pause_s,
             repeats = method.repeats,
+            quiet = method.quiet_threshold * 100.0,
+            quiet_wait = method.quiet_wait_s,
         );
     }
 
@@ -315,8 +372,9 @@ impl Report {
         let _ = writeln!(
             out,
             "## Results (median of {} rounds)\n\n\
-             | target | conn/s | latency p50 / p99 | proxy CPU | errors | MB/s | proxy CPU | errors |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|",
+             ### New connections per second\n\n\
+             | target | conn/s | min – max | latency p50 / p99 | proxy CPU | conn per proxy CPU-second | errors |\n\
+             |---|---:|---:|---:|---:|---:|---:|",
             self.method.repeats
         );
         for row in &self.rows {
@@ -326,24 +384,46 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {latency} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {latency} | {} | {} | {} |",
                 row.target.as_str(),
                 number(row.cps.median, 0),
+                range(&row.cps, 0),
                 percent(row.cps.proxy_cpu_pct),
+                number(row.cps.per_cpu_s, 0),
                 errors(&row.cps),
+            );
+        }
+        out.push_str(
+            "\n### Bulk throughput (10^6 bytes per second)\n\n\
+             | target | MB/s | min – max | proxy CPU | MB per proxy CPU-second | errors |\n\
+             |---|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.target.as_str(),
                 number(row.bulk.median, 0),
+                range(&row.bulk, 0),
                 percent(row.bulk.proxy_cpu_pct),
+                number(row.bulk.per_cpu_s, 0),
                 errors(&row.bulk),
             );
         }
-        out.push_str("\n| ratio of medians | conn/s | MB/s |\n|---|---:|---:|\n");
+        out.push_str(
+            "\n### Ratios\n\n\
+             | ratio of medians | conn/s | MB/s | conn per proxy CPU-second | MB per proxy CPU-second |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
         for ratio in &self.ratios {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 ratio.name,
                 number(ratio.cps, 2),
-                number(ratio.bulk, 2)
+                number(ratio.bulk, 2),
+                number(ratio.cps_per_cpu_s, 2),
+                number(ratio.bulk_per_cpu_s, 2),
             );
         }
         out.push('\n');
@@ -363,10 +443,14 @@ impl Report {
         for cpu in 0..cpus {
             let _ = write!(out, " CPU {cpu} busy |");
         }
-        out.push_str("\n|---:|---:|---|---|---:|---:|---:|");
-        for _ in 0..cpus {
+        for cpu in 0..cpus {
+            let _ = write!(out, " CPU {cpu} before |");
+        }
+        out.push_str(" waited |\n|---:|---:|---|---|---:|---:|---:|");
+        for _ in 0..2 * cpus {
             out.push_str("---:|");
         }
+        out.push_str("---:|");
         out.push('\n');
         for (index, m) in self.outcome.measurements.iter().enumerate() {
             let (value, errors, cpu) = match (&m.result, &m.failure) {
@@ -388,14 +472,12 @@ impl Report {
                 m.scenario,
                 m.target.as_str()
             );
-            for cpu in 0..cpus {
-                let _ = write!(
-                    out,
-                    " {} |",
-                    percent(m.cpu_busy.get(cpu).map(|busy| busy * 100.0))
-                );
+            for busy in [&m.cpu_busy, &m.background_busy] {
+                for cpu in 0..cpus {
+                    let _ = write!(out, " {} |", percent(busy.get(cpu).map(|b| b * 100.0)));
+                }
             }
-            out.push('\n');
+            let _ = writeln!(out, " {:.0} s |", m.quiet_wait_s);
         }
         out.push('\n');
     }
@@ -420,22 +502,36 @@ impl Report {
                 ),
             };
         }
-        let workers = setup
-            .switchyard_threads
-            .iter()
-            .filter(|t| t.name.starts_with("tokio-runtime-w"))
-            .count();
         let _ = writeln!(
             out,
-            "- switchyard ran {} threads ({workers} tokio workers), all on CPU {}; HAProxy {} \
-             thread(s) on CPU {}; the pod servers {} threads on CPU {}.",
-            setup.switchyard_threads.len(),
-            self.method.proxy_cpu,
-            setup.haproxy_threads.len(),
-            self.method.proxy_cpu,
-            setup.pod_server_threads.len(),
-            self.method.load_cpu,
+            "- Threads, all pinned as planned: switchyard {} on CPU {proxy}; HAProxy {} on CPU \
+             {proxy}; the 3 pod servers {} on CPU {load} (tokio's workers and its blocking pool \
+             both show as `tokio-rt-worker`).",
+            thread_names(&setup.switchyard_threads),
+            thread_names(&setup.haproxy_threads),
+            thread_names(&setup.pod_server_threads),
+            proxy = self.method.proxy_cpu,
+            load = self.method.load_cpu,
         );
+        let _ = writeln!(
+            out,
+            "- Binaries: pod-server `{}`, loadgen `{}`.",
+            setup.pod_server_bin, setup.loadgen_bin
+        );
+        for row in &self.rows {
+            for (scenario, stat) in [(Scenario::Cps, &row.cps), (Scenario::Bulk, &row.bulk)] {
+                if let Some(busy) = stat.load_cpu_busy.filter(|&busy| busy >= SATURATED) {
+                    let _ = writeln!(
+                        out,
+                        "- {} {scenario}: the load CPU (load generator, pod servers and the \
+                         kernel's work for them) was {:.0}% busy: that side, not only the target, \
+                         limits this number.",
+                        row.target.as_str(),
+                        busy * 100.0
+                    );
+                }
+            }
+        }
         for failure in &setup.warmup_failures {
             let _ = writeln!(out, "- warm-up failed: {failure}");
         }
@@ -497,12 +593,41 @@ impl Report {
     }
 }
 
+/// A load CPU busier than this (median over the runs) is flagged as a limit.
+const SATURATED: f64 = 0.95;
+
+/// `4 threads: switchyard, 2× tokio-rt-worker, ...`
+fn thread_names(threads: &[ThreadAffinity]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for thread in threads {
+        *counts.entry(thread.name.as_str()).or_default() += 1;
+    }
+    let names: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| {
+            if *n == 1 {
+                format!("`{name}`")
+            } else {
+                format!("{n}× `{name}`")
+            }
+        })
+        .collect();
+    format!("{} threads ({})", threads.len(), names.join(", "))
+}
+
 fn number(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}%"))
+}
+
+fn range(stat: &Stat, decimals: usize) -> String {
+    match (stat.min, stat.max) {
+        (Some(min), Some(max)) => format!("{min:.decimals$} – {max:.decimals$}"),
+        _ => "n/a".to_owned(),
+    }
 }
 
 fn errors(stat: &Stat) -> String {

@@ -74,8 +74,15 @@ pub struct SuiteConfig {
     pub duration: Duration,
     /// A short unrecorded run per target before the first round.
     pub warmup: Duration,
-    /// Idle time between two measurements (sockets in `TIME_WAIT` settle).
+    /// Idle time between two measurements (sockets in `TIME_WAIT` settle);
+    /// also the window in which the machine's background load is sampled.
     pub pause: Duration,
+    /// Before a measurement, wait (up to `quiet_wait`) until no CPU was
+    /// busier than this fraction during a pause: other tenants of a shared
+    /// machine come and go.
+    pub quiet_threshold: f64,
+    /// The longest wait for a quiet machine; the run goes ahead after it.
+    pub quiet_wait: Duration,
     /// Rounds; each measures every scenario on every target once.
     pub repeats: usize,
     /// Concurrent workers of the connection scenario.
@@ -110,6 +117,11 @@ pub struct Measurement {
     /// Fraction of time each CPU was busy during the run (machine-wide: other
     /// tenants' work shows here too).
     pub cpu_busy: Vec<f64>,
+    /// Fraction of time each CPU was busy in the pause just before the run,
+    /// while the benchmark itself was idle: other tenants' load.
+    pub background_busy: Vec<f64>,
+    /// How long the run waited for the machine to be quiet, in seconds.
+    pub quiet_wait_s: f64,
     /// Warnings and errors switchyard logged during the run.
     pub switchyard_log: Vec<String>,
 }
@@ -128,6 +140,10 @@ pub struct Setup {
     pub haproxy_threads: Vec<ThreadAffinity>,
     /// The pod servers' threads and their CPUs.
     pub pod_server_threads: Vec<ThreadAffinity>,
+    /// The `pod-server` binary.
+    pub pod_server_bin: String,
+    /// The load generator binary.
+    pub loadgen_bin: String,
     /// The HAProxy configuration used.
     pub haproxy_config: String,
     /// The Service manifest given to switchyard.
@@ -260,6 +276,26 @@ impl Bench {
         }
     }
 
+    /// Sleeps for the pause, sampling how busy the CPUs were meanwhile, and
+    /// goes on sleeping (up to the quiet wait) while some CPU was busier than
+    /// the threshold. Returns the last sample and the extra time waited.
+    fn settle(&self) -> (Vec<f64>, f64) {
+        let start = std::time::Instant::now();
+        loop {
+            let before = CpuTimes::read().ok();
+            std::thread::sleep(self.config.pause);
+            let busy = match (before, CpuTimes::read().ok()) {
+                (Some(before), Some(after)) => after.busy_since(&before),
+                _ => Vec::new(),
+            };
+            let waited = start.elapsed().saturating_sub(self.config.pause);
+            let quiet = busy.iter().all(|&b| b <= self.config.quiet_threshold);
+            if quiet || waited >= self.config.quiet_wait {
+                return (busy, waited.as_secs_f64());
+            }
+        }
+    }
+
     fn measure(&mut self, round: usize, target: Target, scenario: Scenario) -> Measurement {
         let mut measurement = Measurement {
             round,
@@ -269,8 +305,11 @@ impl Bench {
             failure: None,
             proxy_cpu_s: None,
             cpu_busy: Vec::new(),
+            background_busy: Vec::new(),
+            quiet_wait_s: 0.0,
             switchyard_log: Vec::new(),
         };
+        (measurement.background_busy, measurement.quiet_wait_s) = self.settle();
         if target == Target::Switchyard && !self.switchyard_alive() {
             measurement.failure = Some("switchyard is not running".to_owned());
             return measurement;
@@ -341,7 +380,13 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
     // spawned inside `cpu::with_cpu`.
     cpu::pin_this_thread(&[config.load_cpu])?;
 
-    let mut setup = Setup::default();
+    let mut setup = Setup {
+        pod_server_bin: switchyard_tests::topology::pod_server_bin()?
+            .to_string_lossy()
+            .into_owned(),
+        loadgen_bin: config.loadgen.to_string_lossy().into_owned(),
+        ..Setup::default()
+    };
     let mut topo = Topology::new(PODS)?;
     topo.start_pod_servers()?;
     for index in 0..PODS {
@@ -379,18 +424,28 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
         servers: (0..PODS)
             .map(|index| SocketAddr::new(IpAddr::V4(topo.pod(index).ipv4()), POD_HTTP_PORT))
             .collect(),
-        maxconn: 50_000,
+        maxconn: haproxy::maxconn_for_fd_limit(50_000),
     };
     setup.haproxy_config = haproxy_config.render();
-    let haproxy = haproxy::start(
+    let mut haproxy = haproxy::start(
         topo.node(),
         &haproxy_config,
         &topo.scratch_dir().join("haproxy.cfg"),
         &topo.scratch_dir().join("haproxy.log"),
         config.proxy_cpu,
     )?;
-    wait_answering(&topo, &format!("http://{NODE_IP4}:{HAPROXY_PORT}/"))
-        .with_context(|| format!("haproxy log: {}", haproxy.log()))?;
+    let url = format!("http://{NODE_IP4}:{HAPROXY_PORT}/");
+    let answering = poll_until(
+        &format!("{url} to answer from the client"),
+        Duration::from_secs(20),
+        || {
+            if let Some(status) = haproxy.try_wait()? {
+                bail!("haproxy exited ({status})");
+            }
+            Ok(client::curl_once(topo.client(), &url).ok())
+        },
+    );
+    answering.with_context(|| format!("haproxy log:\n{}", haproxy.log()))?;
     setup.haproxy_threads = cpu::check_pinned("haproxy", haproxy.pid(), config.proxy_cpu)?;
 
     let mut bench = Bench {
@@ -426,7 +481,6 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
     for round in 0..config.repeats {
         for scenario in [Scenario::Cps, Scenario::Bulk] {
             for target in Target::ALL {
-                std::thread::sleep(config.pause);
                 let measurement = bench.measure(round, target, scenario);
                 eprintln!(
                     "[{}/{total}] round {} {scenario} {}: {}",
@@ -462,7 +516,17 @@ fn describe(measurement: &Measurement) -> String {
                 .proxy_cpu_s
                 .map(|s| format!(", proxy CPU {:.0}%", 100.0 * s / result.duration_s))
                 .unwrap_or_default();
-            format!("{value}, {} errors{cpu}", result.errors)
+            let background: Vec<String> = measurement
+                .background_busy
+                .iter()
+                .map(|busy| format!("{:.0}%", busy * 100.0))
+                .collect();
+            format!(
+                "{value}, {} errors{cpu} (background load before: {}, waited {:.0} s)",
+                result.errors,
+                background.join("/"),
+                measurement.quiet_wait_s
+            )
         }
         (None, None) => "no result".to_owned(),
     }

@@ -43,6 +43,13 @@ struct Args {
     /// Idle time between measurements.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pause: Duration,
+    /// Before each run, wait while some CPU was busier than this (percent)
+    /// in the idle pause: other tenants of a shared machine.
+    #[arg(long, default_value_t = 25.0)]
+    quiet_threshold: f64,
+    /// The longest wait for a quiet machine before a run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    quiet_wait: Duration,
     /// The CPU of the proxy under test.
     #[arg(long, default_value_t = 1)]
     proxy_cpu: usize,
@@ -63,6 +70,8 @@ fn main() -> Result<()> {
     if args.proxy_cpu == args.load_cpu {
         bail!("--proxy-cpu and --load-cpu must differ: the proxy gets a CPU of its own");
     }
+    // Taken before the build, which may replace this very file.
+    let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
     let switchyard = args
         .switchyard_bin
@@ -76,7 +85,7 @@ fn main() -> Result<()> {
     // The topology library finds the daemon through $SWITCHYARD_BIN only, and
     // a program cannot set its own environment safely: start over with it set.
     if std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(switchyard.as_os_str()) {
-        let mut again = std::process::Command::new(std::env::current_exe()?);
+        let mut again = std::process::Command::new(&exe);
         again
             .args(std::env::args_os().skip(1))
             .env("SWITCHYARD_BIN", &switchyard);
@@ -94,6 +103,8 @@ fn main() -> Result<()> {
         duration: args.duration,
         warmup: args.warmup,
         pause: args.pause,
+        quiet_threshold: args.quiet_threshold / 100.0,
+        quiet_wait: args.quiet_wait,
         repeats: usize::from(args.repeats),
         cps_workers: args.workers,
         bulk_connections: args.bulk_connections,
