@@ -528,6 +528,12 @@ fn metrics_and_cli_describe_the_service() -> Result<()> {
             );
         }
 
+        let admin = daemon.services_json()?.to_string();
+        ensure!(
+            admin.contains(WEB_VIP),
+            "/services on the metrics address does not list the frontend: {admin}"
+        );
+
         let json = daemon.cli(&["services", "--output", "json"])?;
         ensure!(json.status.success(), "services --output json failed");
         let value: Value = serde_json::from_slice(&json.stdout).with_context(|| {
@@ -547,6 +553,37 @@ fn metrics_and_cli_describe_the_service() -> Result<()> {
                 "the JSON does not list backend {ip}: {rendered}"
             );
         }
+        Ok(())
+    })())
+}
+
+#[test]
+fn deleted_service_frees_its_vip() -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let other = Service::new("other")
+        .cluster_ips(&["10.96.0.11"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-other.yaml", &[other.to_value()])?;
+    let daemon = topo.start_daemon(&manifests)?;
+    daemon.with_log((|| {
+        wait_served(&topo, WEB_URL)?;
+        manifests.remove("svc-web.yaml")?;
+        poll_until("10.96.0.10 to leave lo", PICKUP, || {
+            let addresses = topo.node().addresses("lo")?;
+            Ok((!addresses.iter().any(|a| a == "10.96.0.10/32")).then_some(()))
+        })?;
+        let out = client::curl(topo.client(), &["-sS", "--connect-timeout", "2", WEB_URL])?;
+        ensure!(
+            !out.status.success(),
+            "the deleted Service still answered: {}",
+            out.stdout
+        );
+        // The other Service is untouched.
+        let names = client::curl_many(topo.client(), "http://10.96.0.11:80/", 20)?;
+        ensure!(client::tally(&names).len() == 2, "other Service: {names:?}");
         Ok(())
     })())
 }
