@@ -7,6 +7,8 @@
 //! switchyard-control`, or `SWITCHYARD_BIN`). They run in parallel: every
 //! topology has its own namespaces.
 
+#![allow(clippy::disallowed_types)] // synchronous tests: std's clock is the right one
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
