@@ -47,7 +47,7 @@ pub fn with_cpu<T>(cpu: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// One thread of a process and the CPUs it may run on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThreadAffinity {
     /// Its thread id.
     pub tid: u32,
@@ -55,10 +55,12 @@ pub struct ThreadAffinity {
     pub name: String,
     /// `Cpus_allowed_list`, e.g. `1`.
     pub cpus: String,
+    /// CPU time (user + system) it has used, in seconds.
+    pub cpu_s: f64,
 }
 
-/// Every thread of process `pid` and its allowed CPUs.
-pub fn threads(pid: u32) -> Result<Vec<ThreadAffinity>> {
+/// Every thread of process `pid`, its allowed CPUs and the CPU time it used.
+pub fn threads(pid: u32, ticks_per_s: u64) -> Result<Vec<ThreadAffinity>> {
     let dir = format!("/proc/{pid}/task");
     let mut threads = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
@@ -68,9 +70,10 @@ pub fn threads(pid: u32) -> Result<Vec<ThreadAffinity>> {
         };
         let path = entry.path();
         // A thread may exit between the listing and the reads.
-        let (Ok(comm), Ok(status)) = (
+        let (Ok(comm), Ok(status), Ok(stat)) = (
             std::fs::read_to_string(path.join("comm")),
             std::fs::read_to_string(path.join("status")),
+            std::fs::read_to_string(path.join("stat")),
         ) else {
             continue;
         };
@@ -84,6 +87,7 @@ pub fn threads(pid: u32) -> Result<Vec<ThreadAffinity>> {
             tid,
             name: comm.trim().to_owned(),
             cpus,
+            cpu_s: parse_process_time(&stat, ticks_per_s).map_or(0.0, |t| t.as_secs_f64()),
         });
     }
     threads.sort_by_key(|thread| thread.tid);
@@ -91,8 +95,13 @@ pub fn threads(pid: u32) -> Result<Vec<ThreadAffinity>> {
 }
 
 /// Fails unless every thread of `pid` may run on exactly `cpu`.
-pub fn check_pinned(label: &str, pid: u32, cpu: usize) -> Result<Vec<ThreadAffinity>> {
-    let threads = threads(pid)?;
+pub fn check_pinned(
+    label: &str,
+    pid: u32,
+    cpu: usize,
+    ticks_per_s: u64,
+) -> Result<Vec<ThreadAffinity>> {
+    let threads = threads(pid, ticks_per_s)?;
     let want = cpu.to_string();
     let stray: Vec<&ThreadAffinity> = threads.iter().filter(|t| t.cpus != want).collect();
     if !stray.is_empty() {

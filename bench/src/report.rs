@@ -513,6 +513,23 @@ impl Report {
             proxy = self.method.proxy_cpu,
             load = self.method.load_cpu,
         );
+        for (name, threads) in [
+            ("switchyard", &outcome.switchyard_threads_after),
+            ("HAProxy", &outcome.haproxy_threads_after),
+        ] {
+            if threads.is_empty() {
+                continue;
+            }
+            let times: Vec<String> = threads
+                .iter()
+                .map(|t| format!("`{}` {:.1} s", t.name, t.cpu_s))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- CPU time per {name} thread over the whole run: {}.",
+                times.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "- Binaries: pod-server `{}`, loadgen `{}`.",

@@ -134,9 +134,10 @@ pub struct Setup {
     pub round_robin: BTreeMap<Target, Result<Vec<String>, String>>,
     /// Warm-up runs that failed (the measurements still run).
     pub warmup_failures: Vec<String>,
-    /// switchyard's threads and their CPUs.
+    /// switchyard's threads and their CPUs, at the start (checked to be
+    /// pinned to the proxy CPU).
     pub switchyard_threads: Vec<ThreadAffinity>,
-    /// HAProxy's threads and their CPUs.
+    /// HAProxy's threads and their CPUs, at the start.
     pub haproxy_threads: Vec<ThreadAffinity>,
     /// The pod servers' threads and their CPUs.
     pub pod_server_threads: Vec<ThreadAffinity>,
@@ -157,6 +158,11 @@ pub struct Outcome {
     pub setup: Setup,
     /// Every measurement, in the order taken.
     pub measurements: Vec<Measurement>,
+    /// switchyard's threads at the end, with the CPU time each used: shows
+    /// how many of them did the proxying.
+    pub switchyard_threads_after: Vec<ThreadAffinity>,
+    /// HAProxy's threads at the end, with their CPU time.
+    pub haproxy_threads_after: Vec<ThreadAffinity>,
     /// If switchyard exited during the run: how, and the end of its log.
     pub switchyard_exit: Option<String>,
     /// Every warning or error line switchyard logged, first ones only.
@@ -395,9 +401,12 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
             .server()
             .map(|server| server.pid())
             .context("pod server not started")?;
-        setup
-            .pod_server_threads
-            .extend(cpu::check_pinned("pod-server", pid, config.load_cpu)?);
+        setup.pod_server_threads.extend(cpu::check_pinned(
+            "pod-server",
+            pid,
+            config.load_cpu,
+            ticks_per_s,
+        )?);
     }
     // Hundreds of thousands of short connections per run: use the whole
     // port range and reuse TIME_WAIT ports for outgoing connections.
@@ -417,7 +426,8 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
         &topo,
         &format!("http://{SERVICE_VIP}:{SERVICE_PORT}/"),
     ))?;
-    setup.switchyard_threads = cpu::check_pinned("switchyard", daemon.pid(), config.proxy_cpu)?;
+    setup.switchyard_threads =
+        cpu::check_pinned("switchyard", daemon.pid(), config.proxy_cpu, ticks_per_s)?;
 
     let haproxy_config = HaproxyConfig {
         bind: SocketAddr::new(IpAddr::V4(NODE_IP4), HAPROXY_PORT),
@@ -446,7 +456,8 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
         },
     );
     answering.with_context(|| format!("haproxy log:\n{}", haproxy.log()))?;
-    setup.haproxy_threads = cpu::check_pinned("haproxy", haproxy.pid(), config.proxy_cpu)?;
+    setup.haproxy_threads =
+        cpu::check_pinned("haproxy", haproxy.pid(), config.proxy_cpu, ticks_per_s)?;
 
     let mut bench = Bench {
         config: config.clone(),
@@ -494,8 +505,15 @@ pub fn run(config: &SuiteConfig) -> Result<Outcome> {
         }
     }
 
-    bench.switchyard_alive();
+    let switchyard_threads_after = if bench.switchyard_alive() {
+        cpu::threads(bench.daemon.pid(), ticks_per_s).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let haproxy_threads_after = cpu::threads(bench.haproxy.pid(), ticks_per_s).unwrap_or_default();
     Ok(Outcome {
+        switchyard_threads_after,
+        haproxy_threads_after,
         setup,
         measurements,
         switchyard_problems: problem_lines(&bench.daemon.log()),
