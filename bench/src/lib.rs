@@ -11,6 +11,8 @@
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
 #![forbid(unsafe_code)]
+// "HAProxy" is a product name in prose, not code to put in backticks.
+#![allow(clippy::doc_markdown)]
 
 pub mod binaries;
 pub mod cpu;

@@ -285,6 +285,10 @@ impl Bench {
     /// Sleeps for the pause, sampling how busy the CPUs were meanwhile, and
     /// goes on sleeping (up to the quiet wait) while some CPU was busier than
     /// the threshold. Returns the last sample and the extra time waited.
+    #[allow(
+        clippy::disallowed_types,
+        reason = "synchronous orchestration, no runtime: std's clock is the right one"
+    )]
     fn settle(&self) -> (Vec<f64>, f64) {
         let start = std::time::Instant::now();
         loop {

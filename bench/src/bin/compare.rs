@@ -2,6 +2,9 @@
 //! direct connection, on one namespace topology. Needs root. Writes
 //! `<out>/<date>-userspace-l4.md` and `.json`. See `bench/README.md`.
 
+// "HAProxy" is a product name in prose, not code to put in backticks.
+#![allow(clippy::doc_markdown)]
+
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::time::Duration;

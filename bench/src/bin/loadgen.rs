@@ -2,6 +2,9 @@
 //! or more addresses for a bounded time and prints what it measured as JSON
 //! on stdout. See `switchyard_bench::loadgen`.
 
+// "HAProxy" is a product name in prose, not code to put in backticks.
+#![allow(clippy::doc_markdown)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
