@@ -88,6 +88,7 @@ mod tests {
                     zone: None,
                 })
                 .collect(),
+            draining: Vec::new(),
             algorithm: Algorithm::Random,
             affinity: None,
             on_empty: EmptyAction::Reject,

@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod diff;
 pub mod http;
 pub mod incremental;
+pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod services;

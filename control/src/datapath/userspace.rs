@@ -58,6 +58,8 @@ fn spec_of(entry: &ServiceEntry) -> proxy::ServiceSpec {
             Algorithm::Random => proxy::Algorithm::Random,
             Algorithm::RoundRobin => proxy::Algorithm::RoundRobin,
             Algorithm::LeastConnections => proxy::Algorithm::LeastConnections,
+            // Maglev is an eBPF-datapath table; per-connection userspace balancing uses random.
+            Algorithm::Maglev => proxy::Algorithm::Random,
         },
         affinity: entry.affinity,
         on_empty: match entry.on_empty {

@@ -108,6 +108,9 @@ pub enum Algorithm {
     Random,
     RoundRobin,
     LeastConnections,
+    /// Consistent selection through a Maglev table (eBPF datapath; the userspace datapath
+    /// falls back to random).
+    Maglev,
 }
 
 impl Algorithm {
@@ -117,6 +120,7 @@ impl Algorithm {
             "random" => Some(Algorithm::Random),
             "round-robin" | "roundrobin" | "rr" => Some(Algorithm::RoundRobin),
             "least-connections" | "leastconn" | "least-conn" => Some(Algorithm::LeastConnections),
+            "maglev" => Some(Algorithm::Maglev),
             _ => None,
         }
     }
@@ -143,6 +147,10 @@ pub struct ServiceEntry {
     pub port_name: String,
     /// The backends to use, sorted; already narrowed by endpoint conditions and traffic policy.
     pub backends: Vec<Backend>,
+    /// Endpoints that still exist but are terminating and not used for new connections: their
+    /// open connections are left to finish (a datapath closes sockets only to endpoints that
+    /// are gone).
+    pub draining: Vec<Backend>,
     pub algorithm: Algorithm,
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity: Option<Duration>,
@@ -386,7 +394,8 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
         };
         for vip in &vips {
             let candidates = endpoints_for_port(&slices, port, proto, vip.is_ipv4());
-            let backends = select_backends(candidates, local_only.then_some(node.name.as_str()));
+            let (backends, draining) =
+                select_backends(candidates, local_only.then_some(node.name.as_str()));
             outcome.entries.push(ServiceEntry {
                 frontend: Frontend {
                     addr: *vip,
@@ -397,6 +406,7 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 service: key.clone(),
                 port_name: port.name.clone().unwrap_or_default(),
                 backends,
+                draining,
                 algorithm,
                 affinity,
                 on_empty: if local_only {
@@ -559,7 +569,10 @@ fn candidates_of(endpoint: &Endpoint, port: u16, ipv4: bool) -> Vec<Candidate> {
 /// kube-proxy's endpoint categorisation: ready endpoints; when there are none, the ones that are
 /// serving and terminating. With `local_node` (`internalTrafficPolicy: Local`), only endpoints
 /// on that node count, and the same fallback applies among them.
-fn select_backends(candidates: Vec<Candidate>, local_node: Option<&str>) -> Vec<Backend> {
+fn select_backends(
+    candidates: Vec<Candidate>,
+    local_node: Option<&str>,
+) -> (Vec<Backend>, Vec<Backend>) {
     let candidates: Vec<Candidate> = match local_node {
         Some(node) => candidates
             .into_iter()
@@ -568,25 +581,30 @@ fn select_backends(candidates: Vec<Candidate>, local_node: Option<&str>) -> Vec<
         None => candidates,
     };
     let any_ready = candidates.iter().any(|c| c.ready);
-    candidates
-        .into_iter()
-        .filter(|c| {
-            if any_ready {
-                c.ready
-            } else {
-                c.serving && c.terminating
-            }
-        })
-        .map(|c| Backend {
-            addr: c.addr,
-            port: c.port,
-            state: if c.ready {
-                BackendState::Active
-            } else {
-                BackendState::Terminating
-            },
-            node: c.node,
-            zone: c.zone,
-        })
-        .collect()
+    let backend = |c: Candidate| Backend {
+        addr: c.addr,
+        port: c.port,
+        state: if c.ready {
+            BackendState::Active
+        } else {
+            BackendState::Terminating
+        },
+        node: c.node,
+        zone: c.zone,
+    };
+    let mut used = Vec::new();
+    let mut draining = Vec::new();
+    for c in candidates {
+        let usable = if any_ready {
+            c.ready
+        } else {
+            c.serving && c.terminating
+        };
+        if usable {
+            used.push(backend(c));
+        } else if c.terminating {
+            draining.push(backend(c));
+        }
+    }
+    (used, draining)
 }

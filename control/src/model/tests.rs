@@ -837,3 +837,26 @@ fn store_reports_affected_services() {
     let (affected, _) = store.upsert(node("node-a", "z"));
     assert!(affected.all);
 }
+
+#[test]
+fn draining_lists_terminating_endpoints_left_out() {
+    let terminating = json!({"ready": false, "serving": true, "terminating": true});
+    let (table, _) = run(vec![
+        service_with(
+            json!({"name": "web", "namespace": "default",
+                   "annotations": {"switchyard.io/lb-algorithm": "maglev"}}),
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+        ),
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([ep("10.244.0.11", ready()), ep("10.244.0.12", terminating)]),
+        ),
+    ]);
+    let entry = table.entries().next().expect("one frontend");
+    assert_eq!(entry.algorithm, Algorithm::Maglev);
+    assert_eq!(entry.backends.len(), 1);
+    let draining: Vec<String> = entry.draining.iter().map(|b| b.addr.to_string()).collect();
+    assert_eq!(draining, vec!["10.244.0.12"], "terminating, not used, still there");
+}
