@@ -629,7 +629,8 @@ fn thread_names(threads: &[ThreadAffinity]) -> String {
             }
         })
         .collect();
-    format!("{} threads ({})", threads.len(), names.join(", "))
+    let plural = if threads.len() == 1 { "" } else { "s" };
+    format!("{} thread{plural} ({})", threads.len(), names.join(", "))
 }
 
 fn number(value: Option<f64>, decimals: usize) -> String {
