@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Run { once } => {
             require_root("the demo creates network namespaces")?;
-            packages::ensure(&packages::DEMO)?;
+            packages::ensure(&[&packages::BUILD, &packages::RUN])?;
             step("building switchyard (release)");
             cargo(
                 &root,
@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         Task::Demo => demo::inner(),
         Task::Test { args } => {
             require_root("the end-to-end tests create network namespaces")?;
-            packages::ensure(&packages::TEST)?;
+            packages::ensure(&[&packages::BUILD, &packages::RUN])?;
             step("building the binaries the end-to-end tests run");
             cargo(&root, &["build", "--workspace", "--bins"])?;
             step("running every test");
@@ -102,6 +102,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Lint => {
+            packages::ensure(&[&packages::BUILD])?;
             step("cargo fmt --check");
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             step("cargo clippy (clippy::all denied)");
@@ -121,7 +122,7 @@ fn main() -> Result<()> {
         }
         Task::Bench { duration } => {
             require_root("the comparison benchmark creates network namespaces")?;
-            packages::ensure(&packages::BENCH)?;
+            packages::ensure(&[&packages::BUILD, &packages::RUN, &packages::BENCH])?;
             step("criterion: the model at 10,000 Services");
             cargo(
                 &root,

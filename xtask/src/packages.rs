@@ -1,52 +1,80 @@
-//! Debian packages the commands need, installed when a command they provide is missing.
+//! Debian packages the commands need, installed when what they provide is missing.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// A command and the Debian package that provides it.
+/// Something a package provides: a command on PATH, or a file.
+pub enum Provides {
+    Command(&'static str),
+    File(&'static str),
+}
+
+/// What must be there, and the Debian package that provides it.
 pub struct Need {
-    pub command: &'static str,
+    pub provides: Provides,
     pub package: &'static str,
 }
 
-const fn need(command: &'static str, package: &'static str) -> Need {
-    Need { command, package }
+const fn command(name: &'static str, package: &'static str) -> Need {
+    Need {
+        provides: Provides::Command(name),
+        package,
+    }
 }
 
-/// What the demo runs: `ip` and `sysctl` for namespaces, curl and python3 as clients.
-pub const DEMO: [Need; 4] = [
-    need("ip", "iproute2"),
-    need("sysctl", "procps"),
-    need("curl", "curl"),
-    need("python3", "python3"),
-];
-/// What the tests run.
-pub const TEST: [Need; 4] = DEMO;
-/// What the benchmarks run: also `HAProxy` and `taskset`.
-pub const BENCH: [Need; 6] = [
-    need("ip", "iproute2"),
-    need("sysctl", "procps"),
-    need("curl", "curl"),
-    need("python3", "python3"),
-    need("haproxy", "haproxy"),
-    need("taskset", "util-linux"),
-];
-
-fn have(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {command} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
+const fn file(path: &'static str, package: &'static str) -> Need {
+    Need {
+        provides: Provides::File(path),
+        package,
+    }
 }
 
-/// Installs the packages of every missing command, with one `apt-get update` first.
-pub fn ensure(needs: &[Need]) -> Result<()> {
+/// What building switchyard needs: clang-19 and libbpf's headers compile the BPF programs.
+pub const BUILD: [Need; 4] = [
+    command("clang-19", "clang-19"),
+    command("llvm-strip-19", "llvm-19"),
+    file("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    command("bpftool", "bpftool"),
+];
+
+/// What the demo and the tests run: `ip` and `sysctl` for namespaces, curl and python3 as
+/// clients.
+pub const RUN: [Need; 4] = [
+    command("ip", "iproute2"),
+    command("sysctl", "procps"),
+    command("curl", "curl"),
+    command("python3", "python3"),
+];
+
+/// What the benchmarks run besides: HAProxy, taskset, iptables and nft.
+pub const BENCH: [Need; 4] = [
+    command("haproxy", "haproxy"),
+    command("taskset", "util-linux"),
+    command("iptables-restore", "iptables"),
+    command("nft", "nftables"),
+];
+
+fn present(need: &Need) -> bool {
+    match need.provides {
+        Provides::File(path) => Path::new(path).exists(),
+        Provides::Command(name) => Command::new("sh")
+            .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
+            .status()
+            .is_ok_and(|s| s.success()),
+    }
+}
+
+/// Installs the packages of everything missing, with one `apt-get update` first.
+pub fn ensure(needs: &[&[Need]]) -> Result<()> {
     let mut missing: Vec<&str> = needs
         .iter()
-        .filter(|n| !have(n.command))
+        .flat_map(|n| n.iter())
+        .filter(|n| !present(n))
         .map(|n| n.package)
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
