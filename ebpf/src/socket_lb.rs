@@ -1,0 +1,888 @@
+//! The socket-level load balancer: loading `socket_lb.bpf.c`, pinning its
+//! maps and links, attaching it to a cgroup, and typed access to its maps.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::sys::SyscallError;
+use aya::{Ebpf, EbpfLoader, Pod};
+
+use crate::EbpfError;
+use crate::maps::raw::{
+    SyAffinity, SyAffinityKey, SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SyRevnat,
+    SyRevnatKey, SySlot, SySlotKey,
+};
+use crate::maps::{
+    BackendValue, FrontendKey, FrontendValue, MAGLEV_SIZE, MaglevKey, SlotKey, Stats, stat,
+};
+use crate::sys;
+
+/// The compiled `socket_lb.bpf.c`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_lb.bpf.o"));
+
+/// The programs, in attach order: reverse translation first, so that no
+/// socket is ever sent to a backend whose replies would not be translated.
+pub const PROGRAMS: [&str; 8] = [
+    "sy_recvmsg4",
+    "sy_recvmsg6",
+    "sy_getpeername4",
+    "sy_getpeername6",
+    "sy_connect4",
+    "sy_connect6",
+    "sy_sendmsg4",
+    "sy_sendmsg6",
+];
+
+/// The maps, each pinned by name in the pin folder.
+pub const MAPS: [&str; 7] = [
+    "sy_frontends",
+    "sy_slots",
+    "sy_backends",
+    "sy_maglev",
+    "sy_affinity",
+    "sy_revnat",
+    "sy_stats",
+];
+
+const LINK_PREFIX: &str = "link_";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// Where the socket load balancer lives and how big its maps are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketLbConfig {
+    /// The bpffs folder that holds the pinned maps and links
+    /// (`/sys/fs/bpf/switchyard`).
+    pub pin_path: PathBuf,
+    /// The cgroup v2 folder the programs attach to: every socket of every
+    /// process in it (and its descendants) is balanced.
+    pub cgroup_path: PathBuf,
+    /// Entries of `sy_frontends` (Service address + port + protocol).
+    pub max_frontends: u32,
+    /// Entries of `sy_backends`.
+    pub max_backends: u32,
+    /// Entries of `sy_slots` (backends of all services together).
+    pub max_slots: u32,
+    /// Entries of `sy_maglev` (`MAGLEV_SIZE` per Maglev service).
+    pub max_maglev: u32,
+    /// Entries of `sy_affinity` (LRU: clients × affinity services).
+    pub max_affinity: u32,
+    /// Entries of `sy_revnat` (LRU: sockets talking to a backend).
+    pub max_revnat: u32,
+}
+
+impl Default for SocketLbConfig {
+    fn default() -> Self {
+        Self {
+            pin_path: PathBuf::from("/sys/fs/bpf/switchyard"),
+            cgroup_path: PathBuf::from("/sys/fs/cgroup/unified"),
+            max_frontends: 65_536,
+            max_backends: 262_144,
+            max_slots: 1_048_576,
+            max_maglev: 1_048_576,
+            max_affinity: 65_536,
+            max_revnat: 262_144,
+        }
+    }
+}
+
+impl SocketLbConfig {
+    /// The default sizes with this pin folder and cgroup.
+    pub fn new(pin_path: impl Into<PathBuf>, cgroup_path: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_path: pin_path.into(),
+            cgroup_path: cgroup_path.into(),
+            ..Self::default()
+        }
+    }
+
+    fn max_entries(&self) -> [(&'static str, u32); 6] {
+        [
+            ("sy_frontends", self.max_frontends),
+            ("sy_backends", self.max_backends),
+            ("sy_slots", self.max_slots),
+            ("sy_maglev", self.max_maglev),
+            ("sy_affinity", self.max_affinity),
+            ("sy_revnat", self.max_revnat),
+        ]
+    }
+}
+
+/// How [`SocketLb::open`] found a program's attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Its pinned link was still attached to the cgroup and was kept; the
+    /// link's program was swapped in place for the one just loaded
+    /// (`BPF_LINK_UPDATE`), so traffic never stopped.
+    Reused,
+    /// It was attached to the cgroup and its link pinned now.
+    Attached,
+}
+
+/// One program's attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramLink {
+    /// The program (`sy_connect4`, ...).
+    pub program: &'static str,
+    /// Reused or attached.
+    pub state: LinkState,
+    /// The kernel's id of its link.
+    pub link_id: u32,
+}
+
+/// What [`SocketLb::open`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Every program, in attach order.
+    pub programs: Vec<ProgramLink>,
+    /// Maps whose pins existed and were reused, with their entries.
+    pub maps_reused: Vec<&'static str>,
+    /// Maps created (and pinned) now.
+    pub maps_created: Vec<&'static str>,
+}
+
+/// The loaded socket load balancer: its maps, and the programs attached to
+/// the cgroup through pinned links.
+///
+/// Dropping it detaches nothing: links and maps stay pinned, and the kernel
+/// keeps balancing with the last state written. [`cleanup`] removes them.
+pub struct SocketLb {
+    config: SocketLbConfig,
+    cgroup_id: u64,
+    ebpf: Ebpf,
+    report: OpenReport,
+    frontends: BpfHashMap<MapData, SyFrontendKey, SyFrontend>,
+    slots: BpfHashMap<MapData, SySlotKey, SySlot>,
+    backends: BpfHashMap<MapData, u32, SyBackend>,
+    maglev: BpfHashMap<MapData, SyMaglevKey, u32>,
+    affinity: BpfHashMap<MapData, SyAffinityKey, SyAffinity>,
+    revnat: BpfHashMap<MapData, SyRevnatKey, SyRevnat>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for SocketLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketLb")
+            .field("config", &self.config)
+            .field("cgroup_id", &self.cgroup_id)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SocketLb {
+    /// Loads the programs, reusing the maps pinned in `config.pin_path` (so a
+    /// restarted daemon finds its state) and the links pinned there (so
+    /// traffic never stops); attaches and pins whatever is missing.
+    ///
+    /// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there.
+    pub fn open(config: &SocketLbConfig) -> Result<Self, EbpfError> {
+        let cgroup_id = cgroup_id(&config.cgroup_path)?;
+        prepare_pin_dir(&config.pin_path)?;
+        let (maps_reused, maps_created): (Vec<_>, Vec<_>) = MAPS
+            .iter()
+            .partition(|name| config.pin_path.join(name).exists());
+
+        let mut ebpf = load_object(&config.pin_path, &config.max_entries())?;
+        let mut report = OpenReport {
+            programs: Vec::with_capacity(PROGRAMS.len()),
+            maps_reused,
+            maps_created,
+        };
+        for program in PROGRAMS {
+            let (state, link_id) =
+                ensure_link(&mut ebpf, program, config, cgroup_id, true)?.ok_or_else(|| {
+                    EbpfError::Pin {
+                        path: link_pin(&config.pin_path, program),
+                        detail: "link neither reused nor attached".to_owned(),
+                    }
+                })?;
+            report.programs.push(ProgramLink {
+                program,
+                state,
+                link_id,
+            });
+        }
+        tracing::info!(
+            pin_path = %config.pin_path.display(),
+            cgroup = %config.cgroup_path.display(),
+            reused_links = report.programs.iter().filter(|p| p.state == LinkState::Reused).count(),
+            attached_links = report.programs.iter().filter(|p| p.state == LinkState::Attached).count(),
+            reused_maps = report.maps_reused.len(),
+            "socket load balancer open"
+        );
+
+        Ok(Self {
+            frontends: take_hash_map(&mut ebpf, "sy_frontends")?,
+            slots: take_hash_map(&mut ebpf, "sy_slots")?,
+            backends: take_hash_map(&mut ebpf, "sy_backends")?,
+            maglev: take_hash_map(&mut ebpf, "sy_maglev")?,
+            affinity: take_hash_map(&mut ebpf, "sy_affinity")?,
+            revnat: take_hash_map(&mut ebpf, "sy_revnat")?,
+            stats: {
+                let map = ebpf.take_map("sy_stats").ok_or(EbpfError::Missing {
+                    kind: "map",
+                    name: "sy_stats",
+                })?;
+                PerCpuArray::try_from(map).map_err(|source| EbpfError::MapType {
+                    map: "sy_stats",
+                    source,
+                })?
+            },
+            config: config.clone(),
+            cgroup_id,
+            ebpf,
+            report,
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &SocketLbConfig {
+        &self.config
+    }
+
+    /// What [`SocketLb::open`] reused and attached.
+    pub fn report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Re-attaches and re-pins every program whose link pin went missing, or
+    /// whose pinned link is no longer attached to the cgroup (drift repair).
+    /// Returns one line per repair; empty when nothing had drifted.
+    pub fn verify_links(&mut self) -> Result<Vec<String>, EbpfError> {
+        let mut repaired = Vec::new();
+        for program in PROGRAMS {
+            let pin = link_pin(&self.config.pin_path, program);
+            let before = if pin.exists() {
+                "pinned link not attached to the cgroup"
+            } else {
+                "link pin missing"
+            };
+            if let Some((_, link_id)) =
+                ensure_link(&mut self.ebpf, program, &self.config, self.cgroup_id, false)?
+            {
+                tracing::warn!(program, link_id, "{before}: re-attached");
+                repaired.push(format!("{program}: {before}: re-attached (link {link_id})"));
+            }
+        }
+        Ok(repaired)
+    }
+
+    // --- frontends ---
+
+    /// The frontend `key`, if there is one.
+    pub fn frontend_get(&self, key: &FrontendKey) -> Result<Option<FrontendValue>, EbpfError> {
+        Ok(get(&self.frontends, "sy_frontends", key, &SyFrontendKey::from(*key))?
+            .map(FrontendValue::from))
+    }
+
+    /// Writes the frontend `key`. Write its backends and slots first.
+    pub fn frontend_put(
+        &mut self,
+        key: &FrontendKey,
+        value: &FrontendValue,
+    ) -> Result<(), EbpfError> {
+        put(
+            &mut self.frontends,
+            "sy_frontends",
+            key,
+            &SyFrontendKey::from(*key),
+            &SyFrontend::from(*value),
+        )
+    }
+
+    /// Removes the frontend `key`; returns whether it was there.
+    pub fn frontend_delete(&mut self, key: &FrontendKey) -> Result<bool, EbpfError> {
+        delete(&mut self.frontends, "sy_frontends", key, &SyFrontendKey::from(*key))
+    }
+
+    /// Every frontend.
+    pub fn frontends(&self) -> Result<Vec<(FrontendKey, FrontendValue)>, EbpfError> {
+        let mut out = Vec::new();
+        for entry in self.frontends.iter() {
+            let (raw_key, raw_value) = entry.map_err(|source| iterate_error("sy_frontends", source))?;
+            let key = FrontendKey::try_from(raw_key).map_err(|error| EbpfError::Corrupt {
+                map: "sy_frontends",
+                key: format!("{raw_key:?}"),
+                detail: error.to_string(),
+            })?;
+            out.push((key, FrontendValue::from(raw_value)));
+        }
+        out.sort_by_key(|(key, _)| *key);
+        Ok(out)
+    }
+
+    // --- slots ---
+
+    /// The backend id in slot `key`, if set.
+    pub fn slot_get(&self, key: &SlotKey) -> Result<Option<u32>, EbpfError> {
+        Ok(get(&self.slots, "sy_slots", key, &SySlotKey::from(*key))?.map(|slot| slot.backend_id))
+    }
+
+    /// Points slot `key` at `backend_id`.
+    pub fn slot_put(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), EbpfError> {
+        put(
+            &mut self.slots,
+            "sy_slots",
+            key,
+            &SySlotKey::from(*key),
+            &SySlot { backend_id },
+        )
+    }
+
+    /// Clears slot `key`; returns whether it was set.
+    pub fn slot_delete(&mut self, key: &SlotKey) -> Result<bool, EbpfError> {
+        delete(&mut self.slots, "sy_slots", key, &SySlotKey::from(*key))
+    }
+
+    /// Slots `1..=count` of `service_id`, in order (`None` for an unset one).
+    pub fn slots_of(&self, service_id: u32, count: u16) -> Result<Vec<Option<u32>>, EbpfError> {
+        (1..=u32::from(count))
+            .map(|slot| self.slot_get(&SlotKey::new(service_id, slot)))
+            .collect()
+    }
+
+    // --- backends ---
+
+    /// Backend `id`, if there is one.
+    pub fn backend_get(&self, id: u32) -> Result<Option<BackendValue>, EbpfError> {
+        get(&self.backends, "sy_backends", &BackendId(id), &id)?
+            .map(|raw| decode_backend(id, raw))
+            .transpose()
+    }
+
+    /// Writes backend `id`.
+    pub fn backend_put(&mut self, id: u32, value: &BackendValue) -> Result<(), EbpfError> {
+        put(
+            &mut self.backends,
+            "sy_backends",
+            &BackendId(id),
+            &id,
+            &SyBackend::from(*value),
+        )
+    }
+
+    /// Removes backend `id`; returns whether it was there. Unlink it from
+    /// every slot and Maglev table first.
+    pub fn backend_delete(&mut self, id: u32) -> Result<bool, EbpfError> {
+        delete(&mut self.backends, "sy_backends", &BackendId(id), &id)
+    }
+
+    /// Every backend, by id.
+    pub fn backends(&self) -> Result<Vec<(u32, BackendValue)>, EbpfError> {
+        let mut out = Vec::new();
+        for entry in self.backends.iter() {
+            let (id, raw) = entry.map_err(|source| iterate_error("sy_backends", source))?;
+            out.push((id, decode_backend(id, raw)?));
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    // --- Maglev ---
+
+    /// Writes `service_id`'s whole Maglev table: exactly [`MAGLEV_SIZE`]
+    /// backend ids, entry `i` at index `i`.
+    pub fn maglev_put_table(&mut self, service_id: u32, table: &[u32]) -> Result<(), EbpfError> {
+        if table.len() != MAGLEV_SIZE as usize {
+            return Err(EbpfError::InvalidInput {
+                what: format!(
+                    "map sy_maglev: service {service_id}: a Maglev table has {MAGLEV_SIZE} entries, got {}",
+                    table.len()
+                ),
+            });
+        }
+        for (index, backend_id) in (0..MAGLEV_SIZE).zip(table) {
+            let key = MaglevKey::new(service_id, index);
+            put(
+                &mut self.maglev,
+                "sy_maglev",
+                &key,
+                &SyMaglevKey::from(key),
+                backend_id,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `service_id`'s Maglev table, if it has a complete one.
+    pub fn maglev_table(&self, service_id: u32) -> Result<Option<Vec<u32>>, EbpfError> {
+        let mut table = Vec::with_capacity(MAGLEV_SIZE as usize);
+        for index in 0..MAGLEV_SIZE {
+            let key = MaglevKey::new(service_id, index);
+            match get(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))? {
+                Some(id) => table.push(id),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(table))
+    }
+
+    /// Removes `service_id`'s Maglev table.
+    pub fn maglev_delete_table(&mut self, service_id: u32) -> Result<(), EbpfError> {
+        for index in 0..MAGLEV_SIZE {
+            let key = MaglevKey::new(service_id, index);
+            delete(&mut self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
+        }
+        Ok(())
+    }
+
+    // --- affinity, reverse translation, counters ---
+
+    /// Forgets every client's backend for `service_id` (its backends or its
+    /// affinity changed); returns how many entries went.
+    pub fn affinity_clear(&mut self, service_id: u32) -> Result<usize, EbpfError> {
+        let keys = self
+            .affinity
+            .keys()
+            .filter(|key| !matches!(key, Ok(key) if key.service_id != service_id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| iterate_error("sy_affinity", source))?;
+        let mut removed = 0;
+        for key in keys {
+            let text = format!(
+                "client {} service {}",
+                key.client_cookie, key.service_id
+            );
+            if delete(&mut self.affinity, "sy_affinity", &text, &key)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The backend id a client (netns cookie) is stuck to for `service_id`.
+    pub fn affinity_get(
+        &self,
+        client_cookie: u64,
+        service_id: u32,
+    ) -> Result<Option<u32>, EbpfError> {
+        let key = SyAffinityKey {
+            client_cookie,
+            service_id,
+            pad: 0,
+        };
+        let text = format!("client {client_cookie} service {service_id}");
+        Ok(get(&self.affinity, "sy_affinity", &text, &key)?.map(|value| value.backend_id))
+    }
+
+    /// How many sockets have a reverse-translation entry (LRU: entries of
+    /// closed sockets linger until evicted).
+    pub fn revnat_len(&self) -> Result<usize, EbpfError> {
+        let mut n = 0;
+        for key in self.revnat.keys() {
+            key.map_err(|source| iterate_error("sy_revnat", source))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, EbpfError> {
+        let read = |index: u32| -> Result<u64, EbpfError> {
+            let values = self.stats.get(&index, 0).map_err(|source| EbpfError::Map {
+                map: "sy_stats",
+                op: "get",
+                key: format!("counter {index}"),
+                source,
+            })?;
+            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(Stats {
+            translated: read(stat::TRANSLATED)?,
+            no_backend: read(stat::NO_BACKEND)?,
+            backend_missing: read(stat::BACKEND_MISSING)?,
+            revnat: read(stat::REVNAT)?,
+        })
+    }
+}
+
+/// `backend <id>`, for error messages.
+struct BackendId(u32);
+
+impl Display for BackendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backend {}", self.0)
+    }
+}
+
+fn decode_backend(id: u32, raw: SyBackend) -> Result<BackendValue, EbpfError> {
+    BackendValue::try_from(raw).map_err(|error| EbpfError::Corrupt {
+        map: "sy_backends",
+        key: format!("backend {id}"),
+        detail: error.to_string(),
+    })
+}
+
+fn errno_of(error: &MapError) -> Option<i32> {
+    match error {
+        MapError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        MapError::IoError(io_error) => io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn iterate_error(map: &'static str, source: MapError) -> EbpfError {
+    EbpfError::Map {
+        map,
+        op: "iterate",
+        key: "(all keys)".to_owned(),
+        source,
+    }
+}
+
+fn get<K: Pod, V: Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+    key_text: &dyn Display,
+    key: &K,
+) -> Result<Option<V>, EbpfError> {
+    match map.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) if errno_of(&source) == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(EbpfError::Map {
+            map: name,
+            op: "get",
+            key: key_text.to_string(),
+            source,
+        }),
+    }
+}
+
+fn put<K: Pod, V: Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    name: &'static str,
+    key_text: &dyn Display,
+    key: &K,
+    value: &V,
+) -> Result<(), EbpfError> {
+    map.insert(key, value, 0).map_err(|source| {
+        if matches!(
+            errno_of(&source),
+            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
+        ) {
+            EbpfError::MapFull {
+                map: name,
+                key: key_text.to_string(),
+            }
+        } else {
+            EbpfError::Map {
+                map: name,
+                op: "put",
+                key: key_text.to_string(),
+                source,
+            }
+        }
+    })
+}
+
+fn delete<K: Pod, V: Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    name: &'static str,
+    key_text: &dyn Display,
+    key: &K,
+) -> Result<bool, EbpfError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(source) if errno_of(&source) == Some(libc::ENOENT) => Ok(false),
+        Err(source) => Err(EbpfError::Map {
+            map: name,
+            op: "delete",
+            key: key_text.to_string(),
+            source,
+        }),
+    }
+}
+
+fn take_hash_map<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Missing { kind: "map", name })?;
+    BpfHashMap::try_from(map).map_err(|source| EbpfError::MapType { map: name, source })
+}
+
+fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
+    pin_path.join(format!("{LINK_PREFIX}{program}"))
+}
+
+/// The id of the cgroup v2 folder `path` (its inode number).
+fn cgroup_id(path: &Path) -> Result<u64, EbpfError> {
+    let meta = std::fs::metadata(path).map_err(|error| EbpfError::io("open cgroup", path, error))?;
+    if !meta.is_dir() {
+        return Err(EbpfError::io(
+            "open cgroup",
+            path,
+            io::Error::new(io::ErrorKind::NotADirectory, "not a cgroup folder"),
+        ));
+    }
+    Ok(meta.ino())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| i64::from(fs.filesystem_type().0) == BPF_FS_MAGIC)
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` if needed, creates `pin_path` and checks
+/// it is on a bpffs (pins anywhere else fail with EPERM).
+fn prepare_pin_dir(pin_path: &Path) -> Result<(), EbpfError> {
+    let default = Path::new(DEFAULT_BPFFS);
+    if pin_path.starts_with(default) && !is_bpffs(default) {
+        std::fs::create_dir_all(default)
+            .map_err(|error| EbpfError::io("create bpffs mount point", default, error))?;
+        nix::mount::mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| EbpfError::io("mount bpffs on", default, io::Error::from(errno)))?;
+        tracing::info!("mounted bpffs on {DEFAULT_BPFFS}");
+    }
+    std::fs::create_dir_all(pin_path)
+        .map_err(|error| EbpfError::io("create pin folder", pin_path, error))?;
+    if !is_bpffs(pin_path) {
+        return Err(EbpfError::Pin {
+            path: pin_path.to_owned(),
+            detail: "not on a bpf file system (mount -t bpf bpf /sys/fs/bpf)".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Parses the object and creates (or reuses, from `pin_dir`) its maps, then
+/// loads every program into the kernel (the verifier runs here).
+fn load_object(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Ebpf, EbpfError> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (name, size) in max_entries {
+        loader.map_max_entries(name, *size);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|source| EbpfError::Load {
+        pin_path: pin_dir.to_owned(),
+        source,
+    })?;
+    for program in PROGRAMS {
+        cgroup_program(&mut ebpf, program)?
+            .load()
+            .map_err(|source| EbpfError::Program {
+                program,
+                action: "load".to_owned(),
+                source,
+            })?;
+    }
+    Ok(ebpf)
+}
+
+fn cgroup_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+    ebpf.program_mut(program)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name: program,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program,
+            action: "as cgroup/sock_addr".to_owned(),
+            source,
+        })
+}
+
+/// Opens the link pinned at `pin` if it is still attached to cgroup
+/// `cgroup_id`; removes the pin of a link that is not (detaching it first,
+/// in case another holder keeps it alive on another cgroup).
+fn open_attached_link(pin: &Path, cgroup_id: u64) -> Result<Option<OwnedFd>, EbpfError> {
+    let fd = match sys::obj_get(pin) {
+        Ok(fd) => fd,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            tracing::warn!(pin = %pin.display(), %error, "unreadable link pin: replacing it");
+            remove_pin(pin)?;
+            return Ok(None);
+        }
+    };
+    match sys::link_info(fd.as_fd()) {
+        Ok(info) if info.link_type == sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id => {
+            Ok(Some(fd))
+        }
+        info => {
+            tracing::warn!(pin = %pin.display(), ?info, "pinned link is not attached to the cgroup: replacing it");
+            let _ = sys::link_detach(fd.as_fd());
+            remove_pin(pin)?;
+            Ok(None)
+        }
+    }
+}
+
+fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(EbpfError::io("unpin", pin, error)),
+    }
+}
+
+/// Makes sure `program` is attached to the cgroup through a pinned link.
+///
+/// A link already attached is kept; with `update` its program is replaced
+/// in place by the one just loaded, and it is reported as reused. Otherwise
+/// nothing is reported for it (`None`). A missing or stale link is attached
+/// and pinned anew.
+fn ensure_link(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    config: &SocketLbConfig,
+    cgroup_id: u64,
+    update: bool,
+) -> Result<Option<(LinkState, u32)>, EbpfError> {
+    let pin = link_pin(&config.pin_path, program);
+    let prog = cgroup_program(ebpf, program)?;
+    if let Some(link) = open_attached_link(&pin, cgroup_id)? {
+        if !update {
+            return Ok(None);
+        }
+        let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
+            program,
+            action: "get its fd".to_owned(),
+            source,
+        })?;
+        if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
+            // Still attached with the old program, which uses the same
+            // pinned maps: keep serving rather than re-attach.
+            tracing::warn!(program, %error, "could not update the pinned link's program; keeping the old one");
+        }
+        let id = link_id(&pin, &link)?;
+        return Ok(Some((LinkState::Reused, id)));
+    }
+
+    let cgroup = File::open(&config.cgroup_path)
+        .map_err(|error| EbpfError::io("open cgroup", &config.cgroup_path, error))?;
+    let attach_error = |source| EbpfError::Program {
+        program,
+        action: format!("attach to {}", config.cgroup_path.display()),
+        source,
+    };
+    let attached = prog
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(attach_error)?;
+    let link = prog.take_link(attached).map_err(attach_error)?;
+    let fd_link = FdLink::try_from(link).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: format!("link of {program} is not an fd link: {error}"),
+    })?;
+    // Dropping the pinned link only closes our fd: the pin keeps it attached.
+    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: error.to_string(),
+    })?);
+    let link = sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
+    let id = link_id(&pin, &link)?;
+    Ok(Some((LinkState::Attached, id)))
+}
+
+fn link_id(pin: &Path, link: &OwnedFd) -> Result<u32, EbpfError> {
+    sys::link_info(link.as_fd())
+        .map(|info| info.id)
+        .map_err(|error| EbpfError::io("read link info of", pin, error))
+}
+
+/// Detaches and unpins every link and map switchyard pinned in `pin_path`,
+/// detaches any other switchyard program still attached to `cgroup_path`
+/// through a link, and removes the folder. Idempotent: a missing folder or
+/// cgroup is fine.
+pub fn cleanup(pin_path: &Path, cgroup_path: &Path) -> Result<(), EbpfError> {
+    if pin_path.exists() {
+        for program in PROGRAMS {
+            let pin = link_pin(pin_path, program);
+            if let Ok(fd) = sys::obj_get(&pin)
+                && let Err(error) = sys::link_detach(fd.as_fd())
+            {
+                // Already detached (ENOLINK) is fine; anything else is not.
+                if error.raw_os_error() != Some(libc::ENOLINK) {
+                    return Err(EbpfError::io("detach link", &pin, error));
+                }
+            }
+            remove_pin(&pin)?;
+        }
+        for map in MAPS {
+            remove_pin(&pin_path.join(map))?;
+        }
+    }
+    if let Ok(id) = cgroup_id(cgroup_path) {
+        detach_strays(cgroup_path, id)?;
+    }
+    match std::fs::remove_dir(pin_path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(EbpfError::io("remove pin folder", pin_path, error)),
+    }
+}
+
+/// Detaches every cgroup link on cgroup `cgroup_id` whose program is one of
+/// ours (by name): links whose pins were lost while some process still
+/// holds them open.
+fn detach_strays(cgroup_path: &Path, cgroup_id: u64) -> Result<(), EbpfError> {
+    let ours: BTreeSet<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str().is_some_and(|name| PROGRAMS.contains(&name)))
+        .map(|info| info.id())
+        .collect();
+    let ids = sys::link_ids().map_err(|error| EbpfError::io("list links for", cgroup_path, error))?;
+    for id in ids {
+        let Ok(fd) = sys::link_fd_by_id(id) else {
+            continue;
+        };
+        let Ok(info) = sys::link_info(fd.as_fd()) else {
+            continue;
+        };
+        if info.link_type == sys::LINK_TYPE_CGROUP
+            && info.cgroup_id == cgroup_id
+            && ours.contains(&info.prog_id)
+        {
+            sys::link_detach(fd.as_fd())
+                .map_err(|error| EbpfError::io("detach stray link on", cgroup_path, error))?;
+            tracing::info!(link_id = id, "detached a stray switchyard link");
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kernel can load these programs (for `--proxy-mode auto`):
+/// parses the object, creates its maps (tiny, in a temporary pin folder on
+/// bpffs that is removed again) and runs the verifier on every program.
+/// Attaches nothing.
+pub fn probe() -> Result<(), EbpfError> {
+    let dir = Path::new(DEFAULT_BPFFS).join(format!("switchyard-probe-{}", std::process::id()));
+    prepare_pin_dir(&dir)?;
+    let sizes = [
+        ("sy_frontends", 1),
+        ("sy_backends", 1),
+        ("sy_slots", 1),
+        ("sy_maglev", 1),
+        ("sy_affinity", 1),
+        ("sy_revnat", 1),
+    ];
+    let result = load_object(&dir, &sizes).map(drop);
+    for map in MAPS {
+        let _ = std::fs::remove_file(dir.join(map));
+    }
+    let _ = std::fs::remove_dir(&dir);
+    result
+}
