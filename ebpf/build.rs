@@ -8,18 +8,30 @@ use std::process::Command;
 const BPF_SOURCES: &[&str] = &["socket_lb"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf_dir = manifest.join("src/bpf");
-    println!("cargo:rerun-if-changed={}", bpf_dir.join("switchyard.h").display());
-    println!("cargo:rerun-if-changed={}", bpf_dir.join("layout.c").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        bpf_dir.join("switchyard.h").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        bpf_dir.join("layout.c").display()
+    );
     println!("cargo:rerun-if-env-changed=SWITCHYARD_CLANG");
 
     let clang = env::var("SWITCHYARD_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
     for name in BPF_SOURCES {
         let source = bpf_dir.join(format!("{name}.bpf.c"));
         println!("cargo:rerun-if-changed={}", source.display());
-        compile_bpf(&clang, &bpf_dir, &source, &out.join(format!("{name}.bpf.o")));
+        compile_bpf(
+            &clang,
+            &bpf_dir,
+            &source,
+            &out.join(format!("{name}.bpf.o")),
+        );
     }
     generate_layout(&bpf_dir, &out);
 }
@@ -44,17 +56,16 @@ fn compile_bpf(clang: &str, include: &Path, source: &Path, object: &Path) {
              (SWITCHYARD_CLANG names another clang.)\n\n"
         ),
     };
-    if !output.status.success() {
-        panic!(
-            "\n\nswitchyard-ebpf: `{clang}` failed on {} ({}):\n{}{}\n\
+    assert!(
+        output.status.success(),
+        "\n\nswitchyard-ebpf: `{clang}` failed on {} ({}):\n{}{}\n\
              If a header such as bpf/bpf_helpers.h or asm/types.h is missing: \
              `apt-get install libbpf-dev` (or run `cargo xtask test`).\n\n",
-            source.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-    }
+        source.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
 }
 
 /// Compiles and runs `layout.c` on the host; its output is `layout.rs`.
@@ -75,7 +86,9 @@ fn generate_layout(include: &Path, out: &Path) {
         .arg("-o")
         .arg(&exe)
         .status()
-        .unwrap_or_else(|error| panic!("switchyard-ebpf: cannot run the host C compiler for layout.c: {error}"));
+        .unwrap_or_else(|error| {
+            panic!("switchyard-ebpf: cannot run the host C compiler for layout.c: {error}")
+        });
     assert!(
         status.success(),
         "switchyard-ebpf: the host C compiler failed on layout.c ({status})"

@@ -16,7 +16,7 @@ pub enum EbpfError {
         pin_path: PathBuf,
         /// What aya reported.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 
     /// A program could not be found, loaded (verified) or attached.
@@ -28,7 +28,7 @@ pub enum EbpfError {
         action: String,
         /// What aya reported.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     /// The object has no program or map of that name (a build mismatch).
@@ -48,7 +48,7 @@ pub enum EbpfError {
         map: &'static str,
         /// What aya reported.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     /// An update failed because the map has no room (E2BIG, ENOSPC, ENOMEM).
@@ -71,7 +71,7 @@ pub enum EbpfError {
         key: String,
         /// What aya reported.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     /// An entry read from a map does not decode (an unknown family or
@@ -114,7 +114,7 @@ pub enum EbpfError {
         source: io::Error,
     },
 
-    /// A netlink (sock_diag) exchange failed.
+    /// A netlink (`sock_diag`) exchange failed.
     #[error("sock_diag: {what}: {source}")]
     Netlink {
         /// What was being done.

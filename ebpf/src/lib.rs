@@ -38,8 +38,8 @@ mod sys;
 
 pub use error::EbpfError;
 pub use maps::{
-    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FrontendKey,
-    FrontendValue, MAGLEV_SIZE, MaglevKey, Proto, SlotKey, Stats,
+    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FrontendKey, FrontendValue,
+    MAGLEV_SIZE, MaglevKey, Proto, SlotKey, Stats,
 };
 pub use socket_lb::{
     LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SocketLb, SocketLbConfig, cleanup, probe,

@@ -21,7 +21,7 @@ use self::raw::{SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SySlotKey};
 pub const FAMILY_V4: u8 = 4;
 /// `SY_FAMILY_V6`.
 pub const FAMILY_V6: u8 = 6;
-/// `SY_F_AFFINITY`: sessionAffinity ClientIP; the client is the socket's
+/// `SY_F_AFFINITY`: `sessionAffinity: ClientIP`; the client is the socket's
 /// network namespace (its cookie).
 pub const FLAG_AFFINITY: u16 = 0x1;
 /// `SY_F_MAGLEV`: choose through the service's Maglev table.
@@ -268,10 +268,7 @@ impl TryFrom<SyBackend> for BackendValue {
 
     fn try_from(raw: SyBackend) -> Result<Self, Self::Error> {
         Ok(Self {
-            addr: SocketAddr::new(
-                addr_from_raw(raw.addr, raw.family)?,
-                u16::from_be(raw.port),
-            ),
+            addr: SocketAddr::new(addr_from_raw(raw.addr, raw.family)?, u16::from_be(raw.port)),
             state: BackendState::from_raw(raw.state)?,
         })
     }
@@ -368,6 +365,9 @@ pub(crate) mod stat {
     pub const NO_BACKEND: u32 = 1;
     pub const BACKEND_MISSING: u32 = 2;
     pub const REVNAT: u32 = 3;
-    #[cfg_attr(not(test), allow(dead_code, reason = "checked against the header by the layout test"))]
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "checked against the header by the layout test")
+    )]
     pub const MAX: u32 = 4;
 }

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::sys::SyscallError;
@@ -53,7 +53,6 @@ pub const MAPS: [&str; 7] = [
 ];
 
 const LINK_PREFIX: &str = "link_";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// Where the socket load balancer lives and how big its maps are.
@@ -136,6 +135,9 @@ pub struct ProgramLink {
     pub state: LinkState,
     /// The kernel's id of its link.
     pub link_id: u32,
+    /// The kernel's id of the program the link runs: the one loaded by this
+    /// open, also for a reused link.
+    pub prog_id: u32,
 }
 
 /// What [`SocketLb::open`] found and did.
@@ -198,17 +200,16 @@ impl SocketLb {
             maps_created,
         };
         for program in PROGRAMS {
-            let (state, link_id) =
-                ensure_link(&mut ebpf, program, config, cgroup_id, true)?.ok_or_else(|| {
-                    EbpfError::Pin {
-                        path: link_pin(&config.pin_path, program),
-                        detail: "link neither reused nor attached".to_owned(),
-                    }
+            let (state, info) = ensure_link(&mut ebpf, program, config, cgroup_id, true)?
+                .ok_or_else(|| EbpfError::Pin {
+                    path: link_pin(&config.pin_path, program),
+                    detail: "link neither reused nor attached".to_owned(),
                 })?;
             report.programs.push(ProgramLink {
                 program,
                 state,
-                link_id,
+                link_id: info.id,
+                prog_id: info.prog_id,
             });
         }
         tracing::info!(
@@ -234,7 +235,7 @@ impl SocketLb {
                 })?;
                 PerCpuArray::try_from(map).map_err(|source| EbpfError::MapType {
                     map: "sy_stats",
-                    source,
+                    source: Box::new(source),
                 })?
             },
             config: config.clone(),
@@ -255,8 +256,9 @@ impl SocketLb {
     }
 
     /// Re-attaches and re-pins every program whose link pin went missing, or
-    /// whose pinned link is no longer attached to the cgroup (drift repair).
-    /// Returns one line per repair; empty when nothing had drifted.
+    /// whose pinned link is no longer attached to the cgroup, and re-pins
+    /// every map whose pin went missing (drift repair). Returns one line per
+    /// repair; empty when nothing had drifted.
     pub fn verify_links(&mut self) -> Result<Vec<String>, EbpfError> {
         let mut repaired = Vec::new();
         for program in PROGRAMS {
@@ -266,11 +268,31 @@ impl SocketLb {
             } else {
                 "link pin missing"
             };
-            if let Some((_, link_id)) =
+            if let Some((_, info)) =
                 ensure_link(&mut self.ebpf, program, &self.config, self.cgroup_id, false)?
             {
+                let link_id = info.id;
                 tracing::warn!(program, link_id, "{before}: re-attached");
                 repaired.push(format!("{program}: {before}: re-attached (link {link_id})"));
+            }
+        }
+        for (name, map) in [
+            ("sy_frontends", IterableMap::map(&self.frontends)),
+            ("sy_slots", IterableMap::map(&self.slots)),
+            ("sy_backends", IterableMap::map(&self.backends)),
+            ("sy_maglev", IterableMap::map(&self.maglev)),
+            ("sy_affinity", IterableMap::map(&self.affinity)),
+            ("sy_revnat", IterableMap::map(&self.revnat)),
+            ("sy_stats", IterableMap::map(&self.stats)),
+        ] {
+            let pin = self.config.pin_path.join(name);
+            if !pin.exists() {
+                map.pin(&pin).map_err(|error| EbpfError::Pin {
+                    path: pin.clone(),
+                    detail: error.to_string(),
+                })?;
+                tracing::warn!(map = name, "map pin missing: re-pinned");
+                repaired.push(format!("{name}: map pin missing: re-pinned"));
             }
         }
         Ok(repaired)
@@ -280,8 +302,13 @@ impl SocketLb {
 
     /// The frontend `key`, if there is one.
     pub fn frontend_get(&self, key: &FrontendKey) -> Result<Option<FrontendValue>, EbpfError> {
-        Ok(get(&self.frontends, "sy_frontends", key, &SyFrontendKey::from(*key))?
-            .map(FrontendValue::from))
+        Ok(get(
+            &self.frontends,
+            "sy_frontends",
+            key,
+            &SyFrontendKey::from(*key),
+        )?
+        .map(FrontendValue::from))
     }
 
     /// Writes the frontend `key`. Write its backends and slots first.
@@ -301,14 +328,20 @@ impl SocketLb {
 
     /// Removes the frontend `key`; returns whether it was there.
     pub fn frontend_delete(&mut self, key: &FrontendKey) -> Result<bool, EbpfError> {
-        delete(&mut self.frontends, "sy_frontends", key, &SyFrontendKey::from(*key))
+        delete(
+            &mut self.frontends,
+            "sy_frontends",
+            key,
+            &SyFrontendKey::from(*key),
+        )
     }
 
     /// Every frontend.
     pub fn frontends(&self) -> Result<Vec<(FrontendKey, FrontendValue)>, EbpfError> {
         let mut out = Vec::new();
-        for entry in self.frontends.iter() {
-            let (raw_key, raw_value) = entry.map_err(|source| iterate_error("sy_frontends", source))?;
+        for entry in &self.frontends {
+            let (raw_key, raw_value) =
+                entry.map_err(|source| iterate_error("sy_frontends", source))?;
             let key = FrontendKey::try_from(raw_key).map_err(|error| EbpfError::Corrupt {
                 map: "sy_frontends",
                 key: format!("{raw_key:?}"),
@@ -379,7 +412,7 @@ impl SocketLb {
     /// Every backend, by id.
     pub fn backends(&self) -> Result<Vec<(u32, BackendValue)>, EbpfError> {
         let mut out = Vec::new();
-        for entry in self.backends.iter() {
+        for entry in &self.backends {
             let (id, raw) = entry.map_err(|source| iterate_error("sy_backends", source))?;
             out.push((id, decode_backend(id, raw)?));
         }
@@ -448,10 +481,7 @@ impl SocketLb {
             .map_err(|source| iterate_error("sy_affinity", source))?;
         let mut removed = 0;
         for key in keys {
-            let text = format!(
-                "client {} service {}",
-                key.client_cookie, key.service_id
-            );
+            let text = format!("client {} service {}", key.client_cookie, key.service_id);
             if delete(&mut self.affinity, "sy_affinity", &text, &key)? {
                 removed += 1;
             }
@@ -492,7 +522,7 @@ impl SocketLb {
                 map: "sy_stats",
                 op: "get",
                 key: format!("counter {index}"),
-                source,
+                source: Box::new(source),
             })?;
             Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
         };
@@ -524,8 +554,9 @@ fn decode_backend(id: u32, raw: SyBackend) -> Result<BackendValue, EbpfError> {
 
 fn errno_of(error: &MapError) -> Option<i32> {
     match error {
-        MapError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
-        MapError::IoError(io_error) => io_error.raw_os_error(),
+        MapError::SyscallError(SyscallError { io_error, .. }) | MapError::IoError(io_error) => {
+            io_error.raw_os_error()
+        }
         _ => None,
     }
 }
@@ -535,7 +566,7 @@ fn iterate_error(map: &'static str, source: MapError) -> EbpfError {
         map,
         op: "iterate",
         key: "(all keys)".to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -553,7 +584,7 @@ fn get<K: Pod, V: Pod>(
             map: name,
             op: "get",
             key: key_text.to_string(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -579,7 +610,7 @@ fn put<K: Pod, V: Pod>(
                 map: name,
                 op: "put",
                 key: key_text.to_string(),
-                source,
+                source: Box::new(source),
             }
         }
     })
@@ -599,7 +630,7 @@ fn delete<K: Pod, V: Pod>(
             map: name,
             op: "delete",
             key: key_text.to_string(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -611,7 +642,10 @@ fn take_hash_map<K: Pod, V: Pod>(
     let map = ebpf
         .take_map(name)
         .ok_or(EbpfError::Missing { kind: "map", name })?;
-    BpfHashMap::try_from(map).map_err(|source| EbpfError::MapType { map: name, source })
+    BpfHashMap::try_from(map).map_err(|source| EbpfError::MapType {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
@@ -620,7 +654,8 @@ fn link_pin(pin_path: &Path, program: &str) -> PathBuf {
 
 /// The id of the cgroup v2 folder `path` (its inode number).
 fn cgroup_id(path: &Path) -> Result<u64, EbpfError> {
-    let meta = std::fs::metadata(path).map_err(|error| EbpfError::io("open cgroup", path, error))?;
+    let meta =
+        std::fs::metadata(path).map_err(|error| EbpfError::io("open cgroup", path, error))?;
     if !meta.is_dir() {
         return Err(EbpfError::io(
             "open cgroup",
@@ -633,7 +668,7 @@ fn cgroup_id(path: &Path) -> Result<u64, EbpfError> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .is_ok_and(|fs| i64::from(fs.filesystem_type().0) == BPF_FS_MAGIC)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` if needed, creates `pin_path` and checks
@@ -674,7 +709,7 @@ fn load_object(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Eb
     }
     let mut ebpf = loader.load(OBJECT).map_err(|source| EbpfError::Load {
         pin_path: pin_dir.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     for program in PROGRAMS {
         cgroup_program(&mut ebpf, program)?
@@ -682,7 +717,7 @@ fn load_object(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Eb
             .map_err(|source| EbpfError::Program {
                 program,
                 action: "load".to_owned(),
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(ebpf)
@@ -701,7 +736,7 @@ fn cgroup_program<'a>(
         .map_err(|source| EbpfError::Program {
             program,
             action: "as cgroup/sock_addr".to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -751,7 +786,7 @@ fn ensure_link(
     config: &SocketLbConfig,
     cgroup_id: u64,
     update: bool,
-) -> Result<Option<(LinkState, u32)>, EbpfError> {
+) -> Result<Option<(LinkState, sys::LinkInfo)>, EbpfError> {
     let pin = link_pin(&config.pin_path, program);
     let prog = cgroup_program(ebpf, program)?;
     if let Some(link) = open_attached_link(&pin, cgroup_id)? {
@@ -761,23 +796,23 @@ fn ensure_link(
         let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
             program,
             action: "get its fd".to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
             // Still attached with the old program, which uses the same
             // pinned maps: keep serving rather than re-attach.
             tracing::warn!(program, %error, "could not update the pinned link's program; keeping the old one");
         }
-        let id = link_id(&pin, &link)?;
-        return Ok(Some((LinkState::Reused, id)));
+        let info = link_info_of(&pin, &link)?;
+        return Ok(Some((LinkState::Reused, info)));
     }
 
     let cgroup = File::open(&config.cgroup_path)
         .map_err(|error| EbpfError::io("open cgroup", &config.cgroup_path, error))?;
-    let attach_error = |source| EbpfError::Program {
+    let attach_error = |source: aya::programs::ProgramError| EbpfError::Program {
         program,
         action: format!("attach to {}", config.cgroup_path.display()),
-        source,
+        source: Box::new(source),
     };
     let attached = prog
         .attach(&cgroup, CgroupAttachMode::Single)
@@ -792,15 +827,14 @@ fn ensure_link(
         path: pin.clone(),
         detail: error.to_string(),
     })?);
-    let link = sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
-    let id = link_id(&pin, &link)?;
-    Ok(Some((LinkState::Attached, id)))
+    let link =
+        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
+    let info = link_info_of(&pin, &link)?;
+    Ok(Some((LinkState::Attached, info)))
 }
 
-fn link_id(pin: &Path, link: &OwnedFd) -> Result<u32, EbpfError> {
-    sys::link_info(link.as_fd())
-        .map(|info| info.id)
-        .map_err(|error| EbpfError::io("read link info of", pin, error))
+fn link_info_of(pin: &Path, link: &OwnedFd) -> Result<sys::LinkInfo, EbpfError> {
+    sys::link_info(link.as_fd()).map_err(|error| EbpfError::io("read link info of", pin, error))
 }
 
 /// Detaches and unpins every link and map switchyard pinned in `pin_path`,
@@ -841,10 +875,14 @@ pub fn cleanup(pin_path: &Path, cgroup_path: &Path) -> Result<(), EbpfError> {
 fn detach_strays(cgroup_path: &Path, cgroup_id: u64) -> Result<(), EbpfError> {
     let ours: BTreeSet<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|info| info.name_as_str().is_some_and(|name| PROGRAMS.contains(&name)))
+        .filter(|info| {
+            info.name_as_str()
+                .is_some_and(|name| PROGRAMS.contains(&name))
+        })
         .map(|info| info.id())
         .collect();
-    let ids = sys::link_ids().map_err(|error| EbpfError::io("list links for", cgroup_path, error))?;
+    let ids =
+        sys::link_ids().map_err(|error| EbpfError::io("list links for", cgroup_path, error))?;
     for id in ids {
         let Ok(fd) = sys::link_fd_by_id(id) else {
             continue;

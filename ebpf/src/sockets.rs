@@ -180,10 +180,12 @@ impl Diag {
         let what = format!("dump family {family} protocol {protocol}");
         self.receive(seq, |kind, payload| {
             if kind == NLMSG_ERROR {
-                return Err(ack_error(&what, payload).unwrap_or_else(|| EbpfError::Netlink {
-                    what: what.clone(),
-                    source: io::Error::from(io::ErrorKind::InvalidData),
-                }));
+                return Err(
+                    ack_error(&what, payload).unwrap_or_else(|| EbpfError::Netlink {
+                        what: what.clone(),
+                        source: io::Error::from(io::ErrorKind::InvalidData),
+                    }),
+                );
             }
             if kind == SOCK_DIAG_BY_FAMILY && payload.len() >= MSG_MIN_LEN {
                 let id: [u8; SOCKID_LEN] = payload[4..4 + SOCKID_LEN]
@@ -241,9 +243,9 @@ fn request(family: u8, protocol: u8, states: u32, id: &[u8; SOCKID_LEN]) -> [u8;
 
 /// The error an `NLMSG_ERROR` payload carries, `None` for an ACK (error 0).
 fn ack_error(what: &str, payload: &[u8]) -> Option<EbpfError> {
-    let code = payload
-        .get(0..4)
-        .map_or(-libc::EIO, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    let code = payload.get(0..4).map_or(-libc::EIO, |b| {
+        i32::from_ne_bytes(b.try_into().expect("4 bytes"))
+    });
     (code != 0).then(|| EbpfError::Netlink {
         what: what.to_owned(),
         source: io::Error::from_raw_os_error(-code),
@@ -280,6 +282,8 @@ mod tests {
     fn ack_of_zero_is_success() {
         assert!(ack_error("x", &0i32.to_ne_bytes()).is_none());
         let error = ack_error("x", &(-libc::ENOENT).to_ne_bytes()).unwrap();
-        assert!(matches!(error, EbpfError::Netlink { source, .. } if source.raw_os_error() == Some(libc::ENOENT)));
+        assert!(
+            matches!(error, EbpfError::Netlink { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
+        );
     }
 }

@@ -155,7 +155,11 @@ fn python(ns: &Netns, code: &str) -> Result<String> {
 /// What a TCP connect to `addr` from `ns` does: `ok <peer>` or the
 /// exception's name and errno.
 fn connect_outcome(ns: &Netns, addr: &str, port: u16) -> Result<String> {
-    let family = if addr.contains(':') { "AF_INET6" } else { "AF_INET" };
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     python(
         ns,
         &format!(
@@ -192,7 +196,10 @@ fn tcp_reaches_every_backend_and_getpeername_shows_the_vip() -> Result<()> {
     );
     // The server saw a direct connection from the client.
     let peer = client::curl_once(fx.client(), "http://10.96.0.10/peer")?;
-    assert!(peer.starts_with("10.0.0.2:"), "peer as the pod saw it: {peer}");
+    assert!(
+        peer.starts_with("10.0.0.2:"),
+        "peer as the pod saw it: {peer}"
+    );
 
     let stats = fx.lb().stats()?;
     assert!(stats.translated >= 42, "{stats:?}");
@@ -342,7 +349,8 @@ fn maglev_picks_through_the_table_consistently() -> Result<()> {
     );
 
     // Every entry on pod 2: the table, not the slots, decides.
-    fx.lb().maglev_put_table(5, &vec![ids[2]; MAGLEV_SIZE as usize])?;
+    fx.lb()
+        .maglev_put_table(5, &vec![ids[2]; MAGLEV_SIZE as usize])?;
     let names = client::curl_many(fx.client(), "http://10.96.0.10/", 10)?;
     assert!(names.iter().all(|n| n == "web-2"), "{names:?}");
 
@@ -366,7 +374,10 @@ fn reopening_reuses_links_and_maps_and_traffic_never_stops() -> Result<()> {
     let mut fx = Fixture::new(2)?;
     let first = fx.lb().report().clone();
     assert!(
-        first.programs.iter().all(|p| p.state == LinkState::Attached),
+        first
+            .programs
+            .iter()
+            .all(|p| p.state == LinkState::Attached),
         "{first:?}"
     );
     assert_eq!(first.maps_created.len(), MAPS.len(), "{first:?}");
@@ -385,10 +396,16 @@ fn reopening_reuses_links_and_maps_and_traffic_never_stops() -> Result<()> {
         "{second:?}"
     );
     assert_eq!(second.maps_reused.len(), MAPS.len(), "{second:?}");
-    let ids = |r: &switchyard_ebpf::OpenReport| {
-        r.programs.iter().map(|p| p.link_id).collect::<Vec<_>>()
-    };
+    let ids =
+        |r: &switchyard_ebpf::OpenReport| r.programs.iter().map(|p| p.link_id).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&second), "the same links");
+    for (old, new) in first.programs.iter().zip(&second.programs) {
+        assert_ne!(
+            old.prog_id, new.prog_id,
+            "{}: the reused link runs the program loaded now",
+            new.program
+        );
+    }
     assert_eq!(
         fx.lb().frontend_get(&tcp(VIP, 80))?,
         Some(FrontendValue {
@@ -417,7 +434,10 @@ fn cleanup_detaches_and_unpins_everything() -> Result<()> {
         fx.client(),
         &["-sS", "--connect-timeout", "2", "http://10.96.0.10/"],
     )?;
-    assert!(!out.status.success(), "the VIP is no longer translated: {out:?}");
+    assert!(
+        !out.status.success(),
+        "the VIP is no longer translated: {out:?}"
+    );
     // Pods are still reachable directly.
     client::curl_once(fx.client(), "http://10.244.0.10:8080/")?;
     let attached = std::process::Command::new("bpftool")
@@ -447,9 +467,23 @@ fn verify_links_repairs_a_lost_pin() -> Result<()> {
     })?;
     let repaired = fx.lb().verify_links()?;
     assert_eq!(repaired.len(), 1, "{repaired:?}");
-    assert!(repaired[0].starts_with("sy_connect4: link pin missing"), "{repaired:?}");
+    assert!(
+        repaired[0].starts_with("sy_connect4: link pin missing"),
+        "{repaired:?}"
+    );
     client::curl_once(fx.client(), "http://10.96.0.10/")?;
     assert_eq!(fx.lb().verify_links()?, Vec::<String>::new());
+
+    // A lost map pin is re-pinned from the open map, entries and all.
+    std::fs::remove_file(fx.config.pin_path.join("sy_frontends"))?;
+    assert_eq!(
+        fx.lb().verify_links()?,
+        ["sy_frontends: map pin missing: re-pinned"]
+    );
+    fx.lb = None;
+    fx.lb = Some(SocketLb::open(&fx.config)?);
+    assert!(fx.lb().report().maps_reused.contains(&"sy_frontends"));
+    assert!(fx.lb().frontend_get(&tcp(VIP, 80))?.is_some());
     Ok(())
 }
 
@@ -527,8 +561,17 @@ fn a_full_map_is_map_full_naming_the_map_and_key() -> Result<()> {
     let error = lb
         .backend_put(2, &BackendValue::active("10.244.0.11:80".parse()?))
         .expect_err("sy_backends holds one entry");
-    assert!(matches!(error, EbpfError::MapFull { map: "sy_backends", .. }));
-    assert_eq!(error.to_string(), "map sy_backends is full: cannot add backend 2");
+    assert!(matches!(
+        error,
+        EbpfError::MapFull {
+            map: "sy_backends",
+            ..
+        }
+    ));
+    assert_eq!(
+        error.to_string(),
+        "map sy_backends is full: cannot add backend 2"
+    );
     assert_eq!(lb.frontends()?.len(), 2);
     assert!(lb.frontend_delete(&tcp(VIP, 1))?);
     assert!(!lb.frontend_delete(&tcp(VIP, 1))?);
@@ -557,7 +600,10 @@ fn every_program_is_attached_to_the_test_cgroup_only() -> Result<()> {
         .output()?;
     let listing = String::from_utf8_lossy(&out.stdout);
     for program in PROGRAMS {
-        assert!(listing.contains(program), "{program} missing from:\n{listing}");
+        assert!(
+            listing.contains(program),
+            "{program} missing from:\n{listing}"
+        );
     }
     for program in PROGRAMS {
         assert!(
@@ -593,7 +639,7 @@ except OSError as e:
     print("error", type(e).__name__, e.errno, flush=True)
 "#;
 
-/// Runs `f` on a thread that entered namespace `ns` (sock_diag works on the
+/// Runs `f` on a thread that entered namespace `ns` (`sock_diag` works on the
 /// calling thread's namespace).
 fn in_netns<T: Send + 'static>(
     ns: &Netns,
@@ -638,7 +684,10 @@ fn destroy_sockets_to_closes_connected_sockets_to_a_backend() -> Result<()> {
         let closed = in_netns(fx.client(), move || Ok(destroy_sockets_to(backend, proto)?))?;
         assert_eq!(closed, 1, "{kind}: one socket to {backend}");
         std::fs::write(&go, "")?;
-        held.wait_for_line(&format!("error ConnectionAbortedError {errno}"), Duration::from_secs(10))?;
+        held.wait_for_line(
+            &format!("error ConnectionAbortedError {errno}"),
+            Duration::from_secs(10),
+        )?;
     }
     Ok(())
 }
