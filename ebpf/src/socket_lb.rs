@@ -14,6 +14,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader, Pod};
+use parking_lot::Mutex;
 
 use crate::EbpfError;
 use crate::maps::raw::{
@@ -161,13 +162,13 @@ pub struct SocketLb {
     cgroup_id: u64,
     ebpf: Ebpf,
     report: OpenReport,
-    frontends: BpfHashMap<MapData, SyFrontendKey, SyFrontend>,
-    slots: BpfHashMap<MapData, SySlotKey, SySlot>,
-    backends: BpfHashMap<MapData, u32, SyBackend>,
-    maglev: BpfHashMap<MapData, SyMaglevKey, u32>,
-    affinity: BpfHashMap<MapData, SyAffinityKey, SyAffinity>,
-    revnat: BpfHashMap<MapData, SyRevnatKey, SyRevnat>,
-    stats: PerCpuArray<MapData, u64>,
+    frontends: Mutex<BpfHashMap<MapData, SyFrontendKey, SyFrontend>>,
+    slots: Mutex<BpfHashMap<MapData, SySlotKey, SySlot>>,
+    backends: Mutex<BpfHashMap<MapData, u32, SyBackend>>,
+    maglev: Mutex<BpfHashMap<MapData, SyMaglevKey, u32>>,
+    affinity: Mutex<BpfHashMap<MapData, SyAffinityKey, SyAffinity>>,
+    revnat: Mutex<BpfHashMap<MapData, SyRevnatKey, SyRevnat>>,
+    stats: Mutex<PerCpuArray<MapData, u64>>,
 }
 
 impl std::fmt::Debug for SocketLb {
@@ -222,13 +223,13 @@ impl SocketLb {
         );
 
         Ok(Self {
-            frontends: take_hash_map(&mut ebpf, "sy_frontends")?,
-            slots: take_hash_map(&mut ebpf, "sy_slots")?,
-            backends: take_hash_map(&mut ebpf, "sy_backends")?,
-            maglev: take_hash_map(&mut ebpf, "sy_maglev")?,
-            affinity: take_hash_map(&mut ebpf, "sy_affinity")?,
-            revnat: take_hash_map(&mut ebpf, "sy_revnat")?,
-            stats: {
+            frontends: Mutex::new(take_hash_map(&mut ebpf, "sy_frontends")?),
+            slots: Mutex::new(take_hash_map(&mut ebpf, "sy_slots")?),
+            backends: Mutex::new(take_hash_map(&mut ebpf, "sy_backends")?),
+            maglev: Mutex::new(take_hash_map(&mut ebpf, "sy_maglev")?),
+            affinity: Mutex::new(take_hash_map(&mut ebpf, "sy_affinity")?),
+            revnat: Mutex::new(take_hash_map(&mut ebpf, "sy_revnat")?),
+            stats: Mutex::new({
                 let map = ebpf.take_map("sy_stats").ok_or(EbpfError::Missing {
                     kind: "map",
                     name: "sy_stats",
@@ -237,7 +238,7 @@ impl SocketLb {
                     map: "sy_stats",
                     source: Box::new(source),
                 })?
-            },
+            }),
             config: config.clone(),
             cgroup_id,
             ebpf,
@@ -276,25 +277,49 @@ impl SocketLb {
                 repaired.push(format!("{program}: {before}: re-attached (link {link_id})"));
             }
         }
-        for (name, map) in [
-            ("sy_frontends", IterableMap::map(&self.frontends)),
-            ("sy_slots", IterableMap::map(&self.slots)),
-            ("sy_backends", IterableMap::map(&self.backends)),
-            ("sy_maglev", IterableMap::map(&self.maglev)),
-            ("sy_affinity", IterableMap::map(&self.affinity)),
-            ("sy_revnat", IterableMap::map(&self.revnat)),
-            ("sy_stats", IterableMap::map(&self.stats)),
-        ] {
-            let pin = self.config.pin_path.join(name);
-            if !pin.exists() {
-                map.pin(&pin).map_err(|error| EbpfError::Pin {
-                    path: pin.clone(),
-                    detail: error.to_string(),
-                })?;
-                tracing::warn!(map = name, "map pin missing: re-pinned");
-                repaired.push(format!("{name}: map pin missing: re-pinned"));
-            }
-        }
+        let dir = &self.config.pin_path;
+        repin_map(
+            dir,
+            "sy_frontends",
+            IterableMap::map(&*self.frontends.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_slots",
+            IterableMap::map(&*self.slots.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_backends",
+            IterableMap::map(&*self.backends.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_maglev",
+            IterableMap::map(&*self.maglev.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_affinity",
+            IterableMap::map(&*self.affinity.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_revnat",
+            IterableMap::map(&*self.revnat.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
+            "sy_stats",
+            IterableMap::map(&*self.stats.lock()),
+            &mut repaired,
+        )?;
         Ok(repaired)
     }
 
@@ -312,13 +337,9 @@ impl SocketLb {
     }
 
     /// Writes the frontend `key`. Write its backends and slots first.
-    pub fn frontend_put(
-        &mut self,
-        key: &FrontendKey,
-        value: &FrontendValue,
-    ) -> Result<(), EbpfError> {
+    pub fn frontend_put(&self, key: &FrontendKey, value: &FrontendValue) -> Result<(), EbpfError> {
         put(
-            &mut self.frontends,
+            &self.frontends,
             "sy_frontends",
             key,
             &SyFrontendKey::from(*key),
@@ -327,9 +348,9 @@ impl SocketLb {
     }
 
     /// Removes the frontend `key`; returns whether it was there.
-    pub fn frontend_delete(&mut self, key: &FrontendKey) -> Result<bool, EbpfError> {
+    pub fn frontend_delete(&self, key: &FrontendKey) -> Result<bool, EbpfError> {
         delete(
-            &mut self.frontends,
+            &self.frontends,
             "sy_frontends",
             key,
             &SyFrontendKey::from(*key),
@@ -339,7 +360,7 @@ impl SocketLb {
     /// Every frontend.
     pub fn frontends(&self) -> Result<Vec<(FrontendKey, FrontendValue)>, EbpfError> {
         let mut out = Vec::new();
-        for entry in &self.frontends {
+        for entry in &*self.frontends.lock() {
             let (raw_key, raw_value) =
                 entry.map_err(|source| iterate_error("sy_frontends", source))?;
             let key = FrontendKey::try_from(raw_key).map_err(|error| EbpfError::Corrupt {
@@ -361,9 +382,9 @@ impl SocketLb {
     }
 
     /// Points slot `key` at `backend_id`.
-    pub fn slot_put(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), EbpfError> {
+    pub fn slot_put(&self, key: &SlotKey, backend_id: u32) -> Result<(), EbpfError> {
         put(
-            &mut self.slots,
+            &self.slots,
             "sy_slots",
             key,
             &SySlotKey::from(*key),
@@ -372,8 +393,8 @@ impl SocketLb {
     }
 
     /// Clears slot `key`; returns whether it was set.
-    pub fn slot_delete(&mut self, key: &SlotKey) -> Result<bool, EbpfError> {
-        delete(&mut self.slots, "sy_slots", key, &SySlotKey::from(*key))
+    pub fn slot_delete(&self, key: &SlotKey) -> Result<bool, EbpfError> {
+        delete(&self.slots, "sy_slots", key, &SySlotKey::from(*key))
     }
 
     /// Slots `1..=count` of `service_id`, in order (`None` for an unset one).
@@ -393,9 +414,9 @@ impl SocketLb {
     }
 
     /// Writes backend `id`.
-    pub fn backend_put(&mut self, id: u32, value: &BackendValue) -> Result<(), EbpfError> {
+    pub fn backend_put(&self, id: u32, value: &BackendValue) -> Result<(), EbpfError> {
         put(
-            &mut self.backends,
+            &self.backends,
             "sy_backends",
             &BackendId(id),
             &id,
@@ -405,14 +426,14 @@ impl SocketLb {
 
     /// Removes backend `id`; returns whether it was there. Unlink it from
     /// every slot and Maglev table first.
-    pub fn backend_delete(&mut self, id: u32) -> Result<bool, EbpfError> {
-        delete(&mut self.backends, "sy_backends", &BackendId(id), &id)
+    pub fn backend_delete(&self, id: u32) -> Result<bool, EbpfError> {
+        delete(&self.backends, "sy_backends", &BackendId(id), &id)
     }
 
     /// Every backend, by id.
     pub fn backends(&self) -> Result<Vec<(u32, BackendValue)>, EbpfError> {
         let mut out = Vec::new();
-        for entry in &self.backends {
+        for entry in &*self.backends.lock() {
             let (id, raw) = entry.map_err(|source| iterate_error("sy_backends", source))?;
             out.push((id, decode_backend(id, raw)?));
         }
@@ -424,7 +445,7 @@ impl SocketLb {
 
     /// Writes `service_id`'s whole Maglev table: exactly [`MAGLEV_SIZE`]
     /// backend ids, entry `i` at index `i`.
-    pub fn maglev_put_table(&mut self, service_id: u32, table: &[u32]) -> Result<(), EbpfError> {
+    pub fn maglev_put_table(&self, service_id: u32, table: &[u32]) -> Result<(), EbpfError> {
         if table.len() != MAGLEV_SIZE as usize {
             return Err(EbpfError::InvalidInput {
                 what: format!(
@@ -436,7 +457,7 @@ impl SocketLb {
         for (index, backend_id) in (0..MAGLEV_SIZE).zip(table) {
             let key = MaglevKey::new(service_id, index);
             put(
-                &mut self.maglev,
+                &self.maglev,
                 "sy_maglev",
                 &key,
                 &SyMaglevKey::from(key),
@@ -460,10 +481,10 @@ impl SocketLb {
     }
 
     /// Removes `service_id`'s Maglev table.
-    pub fn maglev_delete_table(&mut self, service_id: u32) -> Result<(), EbpfError> {
+    pub fn maglev_delete_table(&self, service_id: u32) -> Result<(), EbpfError> {
         for index in 0..MAGLEV_SIZE {
             let key = MaglevKey::new(service_id, index);
-            delete(&mut self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
+            delete(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
         }
         Ok(())
     }
@@ -472,17 +493,18 @@ impl SocketLb {
 
     /// Forgets every client's backend for `service_id` (its backends or its
     /// affinity changed); returns how many entries went.
-    pub fn affinity_clear(&mut self, service_id: u32) -> Result<usize, EbpfError> {
-        let keys = self
-            .affinity
-            .keys()
-            .filter(|key| !matches!(key, Ok(key) if key.service_id != service_id))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| iterate_error("sy_affinity", source))?;
+    pub fn affinity_clear(&self, service_id: u32) -> Result<usize, EbpfError> {
+        let mut keys = Vec::new();
+        for key in self.affinity.lock().keys() {
+            let key = key.map_err(|source| iterate_error("sy_affinity", source))?;
+            if key.service_id == service_id {
+                keys.push(key);
+            }
+        }
         let mut removed = 0;
         for key in keys {
             let text = format!("client {} service {}", key.client_cookie, key.service_id);
-            if delete(&mut self.affinity, "sy_affinity", &text, &key)? {
+            if delete(&self.affinity, "sy_affinity", &text, &key)? {
                 removed += 1;
             }
         }
@@ -508,7 +530,7 @@ impl SocketLb {
     /// closed sockets linger until evicted).
     pub fn revnat_len(&self) -> Result<usize, EbpfError> {
         let mut n = 0;
-        for key in self.revnat.keys() {
+        for key in self.revnat.lock().keys() {
             key.map_err(|source| iterate_error("sy_revnat", source))?;
             n += 1;
         }
@@ -518,12 +540,16 @@ impl SocketLb {
     /// The programs' counters, summed over CPUs.
     pub fn stats(&self) -> Result<Stats, EbpfError> {
         let read = |index: u32| -> Result<u64, EbpfError> {
-            let values = self.stats.get(&index, 0).map_err(|source| EbpfError::Map {
-                map: "sy_stats",
-                op: "get",
-                key: format!("counter {index}"),
-                source: Box::new(source),
-            })?;
+            let values = self
+                .stats
+                .lock()
+                .get(&index, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: "sy_stats",
+                    op: "get",
+                    key: format!("counter {index}"),
+                    source: Box::new(source),
+                })?;
             Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
         };
         Ok(Stats {
@@ -533,6 +559,26 @@ impl SocketLb {
             revnat: read(stat::REVNAT)?,
         })
     }
+}
+
+/// Pins `map` as `dir/name` again if that pin is gone.
+fn repin_map(
+    dir: &Path,
+    name: &'static str,
+    map: &MapData,
+    repaired: &mut Vec<String>,
+) -> Result<(), EbpfError> {
+    let pin = dir.join(name);
+    if pin.exists() {
+        return Ok(());
+    }
+    map.pin(&pin).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: error.to_string(),
+    })?;
+    tracing::warn!(map = name, "map pin missing: re-pinned");
+    repaired.push(format!("{name}: map pin missing: re-pinned"));
+    Ok(())
 }
 
 /// `backend <id>`, for error messages.
@@ -571,12 +617,12 @@ fn iterate_error(map: &'static str, source: MapError) -> EbpfError {
 }
 
 fn get<K: Pod, V: Pod>(
-    map: &BpfHashMap<MapData, K, V>,
+    map: &Mutex<BpfHashMap<MapData, K, V>>,
     name: &'static str,
     key_text: &dyn Display,
     key: &K,
 ) -> Result<Option<V>, EbpfError> {
-    match map.get(key, 0) {
+    match map.lock().get(key, 0) {
         Ok(value) => Ok(Some(value)),
         Err(MapError::KeyNotFound) => Ok(None),
         Err(source) if errno_of(&source) == Some(libc::ENOENT) => Ok(None),
@@ -590,13 +636,13 @@ fn get<K: Pod, V: Pod>(
 }
 
 fn put<K: Pod, V: Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
+    map: &Mutex<BpfHashMap<MapData, K, V>>,
     name: &'static str,
     key_text: &dyn Display,
     key: &K,
     value: &V,
 ) -> Result<(), EbpfError> {
-    map.insert(key, value, 0).map_err(|source| {
+    map.lock().insert(key, value, 0).map_err(|source| {
         if matches!(
             errno_of(&source),
             Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
@@ -617,12 +663,13 @@ fn put<K: Pod, V: Pod>(
 }
 
 fn delete<K: Pod, V: Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
+    map: &Mutex<BpfHashMap<MapData, K, V>>,
     name: &'static str,
     key_text: &dyn Display,
     key: &K,
 ) -> Result<bool, EbpfError> {
-    match map.remove(key) {
+    let removed = map.lock().remove(key);
+    match removed {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),
         Err(source) if errno_of(&source) == Some(libc::ENOENT) => Ok(false),
@@ -923,4 +970,51 @@ pub fn probe() -> Result<(), EbpfError> {
     }
     let _ = std::fs::remove_dir(&dir);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_lb_can_be_shared_between_threads() {
+        // Map operations take `&self` (each map has its own lock), so the
+        // controller can read state for metrics while it writes.
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SocketLb>();
+    }
+
+    #[test]
+    fn default_config_is_the_daemons() {
+        let config = SocketLbConfig::default();
+        assert_eq!(config.pin_path, Path::new("/sys/fs/bpf/switchyard"));
+        assert_eq!(config.cgroup_path, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            config.max_entries(),
+            [
+                ("sy_frontends", 65_536),
+                ("sy_backends", 262_144),
+                ("sy_slots", 1_048_576),
+                ("sy_maglev", 1_048_576),
+                ("sy_affinity", 65_536),
+                ("sy_revnat", 262_144),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_map_of_the_object_is_listed_and_sized() {
+        // The object's maps are exactly MAPS; each sized one can be resized.
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        let mut names: Vec<_> = object.maps.keys().cloned().collect();
+        names.sort();
+        let mut expected: Vec<_> = MAPS.iter().map(|m| (*m).to_owned()).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        let mut programs: Vec<_> = object.programs.keys().cloned().collect();
+        programs.sort();
+        let mut expected: Vec<_> = PROGRAMS.iter().map(|p| (*p).to_owned()).collect();
+        expected.sort();
+        assert_eq!(programs, expected);
+    }
 }

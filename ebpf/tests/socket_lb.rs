@@ -539,7 +539,7 @@ fn a_full_map_is_map_full_naming_the_map_and_key() -> Result<()> {
     config.max_frontends = 2;
     config.max_backends = 1;
     let guard = PinGuard(config.clone());
-    let mut lb = SocketLb::open(&guard.0)?;
+    let lb = SocketLb::open(&guard.0)?;
     let value = FrontendValue {
         service_id: 1,
         count: 0,
