@@ -1,7 +1,6 @@
 //! The socket-level load balancer: loading `socket_lb.bpf.c`, pinning its
 //! maps and links, attaching it to a cgroup, and typed access to its maps.
 
-use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::fs::File;
 use std::io;
@@ -916,21 +915,23 @@ pub fn cleanup(pin_path: &Path, cgroup_path: &Path) -> Result<(), EbpfError> {
     }
 }
 
-/// Detaches every cgroup link on cgroup `cgroup_id` whose program is one of
-/// ours (by name): links whose pins were lost while some process still
-/// holds them open.
-fn detach_strays(cgroup_path: &Path, cgroup_id: u64) -> Result<(), EbpfError> {
-    let ours: BTreeSet<u32> = aya::programs::loaded_programs()
+/// The cgroup links on cgroup `cgroup_id` whose program is one of ours (by
+/// name), with that name.
+fn our_links(cgroup_path: &Path, cgroup_id: u64) -> Result<Vec<(OwnedFd, String)>, EbpfError> {
+    let ours: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|info| {
-            info.name_as_str()
-                .is_some_and(|name| PROGRAMS.contains(&name))
+        .filter_map(|info| {
+            let name = info.name_as_str()?;
+            PROGRAMS
+                .contains(&name)
+                .then(|| (info.id(), name.to_owned()))
         })
-        .map(|info| info.id())
         .collect();
     let ids =
         sys::link_ids().map_err(|error| EbpfError::io("list links for", cgroup_path, error))?;
+    let mut links = Vec::new();
     for id in ids {
+        // A link can go away between listing and opening it.
         let Ok(fd) = sys::link_fd_by_id(id) else {
             continue;
         };
@@ -939,12 +940,36 @@ fn detach_strays(cgroup_path: &Path, cgroup_id: u64) -> Result<(), EbpfError> {
         };
         if info.link_type == sys::LINK_TYPE_CGROUP
             && info.cgroup_id == cgroup_id
-            && ours.contains(&info.prog_id)
+            && let Some(name) = ours.get(&info.prog_id)
         {
-            sys::link_detach(fd.as_fd())
-                .map_err(|error| EbpfError::io("detach stray link on", cgroup_path, error))?;
-            tracing::info!(link_id = id, "detached a stray switchyard link");
+            links.push((fd, name.clone()));
         }
+    }
+    Ok(links)
+}
+
+/// The names of switchyard's programs attached through links to the cgroup
+/// `cgroup_path`, sorted (a program attached twice is listed twice). Empty
+/// for a cgroup that does not exist.
+pub fn attached_programs(cgroup_path: &Path) -> Result<Vec<String>, EbpfError> {
+    let Ok(id) = cgroup_id(cgroup_path) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = our_links(cgroup_path, id)?
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Detaches every link of ours left on cgroup `cgroup_id`: links whose pins
+/// were lost while some process still holds them open.
+fn detach_strays(cgroup_path: &Path, cgroup_id: u64) -> Result<(), EbpfError> {
+    for (fd, name) in our_links(cgroup_path, cgroup_id)? {
+        sys::link_detach(fd.as_fd())
+            .map_err(|error| EbpfError::io("detach stray link on", cgroup_path, error))?;
+        tracing::info!(program = %name, "detached a stray switchyard link");
     }
     Ok(())
 }

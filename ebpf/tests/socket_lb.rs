@@ -285,22 +285,32 @@ fn a_frontend_without_backends_refuses_or_drops_at_once() -> Result<()> {
         connect_outcome(fx.client(), "10.96.0.10", 82)?,
         format!("PermissionError {}", libc::EPERM)
     );
-    let udp_refused = python(
+    fx.lb().frontend_put(
+        &udp(VIP, 83),
+        &FrontendValue {
+            service_id: 10,
+            count: 0,
+            flags: 0,
+            affinity_timeout: 0,
+        },
+    )?;
+    let udp_outcomes = python(
         fx.client(),
         r#"
 import socket
-fe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-fe.settimeout(3)
-try:
-    fe.sendto(b"x", ("10.96.0.10", 81))
-    print("sent")
-except OSError as e:
-    print(type(e).__name__)
+for port in (83, 84):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", ("10.96.0.10", port))
+        print("sent", end=" ")
+    except OSError as e:
+        print(type(e).__name__, end=" ")
 "#,
-    );
-    // No UDP frontend on 81: sendto is left alone (and goes nowhere).
-    assert_eq!(udp_refused?, "sent");
-    assert!(fx.lb().stats()?.no_backend >= 2);
+    )?;
+    // A UDP frontend without backends refuses sendto; no frontend on 84:
+    // sendto is left alone (and goes nowhere).
+    assert_eq!(udp_outcomes, "ConnectionRefusedError sent");
+    assert!(fx.lb().stats()?.no_backend >= 3);
     Ok(())
 }
 
@@ -440,12 +450,10 @@ fn cleanup_detaches_and_unpins_everything() -> Result<()> {
     );
     // Pods are still reachable directly.
     client::curl_once(fx.client(), "http://10.244.0.10:8080/")?;
-    let attached = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&fx.config.cgroup_path)
-        .output()?;
-    let listing = String::from_utf8_lossy(&attached.stdout);
-    assert!(!listing.contains("sy_"), "still attached: {listing}");
+    assert_eq!(
+        switchyard_ebpf::attached_programs(&fx.config.cgroup_path)?,
+        Vec::<String>::new()
+    );
     // Idempotent.
     cleanup(&fx.config.pin_path, &fx.config.cgroup_path)?;
     Ok(())
@@ -594,17 +602,27 @@ fn every_program_is_attached_to_the_test_cgroup_only() -> Result<()> {
     let fx = Fixture::new(0)?;
     let report = fx.lb.as_ref().context("open")?.report().clone();
     assert_eq!(report.programs.len(), PROGRAMS.len());
-    let out = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&fx.config.cgroup_path)
-        .output()?;
-    let listing = String::from_utf8_lossy(&out.stdout);
-    for program in PROGRAMS {
-        assert!(
-            listing.contains(program),
-            "{program} missing from:\n{listing}"
-        );
-    }
+    let mut expected: Vec<String> = PROGRAMS.iter().map(|p| (*p).to_owned()).collect();
+    expected.sort();
+    assert_eq!(
+        switchyard_ebpf::attached_programs(&fx.config.cgroup_path)?,
+        expected,
+        "each program once, on the test's cgroup"
+    );
+    // Reopening attaches nothing more.
+    let again = SocketLb::open(&fx.config)?;
+    assert!(
+        again
+            .report()
+            .programs
+            .iter()
+            .all(|p| p.state == LinkState::Reused)
+    );
+    drop(again);
+    assert_eq!(
+        switchyard_ebpf::attached_programs(&fx.config.cgroup_path)?,
+        expected
+    );
     for program in PROGRAMS {
         assert!(
             Path::new(&fx.config.pin_path)
