@@ -42,7 +42,7 @@ pub use maps::{
     MAGLEV_SIZE, MaglevKey, Proto, SlotKey, Stats,
 };
 pub use socket_lb::{
-    LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SocketLb, SocketLbConfig,
+    LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SizeMismatch, SocketLb, SocketLbConfig,
     attached_programs, cleanup, probe,
 };
 pub use sockets::destroy_sockets_to;

@@ -149,6 +149,20 @@ pub struct OpenReport {
     pub maps_reused: Vec<&'static str>,
     /// Maps created (and pinned) now.
     pub maps_created: Vec<&'static str>,
+    /// Reused maps whose size differs from the configuration: a pinned map
+    /// keeps its size until [`cleanup`].
+    pub size_mismatches: Vec<SizeMismatch>,
+}
+
+/// A reused map whose size is not the configured one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeMismatch {
+    /// The map.
+    pub map: &'static str,
+    /// Its entries, as pinned.
+    pub pinned: u32,
+    /// Its entries, as configured now.
+    pub configured: u32,
 }
 
 /// The loaded socket load balancer: its maps, and the programs attached to
@@ -194,10 +208,60 @@ impl SocketLb {
             .partition(|name| config.pin_path.join(name).exists());
 
         let mut ebpf = load_object(&config.pin_path, &config.max_entries())?;
+        // Maps first: a pinned map of the wrong type fails here, before any
+        // link is touched.
+        let frontends = take_hash_map(&mut ebpf, "sy_frontends")?;
+        let slots = take_hash_map(&mut ebpf, "sy_slots")?;
+        let backends = take_hash_map(&mut ebpf, "sy_backends")?;
+        let maglev = take_hash_map(&mut ebpf, "sy_maglev")?;
+        let affinity = take_hash_map(&mut ebpf, "sy_affinity")?;
+        let revnat = take_hash_map(&mut ebpf, "sy_revnat")?;
+        let stats = {
+            let map = ebpf.take_map("sy_stats").ok_or(EbpfError::Missing {
+                kind: "map",
+                name: "sy_stats",
+            })?;
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::MapType {
+                map: "sy_stats",
+                source: Box::new(source),
+            })?
+        };
+        let mut size_mismatches = Vec::new();
+        for ((name, want), map) in config.max_entries().into_iter().zip([
+            IterableMap::map(&frontends),
+            IterableMap::map(&backends),
+            IterableMap::map(&slots),
+            IterableMap::map(&maglev),
+            IterableMap::map(&affinity),
+            IterableMap::map(&revnat),
+        ]) {
+            let have = map
+                .info()
+                .map_err(|source| EbpfError::MapType {
+                    map: name,
+                    source: Box::new(source),
+                })?
+                .max_entries();
+            if have != want {
+                tracing::warn!(
+                    map = name,
+                    pinned = have,
+                    configured = want,
+                    "a pinned map keeps its size; `cleanup` and reopen to resize it"
+                );
+                size_mismatches.push(SizeMismatch {
+                    map: name,
+                    pinned: have,
+                    configured: want,
+                });
+            }
+        }
+
         let mut report = OpenReport {
             programs: Vec::with_capacity(PROGRAMS.len()),
             maps_reused,
             maps_created,
+            size_mismatches,
         };
         for program in PROGRAMS {
             let (state, info) = ensure_link(&mut ebpf, program, config, cgroup_id, true)?
@@ -222,22 +286,13 @@ impl SocketLb {
         );
 
         Ok(Self {
-            frontends: Mutex::new(take_hash_map(&mut ebpf, "sy_frontends")?),
-            slots: Mutex::new(take_hash_map(&mut ebpf, "sy_slots")?),
-            backends: Mutex::new(take_hash_map(&mut ebpf, "sy_backends")?),
-            maglev: Mutex::new(take_hash_map(&mut ebpf, "sy_maglev")?),
-            affinity: Mutex::new(take_hash_map(&mut ebpf, "sy_affinity")?),
-            revnat: Mutex::new(take_hash_map(&mut ebpf, "sy_revnat")?),
-            stats: Mutex::new({
-                let map = ebpf.take_map("sy_stats").ok_or(EbpfError::Missing {
-                    kind: "map",
-                    name: "sy_stats",
-                })?;
-                PerCpuArray::try_from(map).map_err(|source| EbpfError::MapType {
-                    map: "sy_stats",
-                    source: Box::new(source),
-                })?
-            }),
+            frontends: Mutex::new(frontends),
+            slots: Mutex::new(slots),
+            backends: Mutex::new(backends),
+            maglev: Mutex::new(maglev),
+            affinity: Mutex::new(affinity),
+            revnat: Mutex::new(revnat),
+            stats: Mutex::new(stats),
             config: config.clone(),
             cgroup_id,
             ebpf,

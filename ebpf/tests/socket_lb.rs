@@ -406,6 +406,7 @@ fn reopening_reuses_links_and_maps_and_traffic_never_stops() -> Result<()> {
         "{second:?}"
     );
     assert_eq!(second.maps_reused.len(), MAPS.len(), "{second:?}");
+    assert_eq!(second.size_mismatches, [], "{second:?}");
     let ids =
         |r: &switchyard_ebpf::OpenReport| r.programs.iter().map(|p| p.link_id).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&second), "the same links");
@@ -584,6 +585,24 @@ fn a_full_map_is_map_full_naming_the_map_and_key() -> Result<()> {
     assert!(lb.frontend_delete(&tcp(VIP, 1))?);
     assert!(!lb.frontend_delete(&tcp(VIP, 1))?);
     lb.frontend_put(&tcp(VIP, 3), &value)?;
+    drop(lb);
+
+    // A pinned map keeps its size, and the report says so.
+    let mut bigger = config.clone();
+    bigger.max_frontends = 8;
+    let lb = SocketLb::open(&bigger)?;
+    assert_eq!(
+        lb.report().size_mismatches,
+        [switchyard_ebpf::SizeMismatch {
+            map: "sy_frontends",
+            pinned: 2,
+            configured: 8
+        }]
+    );
+    assert!(matches!(
+        lb.frontend_put(&tcp(VIP, 4), &value),
+        Err(EbpfError::MapFull { .. })
+    ));
     drop(lb);
     drop(guard);
     assert!(!config.pin_path.exists());

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * switchyard's BPF maps: every key and value shared by the programs and the Rust loader.
- * The Rust types in src/maps.rs mirror these layouts; a test checks sizes and field offsets
- * against this header, so the two cannot drift apart. Change both together.
+ * The Rust types in src/maps/raw.rs mirror these layouts; a test checks sizes and field offsets
+ * against this header (src/bpf/layout.c prints them at build time), so the two cannot drift apart. Change both together.
  *
  * Byte order: addresses and ports are in network byte order, as the kernel hands them to
  * cgroup/sock_addr programs. An IPv4 address occupies addr[0..4]; the other 12 bytes are zero.
@@ -117,7 +117,8 @@ struct sy_revnat {
 enum sy_stat {
 	SY_STAT_TRANSLATED = 0, /* connects and sendmsgs rewritten to a backend */
 	SY_STAT_NO_BACKEND = 1, /* refused or dropped: frontend without backends */
-	SY_STAT_BACKEND_MISSING = 2, /* a slot pointed at no backend (should stay 0) */
+	SY_STAT_BACKEND_MISSING = 2, /* a slot or Maglev entry pointed at no backend, or at one of
+				      * the other family: refused (should stay 0) */
 	SY_STAT_REVNAT = 3,     /* replies and getpeername rewritten back to the VIP */
 	SY_STAT_MAX = 4,
 };
