@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::daemon::DaemonConfig;
+use crate::datapath::ebpf::EbpfConfig;
 use crate::datapath::userspace::UserspaceConfig;
 
 /// switchyard: a Kubernetes service proxy (a kube-proxy replacement).
@@ -24,11 +25,19 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show the frontends, backends and connection counts of a running daemon.
     Services(ServicesArgs),
+    /// Remove everything switchyard pinned or attached for the eBPF datapath (programs,
+    /// links, maps), e.g. after uninstalling it from a node.
+    Cleanup(CleanupArgs),
 }
 
 /// How switchyard serves Service traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProxyMode {
+    /// eBPF where the kernel allows it, otherwise userspace; the choice is logged at start.
+    Auto,
+    /// Socket-level load balancing in the kernel: cgroup programs rewrite `connect()` and
+    /// `sendmsg()` to a backend.
+    Ebpf,
     /// A userspace L4 proxy: each VIP is added to a local interface and each VIP:port bound.
     Userspace,
 }
@@ -56,8 +65,23 @@ pub struct RunArgs {
     pub hostname_override: Option<String>,
 
     /// Which datapath serves Service traffic.
-    #[arg(long, value_enum, default_value = "userspace")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub proxy_mode: ProxyMode,
+
+    /// The cgroup v2 whose processes' connections are balanced in eBPF mode (default: the
+    /// node's cgroup v2 root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_path: Option<PathBuf>,
+
+    /// bpffs folder where the eBPF maps and program links are pinned; a restarted daemon
+    /// reopens them. Give each daemon on one machine its own.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PIN_PATH)]
+    pub bpf_pin_path: PathBuf,
+
+    /// In eBPF mode, close sockets still connected to a backend that is gone, so that clients
+    /// reconnect to a live one (sockets to terminating backends are left alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub close_stale_sockets: bool,
 
     /// Address of /metrics, /services and /proxyMode.
     #[arg(long, default_value = "127.0.0.1:10249")]
@@ -101,6 +125,31 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
+/// Where the eBPF datapath pins its state by default.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/switchyard";
+
+/// The node's cgroup v2 root: `/sys/fs/cgroup` on a unified hierarchy, else the v2 mount of
+/// a hybrid one.
+pub fn default_cgroup_path() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup");
+    if unified.join("cgroup.controllers").exists() {
+        unified
+    } else {
+        unified.join("unified")
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    /// The bpffs folder the daemon pinned to.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PIN_PATH)]
+    pub bpf_pin_path: PathBuf,
+
+    /// The cgroup the daemon attached to (default: the node's cgroup v2 root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_path: Option<PathBuf>,
+}
+
 /// How `switchyard services` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -135,6 +184,15 @@ impl RunArgs {
             healthz_bind_address: self.healthz_bind_address,
             sync_period: self.sync_period,
             shutdown_grace: self.shutdown_grace_period,
+            mode: self.proxy_mode,
+            ebpf: EbpfConfig {
+                socket_lb: switchyard_ebpf::SocketLbConfig {
+                    pin_path: self.bpf_pin_path.clone(),
+                    cgroup_path: self.cgroup_path.clone().unwrap_or_else(default_cgroup_path),
+                    ..switchyard_ebpf::SocketLbConfig::default()
+                },
+                close_stale_sockets: self.close_stale_sockets,
+            },
             userspace: UserspaceConfig {
                 vip_interface: self.vip_interface.clone(),
                 proxy: switchyard_proxy::ProxyConfig {

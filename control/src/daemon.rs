@@ -9,9 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::ProxyMode;
 use crate::controller::{Controller, ControllerConfig, Health};
-use crate::datapath::FrontendView;
+use crate::datapath::ebpf::{EbpfConfig, EbpfDatapath};
 use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
+use crate::datapath::{Datapath, FrontendView};
 use crate::http::{self, AdminState, Endpoints};
 use crate::metrics::Metrics;
 use crate::model::NodeContext;
@@ -26,7 +28,10 @@ pub struct DaemonConfig {
     pub healthz_bind_address: SocketAddr,
     pub sync_period: Duration,
     pub shutdown_grace: Duration,
+    /// Which datapath serves Service traffic.
+    pub mode: ProxyMode,
     pub userspace: UserspaceConfig,
+    pub ebpf: EbpfConfig,
 }
 
 /// Why the daemon could not start.
@@ -34,6 +39,8 @@ pub struct DaemonConfig {
 pub enum DaemonError {
     #[error("cannot set up the userspace datapath: {0}")]
     Datapath(#[from] crate::datapath::vip::VipError),
+    #[error("cannot set up the eBPF datapath: {0}")]
+    Ebpf(#[from] switchyard_ebpf::EbpfError),
     #[error("cannot listen on {what} {addr}: {source}")]
     Listen {
         what: &'static str,
@@ -52,17 +59,48 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if !config.manifests.is_dir() {
         return Err(crate::source::SourceError::NotADirectory(config.manifests.clone()).into());
     }
-    let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
-    let proxy = datapath.proxy();
-    let views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync> =
-        Arc::new(move || userspace::views(&proxy));
+    let mode = match config.mode {
+        ProxyMode::Auto => match switchyard_ebpf::probe() {
+            Ok(()) => {
+                tracing::info!(
+                    "proxy mode auto: this kernel runs switchyard's eBPF programs; using ebpf"
+                );
+                ProxyMode::Ebpf
+            }
+            Err(error) => {
+                tracing::warn!(%error, "proxy mode auto: eBPF is not available; using userspace");
+                ProxyMode::Userspace
+            }
+        },
+        mode => mode,
+    };
+    if mode == ProxyMode::Ebpf {
+        let datapath = EbpfDatapath::new(&config.ebpf)?;
+        let views = datapath.views();
+        serve(config, datapath, views, "ebpf").await
+    } else {
+        let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
+        let proxy = datapath.proxy();
+        let views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync> =
+            Arc::new(move || userspace::views(&proxy));
+        serve(config, datapath, views, "userspace").await
+    }
+}
+
+/// Runs the controller over `datapath` with the sources, endpoints and signals.
+async fn serve<D: Datapath>(
+    config: DaemonConfig,
+    datapath: D,
+    views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>,
+    proxy_mode: &'static str,
+) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new(Arc::clone(&views)));
     let health = Arc::new(Health::new(config.sync_period));
     let state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         views,
-        proxy_mode: "userspace",
+        proxy_mode,
     });
 
     let listen = |what, addr| async move {
@@ -120,7 +158,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         manifests = %config.manifests.display(),
         metrics = %config.metrics_bind_address,
         healthz = %config.healthz_bind_address,
-        "switchyard started in userspace mode"
+        mode = proxy_mode,
+        "switchyard started"
     );
     let controller = Controller::new(
         ControllerConfig {

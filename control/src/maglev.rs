@@ -60,7 +60,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.244.{}.{}:8080", i / 200, i % 200 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.244.{}.{}:8080", i / 200, i % 200 + 1))
+            .collect()
     }
 
     #[test]
@@ -75,7 +77,10 @@ mod tests {
             let fair = 1021 / n;
             for (i, c) in counts.iter().enumerate() {
                 // Maglev's guarantee: shares differ by at most a small factor of the fair share.
-                assert!(*c * 10 >= fair * 7 && *c * 10 <= fair * 13 + 10, "n={n} backend {i}: {c} of fair {fair}");
+                assert!(
+                    *c * 10 >= fair * 7 && *c * 10 <= fair * 13 + 10,
+                    "n={n} backend {i}: {c} of fair {fair}"
+                );
             }
         }
     }
@@ -99,7 +104,10 @@ mod tests {
                 kept += 1;
             }
         }
-        assert!(kept * 100 >= others * 85, "only {kept} of {others} entries stayed");
+        assert!(
+            kept * 100 >= others * 85,
+            "only {kept} of {others} entries stayed"
+        );
     }
 
     #[test]

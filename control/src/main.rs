@@ -30,12 +30,29 @@ fn main() -> anyhow::Result<()> {
             let config = args.daemon_config();
             runtime.block_on(switchyard_control::daemon::run(config))?;
         }
+        Command::Cleanup(args) => {
+            let cgroup = args
+                .cgroup_path
+                .unwrap_or_else(switchyard_control::cli::default_cgroup_path);
+            switchyard_ebpf::cleanup(&args.bpf_pin_path, &cgroup)?;
+            println!(
+                "removed switchyard's eBPF state from {} (cgroup {})",
+                args.bpf_pin_path.display(),
+                cgroup.display()
+            );
+        }
         Command::Services(args) => {
             let views =
                 runtime.block_on(switchyard_control::services::fetch(args.metrics_address))?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-                Output::Table => print!("{}", switchyard_control::services::render_table(&views)),
+                Output::Table => {
+                    let mode = runtime.block_on(switchyard_control::services::fetch_mode(
+                        args.metrics_address,
+                    ))?;
+                    println!("proxy mode: {mode}");
+                    print!("{}", switchyard_control::services::render_table(&views));
+                }
             }
         }
     }

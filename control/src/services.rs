@@ -39,8 +39,8 @@ pub enum ServicesError {
     },
 }
 
-/// Fetches the daemon's frontends.
-pub async fn fetch(addr: SocketAddr) -> Result<Vec<FrontendView>, ServicesError> {
+/// GETs `path` from the daemon's metrics address.
+async fn get(addr: SocketAddr, path: &str) -> Result<Bytes, ServicesError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|source| ServicesError::Connect { addr, source })?;
@@ -48,10 +48,10 @@ pub async fn fetch(addr: SocketAddr) -> Result<Vec<FrontendView>, ServicesError>
         .await
         .map_err(|source| ServicesError::Http { addr, source })?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/services")
+    let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())
-        .expect("a constant request is valid");
+        .expect("a request built from a path is valid");
     let response = sender
         .send_request(request)
         .await
@@ -66,7 +66,19 @@ pub async fn fetch(addr: SocketAddr) -> Result<Vec<FrontendView>, ServicesError>
     if !status.is_success() {
         return Err(ServicesError::Status { addr, status });
     }
+    Ok(body)
+}
+
+/// Fetches the daemon's frontends (in eBPF mode, as read back from the kernel's maps).
+pub async fn fetch(addr: SocketAddr) -> Result<Vec<FrontendView>, ServicesError> {
+    let body = get(addr, "/services").await?;
     serde_json::from_slice(&body).map_err(|source| ServicesError::Parse { addr, source })
+}
+
+/// Fetches the daemon's proxy mode (`ebpf` or `userspace`).
+pub async fn fetch_mode(addr: SocketAddr) -> Result<String, ServicesError> {
+    let body = get(addr, "/proxyMode").await?;
+    Ok(String::from_utf8_lossy(&body).trim().to_owned())
 }
 
 /// Renders the frontends as an aligned table, one line per backend.

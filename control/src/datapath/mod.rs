@@ -1,6 +1,8 @@
 //! Datapaths: where a [`TableDiff`] becomes kernel or proxy state. Each adapter turns the diff
 //! into calls of a lower crate's plain API (`switchyard-proxy` for userspace).
 
+pub mod ebpf;
+mod stale;
 pub mod userspace;
 pub mod vip;
 

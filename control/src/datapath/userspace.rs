@@ -55,11 +55,10 @@ fn spec_of(entry: &ServiceEntry) -> proxy::ServiceSpec {
             })
             .collect(),
         algorithm: match entry.algorithm {
-            Algorithm::Random => proxy::Algorithm::Random,
+            // Maglev is an eBPF-datapath table; per-connection userspace balancing uses random.
+            Algorithm::Random | Algorithm::Maglev => proxy::Algorithm::Random,
             Algorithm::RoundRobin => proxy::Algorithm::RoundRobin,
             Algorithm::LeastConnections => proxy::Algorithm::LeastConnections,
-            // Maglev is an eBPF-datapath table; per-connection userspace balancing uses random.
-            Algorithm::Maglev => proxy::Algorithm::Random,
         },
         affinity: entry.affinity,
         on_empty: match entry.on_empty {

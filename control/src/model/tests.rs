@@ -858,5 +858,9 @@ fn draining_lists_terminating_endpoints_left_out() {
     assert_eq!(entry.algorithm, Algorithm::Maglev);
     assert_eq!(entry.backends.len(), 1);
     let draining: Vec<String> = entry.draining.iter().map(|b| b.addr.to_string()).collect();
-    assert_eq!(draining, vec!["10.244.0.12"], "terminating, not used, still there");
+    assert_eq!(
+        draining,
+        vec!["10.244.0.12"],
+        "terminating, not used, still there"
+    );
 }

@@ -1,0 +1,607 @@
+//! The eBPF datapath: socket-level load balancing. Each frontend is an entry of the kernel's
+//! `sy_frontends` map, its backends slots of `sy_slots` pointing into `sy_backends`; the
+//! cgroup programs of `switchyard-ebpf` rewrite `connect()`/`sendmsg()` to a backend.
+//!
+//! Updates are make-before-break: a backend is written before any slot points at it; new slots
+//! before the frontend's count covers them; the count shrinks before slots beyond it go; a
+//! backend is deleted only when no slot points at it. A lookup sees the old or the new backend
+//! set, or a mix of live backends, never a slot that points at nothing.
+//!
+//! The kernel's maps are the truth: at start (and after any failed write) the in-memory view
+//! is read back from them, so a restarted daemon rewrites only what differs and traffic never
+//! stops. Nothing is flushed when the daemon stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use switchyard_ebpf::{
+    BackendState as KernelBackendState, BackendValue, EbpfError, FLAG_AFFINITY, FLAG_DROP,
+    FLAG_MAGLEV, FrontendKey, FrontendValue, MAGLEV_SIZE, Proto, SlotKey, SocketLb, SocketLbConfig,
+};
+
+use super::{Applied, BackendView, Datapath, Drift, FrontendView};
+use crate::diff::TableDiff;
+use crate::model::{
+    Algorithm, BackendState, EmptyAction, Frontend, FrontendKind, Protocol, ServiceEntry,
+    ServiceTable,
+};
+
+/// Configuration of the eBPF datapath.
+#[derive(Clone, Debug)]
+pub struct EbpfConfig {
+    pub socket_lb: SocketLbConfig,
+    /// Close sockets of the cgroup's processes that are connected to a backend that is gone,
+    /// so clients (UDP DNS clients above all) reconnect to a live one.
+    pub close_stale_sockets: bool,
+}
+
+/// What one frontend holds in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    service_id: u32,
+    flags: u16,
+    affinity_timeout: u32,
+    /// Backend ids of slots 1..=count.
+    backends: Vec<u32>,
+}
+
+/// A backend's identity in `sy_backends`: address and port (shared by every frontend).
+type BackendAddr = (IpAddr, u16);
+
+/// The in-memory view of the maps, always rebuildable from them.
+#[derive(Debug, Default)]
+struct View {
+    frontends: BTreeMap<Frontend, Programmed>,
+    backends: BTreeMap<u32, BackendValue>,
+    ids: BTreeMap<BackendAddr, u32>,
+    refs: BTreeMap<u32, usize>,
+    next_backend_id: u32,
+    free_backend_ids: Vec<u32>,
+    service_ids: BTreeSet<u32>,
+    next_service_id: u32,
+}
+
+impl View {
+    fn allocate_service_id(&mut self) -> u32 {
+        loop {
+            self.next_service_id = self.next_service_id.wrapping_add(1).max(1);
+            if self.service_ids.insert(self.next_service_id) {
+                return self.next_service_id;
+            }
+        }
+    }
+
+    fn allocate_backend_id(&mut self) -> u32 {
+        if let Some(id) = self.free_backend_ids.pop() {
+            return id;
+        }
+        loop {
+            self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+            if !self.backends.contains_key(&self.next_backend_id) {
+                return self.next_backend_id;
+            }
+        }
+    }
+}
+
+/// The eBPF socket-LB datapath.
+pub struct EbpfDatapath {
+    lb: Arc<Mutex<SocketLb>>,
+    view: View,
+    /// Service names, for the status views (the kernel does not know them).
+    names: Arc<Mutex<BTreeMap<Frontend, String>>>,
+    cgroup: PathBuf,
+    close_stale_sockets: bool,
+}
+
+fn protocol_of(proto: Protocol) -> Proto {
+    match proto {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    }
+}
+
+fn key_of(frontend: &Frontend) -> FrontendKey {
+    FrontendKey {
+        addr: frontend.addr,
+        port: frontend.port,
+        proto: protocol_of(frontend.proto),
+    }
+}
+
+fn frontend_of(key: &FrontendKey) -> Frontend {
+    Frontend {
+        addr: key.addr,
+        port: key.port,
+        proto: match key.proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        },
+        kind: FrontendKind::ClusterIp,
+    }
+}
+
+fn backend_value(addr: IpAddr, port: u16, state: BackendState) -> BackendValue {
+    BackendValue {
+        addr: SocketAddr::new(addr, port),
+        state: match state {
+            BackendState::Active => KernelBackendState::Active,
+            BackendState::Terminating => KernelBackendState::Terminating,
+        },
+    }
+}
+
+fn flags_of(entry: &ServiceEntry) -> u16 {
+    let mut flags = 0;
+    if entry.affinity.is_some() {
+        flags |= FLAG_AFFINITY;
+    }
+    if entry.algorithm == Algorithm::Maglev {
+        flags |= FLAG_MAGLEV;
+    }
+    if entry.on_empty == EmptyAction::Drop {
+        flags |= FLAG_DROP;
+    }
+    flags
+}
+
+fn affinity_seconds(entry: &ServiceEntry) -> u32 {
+    entry
+        .affinity
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// Reads the whole kernel state into a view.
+fn read_back(lb: &SocketLb) -> Result<View, EbpfError> {
+    let mut view = View::default();
+    for (id, value) in lb.backends()? {
+        view.ids.insert((value.addr.ip(), value.addr.port()), id);
+        view.backends.insert(id, value);
+        view.next_backend_id = view.next_backend_id.max(id);
+    }
+    for (key, value) in lb.frontends()? {
+        // A slot that is missing (a write that failed half-way) is dropped from the view; the
+        // next check rewrites the frontend.
+        let backends: Vec<u32> = lb
+            .slots_of(value.service_id, value.count)?
+            .into_iter()
+            .flatten()
+            .collect();
+        for id in &backends {
+            *view.refs.entry(*id).or_default() += 1;
+        }
+        view.service_ids.insert(value.service_id);
+        view.next_service_id = view.next_service_id.max(value.service_id);
+        view.frontends.insert(
+            frontend_of(&key),
+            Programmed {
+                service_id: value.service_id,
+                flags: value.flags,
+                affinity_timeout: value.affinity_timeout,
+                backends,
+            },
+        );
+    }
+    Ok(view)
+}
+
+impl EbpfDatapath {
+    /// Opens (or creates) the pinned maps and links, and reads their state back.
+    pub fn new(config: &EbpfConfig) -> Result<EbpfDatapath, EbpfError> {
+        let lb = SocketLb::open(&config.socket_lb)?;
+        let mut datapath = EbpfDatapath {
+            view: View::default(),
+            lb: Arc::new(Mutex::new(lb)),
+            names: Arc::new(Mutex::new(BTreeMap::new())),
+            cgroup: config.socket_lb.cgroup_path.clone(),
+            close_stale_sockets: config.close_stale_sockets,
+        };
+        datapath.resync()?;
+        tracing::info!(
+            frontends = datapath.view.frontends.len(),
+            backends = datapath.view.backends.len(),
+            "eBPF maps opened; state read back from the kernel"
+        );
+        Ok(datapath)
+    }
+
+    /// Rebuilds the in-memory view from the kernel and frees backends no slot points at.
+    fn resync(&mut self) -> Result<(), EbpfError> {
+        let lb = self.lb.lock();
+        let mut view = read_back(&lb)?;
+        let orphans: Vec<u32> = view
+            .backends
+            .keys()
+            .filter(|id| !view.refs.contains_key(id))
+            .copied()
+            .collect();
+        for id in orphans {
+            lb.backend_delete(id)?;
+            if let Some(value) = view.backends.remove(&id) {
+                view.ids.remove(&(value.addr.ip(), value.addr.port()));
+            }
+        }
+        drop(lb);
+        self.view = view;
+        Ok(())
+    }
+
+    /// A closure reading each frontend back from the kernel, for `/services` and metrics.
+    pub fn views(&self) -> Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync> {
+        let lb = Arc::clone(&self.lb);
+        let names = Arc::clone(&self.names);
+        Arc::new(move || kernel_views(&lb.lock(), &names.lock()))
+    }
+
+    /// Takes a reference on a backend, writing it to the kernel if it is new or changed.
+    fn acquire(&mut self, addr: IpAddr, port: u16, state: BackendState) -> Result<u32, EbpfError> {
+        let value = backend_value(addr, port, state);
+        let id = match self.view.ids.get(&(addr, port)) {
+            Some(id) => *id,
+            None => self.view.allocate_backend_id(),
+        };
+        if self.view.backends.get(&id) != Some(&value) {
+            self.lb.lock().backend_put(id, &value)?;
+            self.view.backends.insert(id, value);
+            self.view.ids.insert((addr, port), id);
+        }
+        *self.view.refs.entry(id).or_default() += 1;
+        Ok(id)
+    }
+
+    /// Drops a reference; the last one deletes the backend. Returns the backend's address when
+    /// it is gone from the kernel.
+    fn release(&mut self, id: u32) -> Result<Option<(IpAddr, u16)>, EbpfError> {
+        let Some(count) = self.view.refs.get_mut(&id) else {
+            return Ok(None);
+        };
+        *count -= 1;
+        if *count > 0 {
+            return Ok(None);
+        }
+        self.view.refs.remove(&id);
+        self.lb.lock().backend_delete(id)?;
+        let gone = self
+            .view
+            .backends
+            .remove(&id)
+            .map(|v| (v.addr.ip(), v.addr.port()));
+        if let Some(addr) = gone {
+            self.view.ids.remove(&addr);
+        }
+        self.view.free_backend_ids.push(id);
+        Ok(gone)
+    }
+
+    /// Whether the kernel already holds exactly what `entry` asks for.
+    fn is_programmed(&self, entry: &ServiceEntry) -> bool {
+        let Some(programmed) = self.view.frontends.get(&entry.frontend) else {
+            return false;
+        };
+        programmed.flags == flags_of(entry)
+            && programmed.affinity_timeout == affinity_seconds(entry)
+            && programmed.backends.len() == entry.backends.len()
+            && programmed
+                .backends
+                .iter()
+                .zip(&entry.backends)
+                .all(|(id, b)| {
+                    self.view.backends.get(id) == Some(&backend_value(b.addr, b.port, b.state))
+                })
+    }
+
+    /// Writes one frontend, make-before-break. Returns the backends that are gone.
+    fn program(&mut self, entry: &ServiceEntry) -> Result<Vec<(IpAddr, u16)>, EbpfError> {
+        self.names
+            .lock()
+            .insert(entry.frontend, entry.display_name());
+        if self.is_programmed(entry) {
+            return Ok(Vec::new());
+        }
+        let key = key_of(&entry.frontend);
+        let previous = self.view.frontends.get(&entry.frontend).cloned();
+        let service_id = match &previous {
+            Some(p) => p.service_id,
+            None => self.view.allocate_service_id(),
+        };
+        // 1. Backends first: each is in the kernel before a slot points at it.
+        // A frontend's count is 16 bits: more backends than that are not used.
+        let usable = &entry.backends[..entry.backends.len().min(usize::from(u16::MAX))];
+        let mut ids = Vec::with_capacity(usable.len());
+        for backend in usable {
+            ids.push(self.acquire(backend.addr, backend.port, backend.state)?);
+        }
+        let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
+        let ids = &ids[..];
+        let flags = flags_of(entry);
+        let old_ids = previous
+            .as_ref()
+            .map(|p| p.backends.clone())
+            .unwrap_or_default();
+        {
+            let lb = self.lb.lock();
+            // 2. The Maglev table, when used, before the frontend points at it.
+            if flags & FLAG_MAGLEV != 0 && !ids.is_empty() {
+                let names: Vec<String> = entry
+                    .backends
+                    .iter()
+                    .take(ids.len())
+                    .map(|b| SocketAddr::new(b.addr, b.port).to_string())
+                    .collect();
+                let table: Vec<u32> = crate::maglev::table(&names, MAGLEV_SIZE as usize)
+                    .into_iter()
+                    .map(|i| ids[i as usize])
+                    .collect();
+                lb.maglev_put_table(service_id, &table)?;
+            }
+            // 3. Slots: new ones beyond the old count, then the ones that change in place.
+            for (i, id) in ids.iter().enumerate().skip(old_ids.len()) {
+                lb.slot_put(&SlotKey::new(service_id, slot_number(i)), *id)?;
+            }
+            for (i, id) in ids.iter().enumerate().take(old_ids.len()) {
+                if old_ids[i] != *id {
+                    lb.slot_put(&SlotKey::new(service_id, slot_number(i)), *id)?;
+                }
+            }
+            // 4. The frontend: the one write that switches lookups to the new set.
+            lb.frontend_put(
+                &key,
+                &FrontendValue {
+                    service_id,
+                    count,
+                    flags,
+                    affinity_timeout: affinity_seconds(entry),
+                },
+            )?;
+            // 5. What the new count no longer covers.
+            for i in ids.len()..old_ids.len() {
+                lb.slot_delete(&SlotKey::new(service_id, slot_number(i)))?;
+            }
+            let old_flags = previous.as_ref().map_or(0, |p| p.flags);
+            if old_flags & FLAG_MAGLEV != 0 && (flags & FLAG_MAGLEV == 0 || ids.is_empty()) {
+                lb.maglev_delete_table(service_id)?;
+            }
+            if old_flags & FLAG_AFFINITY != 0 && flags & FLAG_AFFINITY == 0 {
+                lb.affinity_clear(service_id)?;
+            }
+        }
+        self.view.frontends.insert(
+            entry.frontend,
+            Programmed {
+                service_id,
+                flags,
+                affinity_timeout: affinity_seconds(entry),
+                backends: ids.to_vec(),
+            },
+        );
+        // 6. Backends the old set used, last.
+        let mut gone = Vec::new();
+        for id in old_ids {
+            gone.extend(self.release(id)?);
+        }
+        Ok(gone)
+    }
+
+    /// Removes one frontend: the frontend first, then its slots and tables, then its backends.
+    fn unprogram(&mut self, frontend: &Frontend) -> Result<Vec<(IpAddr, u16)>, EbpfError> {
+        self.names.lock().remove(frontend);
+        let Some(programmed) = self.view.frontends.remove(frontend) else {
+            return Ok(Vec::new());
+        };
+        {
+            let lb = self.lb.lock();
+            lb.frontend_delete(&key_of(frontend))?;
+            for i in 0..programmed.backends.len() {
+                lb.slot_delete(&SlotKey::new(programmed.service_id, slot_number(i)))?;
+            }
+            if programmed.flags & FLAG_MAGLEV != 0 {
+                lb.maglev_delete_table(programmed.service_id)?;
+            }
+            if programmed.flags & FLAG_AFFINITY != 0 {
+                lb.affinity_clear(programmed.service_id)?;
+            }
+        }
+        self.view.service_ids.remove(&programmed.service_id);
+        let mut gone = Vec::new();
+        for id in programmed.backends {
+            gone.extend(self.release(id)?);
+        }
+        Ok(gone)
+    }
+
+    /// After a failed write the view may not match the kernel: read it back.
+    fn recover(&mut self, what: &str) {
+        if let Err(error) = self.resync() {
+            tracing::error!(%error, "cannot read the eBPF maps back after a failed {what}");
+        }
+    }
+
+    /// Closes sockets still connected to backends that are gone (never to draining ones).
+    fn close_stale(&self, gone: Vec<(SocketAddr, Proto)>) {
+        if !self.close_stale_sockets || gone.is_empty() {
+            return;
+        }
+        let cgroup = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || super::stale::close_in_cgroup(&cgroup, &gone));
+    }
+}
+
+/// Slot numbers start at 1 (slot 0 is never used, as in Cilium's layout).
+fn slot_number(index: usize) -> u32 {
+    u32::try_from(index + 1).unwrap_or(u32::MAX)
+}
+
+impl Datapath for EbpfDatapath {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    async fn apply(&mut self, diff: &TableDiff) -> Applied {
+        let mut applied = Applied::default();
+        let mut gone: Vec<(SocketAddr, Proto)> = Vec::new();
+        let mut keep: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+        for entry in diff.added.iter().chain(&diff.changed) {
+            keep.extend(entry.draining.iter().map(|b| (b.addr, b.port)));
+            match self.program(entry) {
+                Ok(addrs) => {
+                    applied.programmed += 1;
+                    let proto = protocol_of(entry.frontend.proto);
+                    gone.extend(
+                        addrs
+                            .into_iter()
+                            .map(|(a, p)| (SocketAddr::new(a, p), proto)),
+                    );
+                }
+                Err(error) => {
+                    applied.failed.push((entry.frontend, error.to_string()));
+                    self.recover("update");
+                }
+            }
+        }
+        for frontend in &diff.removed {
+            match self.unprogram(frontend) {
+                Ok(addrs) => {
+                    applied.programmed += 1;
+                    let proto = protocol_of(frontend.proto);
+                    gone.extend(
+                        addrs
+                            .into_iter()
+                            .map(|(a, p)| (SocketAddr::new(a, p), proto)),
+                    );
+                }
+                Err(error) => {
+                    applied.failed.push((*frontend, error.to_string()));
+                    self.recover("removal");
+                }
+            }
+        }
+        gone.retain(|(addr, _)| !keep.contains(&(addr.ip(), addr.port())));
+        self.close_stale(gone);
+        applied
+    }
+
+    async fn verify(&mut self, want: &ServiceTable) -> Drift {
+        let mut drift = Drift::default();
+        let before: BTreeMap<Frontend, Programmed> = self.view.frontends.clone();
+        self.recover("check");
+        for (frontend, programmed) in &self.view.frontends {
+            if before.get(frontend) != Some(programmed) {
+                drift.repaired.push(format!(
+                    "frontend {frontend} differed from the kernel's maps"
+                ));
+            }
+        }
+        for entry in want.entries() {
+            if self.is_programmed(entry) {
+                continue;
+            }
+            match self.program(entry) {
+                Ok(_) => drift.repaired.push(format!(
+                    "frontend {} reprogrammed in the kernel",
+                    entry.frontend
+                )),
+                Err(error) => {
+                    tracing::warn!(frontend = %entry.frontend, %error, "cannot program frontend");
+                    self.recover("repair");
+                }
+            }
+        }
+        let extra: Vec<Frontend> = self
+            .view
+            .frontends
+            .keys()
+            .filter(|f| want.get(f).is_none())
+            .copied()
+            .collect();
+        for frontend in extra {
+            match self.unprogram(&frontend) {
+                Ok(_) => drift
+                    .repaired
+                    .push(format!("stale frontend {frontend} removed from the kernel")),
+                Err(error) => tracing::warn!(%frontend, %error, "cannot remove stale frontend"),
+            }
+        }
+        match self.lb.lock().verify_links() {
+            Ok(repaired) => drift.repaired.extend(repaired),
+            Err(error) => tracing::warn!(%error, "cannot check the eBPF program links"),
+        }
+        drift
+    }
+
+    async fn shutdown(&mut self, _grace: Duration) {
+        // Nothing is flushed: the kernel keeps serving the last programmed state while
+        // switchyard is away, and the next instance reconciles to it.
+        tracing::info!("leaving the eBPF datapath in place (pinned maps and links keep serving)");
+    }
+}
+
+/// The frontends as the kernel holds them.
+fn kernel_views(lb: &SocketLb, names: &BTreeMap<Frontend, String>) -> Vec<FrontendView> {
+    let view = match read_back(lb) {
+        Ok(view) => view,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the eBPF maps");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<FrontendView> = view
+        .frontends
+        .iter()
+        .map(|(frontend, programmed)| {
+            let algorithm = if programmed.flags & FLAG_MAGLEV != 0 {
+                "maglev"
+            } else {
+                "random"
+            };
+            FrontendView {
+                frontend: frontend.to_string(),
+                service: names
+                    .get(frontend)
+                    .cloned()
+                    .unwrap_or_else(|| "?".to_owned()),
+                algorithm: algorithm.to_owned(),
+                affinity_seconds: (programmed.flags & FLAG_AFFINITY != 0)
+                    .then_some(u64::from(programmed.affinity_timeout)),
+                listening: programmed.flags & FLAG_DROP != 0 || !programmed.backends.is_empty(),
+                connections_total: 0,
+                backends: programmed
+                    .backends
+                    .iter()
+                    .map(|id| {
+                        let (backend, state) = view.backends.get(id).map_or_else(
+                            || (format!("missing backend id {id}"), "missing"),
+                            |b| {
+                                (
+                                    b.addr.to_string(),
+                                    match b.state {
+                                        KernelBackendState::Active => "active",
+                                        KernelBackendState::Terminating => "terminating",
+                                    },
+                                )
+                            },
+                        );
+                        BackendView {
+                            backend,
+                            state: state.to_owned(),
+                            connections_total: 0,
+                            connections_active: 0,
+                            bytes_sent: 0,
+                            bytes_received: 0,
+                            connect_failures: 0,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.service
+            .cmp(&b.service)
+            .then_with(|| a.frontend.cmp(&b.frontend))
+    });
+    out
+}
