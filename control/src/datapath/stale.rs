@@ -58,7 +58,7 @@ pub fn close_in_cgroup(cgroup: &Path, gone: &[(SocketAddr, Proto)]) {
         match worker.join() {
             Ok(Ok(0)) => {}
             Ok(Ok(closed)) => {
-                tracing::info!(closed, netns = %ns.display(), "closed sockets to backends that are gone")
+                tracing::info!(closed, netns = %ns.display(), "closed sockets to backends that are gone");
             }
             Ok(Err(error)) => tracing::warn!(netns = %ns.display(), "{error}"),
             Err(_) => tracing::warn!(netns = %ns.display(), "socket closing thread failed"),
