@@ -7,6 +7,11 @@
 //! run itself ([`suite`]) and its dated report ([`report`], written to
 //! `bench/results/`). The binary `compare` ties them together.
 //!
+//! The socket-LB comparison (binary `socketlb`, module [`socketlb`]) measures
+//! switchyard's eBPF datapath against kube-proxy's iptables and nftables rule
+//! shapes ([`kube_proxy`], loaded by [`rule_loader`]) on a synthetic cluster
+//! of up to 50,000 Services ([`cluster`]).
+//!
 //! What it never does: pass or fail (it measures), or send traffic anywhere
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
@@ -15,11 +20,15 @@
 #![allow(clippy::doc_markdown)]
 
 pub mod binaries;
+pub mod cluster;
 pub mod cpu;
 pub mod haproxy;
+pub mod kube_proxy;
 pub mod loadgen;
 pub mod machine;
 pub mod report;
+pub mod rule_loader;
+pub mod socketlb;
 pub mod suite;
 
 use std::path::{Path, PathBuf};
