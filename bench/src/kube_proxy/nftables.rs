@@ -67,15 +67,20 @@ pub enum Sync {
     },
 }
 
+/// kube-proxy's base chains. It names the priorities `dstnat-10`,
+/// `dstnat+10`, `dstnat` and `srcnat`; nft 1.0.6 accepts those names on the
+/// prerouting and postrouting hooks only, so they are written as the numbers
+/// they stand for (dstnat is -100, srcnat 100), which is what the kernel
+/// stores either way.
 const BASE_CHAINS: [(&str, &str, &str, &str); 8] = [
-    ("filter-prerouting", "filter", "prerouting", "dstnat-10"),
-    ("filter-input", "filter", "input", "dstnat-10"),
-    ("filter-forward", "filter", "forward", "dstnat-10"),
-    ("filter-output", "filter", "output", "dstnat-10"),
-    ("filter-output-post-dnat", "filter", "output", "dstnat+10"),
-    ("nat-prerouting", "nat", "prerouting", "dstnat"),
-    ("nat-output", "nat", "output", "dstnat"),
-    ("nat-postrouting", "nat", "postrouting", "srcnat"),
+    ("filter-prerouting", "filter", "prerouting", "-110"),
+    ("filter-input", "filter", "input", "-110"),
+    ("filter-forward", "filter", "forward", "-110"),
+    ("filter-output", "filter", "output", "-110"),
+    ("filter-output-post-dnat", "filter", "output", "-90"),
+    ("nat-prerouting", "nat", "prerouting", "-100"),
+    ("nat-output", "nat", "output", "-100"),
+    ("nat-postrouting", "nat", "postrouting", "100"),
 ];
 
 const JUMP_CHAINS: [(&str, &str, &str); 11] = [
