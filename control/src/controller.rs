@@ -217,6 +217,13 @@ impl<D: Datapath> Controller<D> {
             tracing::error!(%frontend, %error, "cannot program frontend; retrying at the next sync");
             self.metrics.datapath_errors.inc();
         }
+        for map in &applied.full_maps {
+            tracing::error!(
+                map,
+                "eBPF map is full: raise its size (and run `switchyard cleanup` to resize pinned maps)"
+            );
+            self.metrics.map_full.with_label_values(&[map]).inc();
+        }
         self.metrics
             .services
             .set(i64::try_from(self.table.services()).unwrap_or(i64::MAX));
@@ -294,7 +301,7 @@ mod tests {
             self.diffs.lock().push(diff.clone());
             Applied {
                 programmed: diff.len(),
-                failed: Vec::new(),
+                ..Applied::default()
             }
         }
         async fn verify(&mut self, _want: &ServiceTable) -> Drift {
@@ -331,7 +338,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nothing_is_programmed_before_the_first_complete_view() {
         let recorder = Recorder::default();
-        let metrics = Arc::new(Metrics::new(Arc::new(Vec::new)));
+        struct NoStatus;
+        impl crate::datapath::StatusSource for NoStatus {
+            fn frontends(&self) -> Vec<crate::datapath::FrontendView> {
+                Vec::new()
+            }
+        }
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
         let health = Arc::new(Health::new(Duration::from_secs(30)));
         let controller = Controller::new(
             ControllerConfig {

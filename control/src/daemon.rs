@@ -13,7 +13,7 @@ use crate::cli::ProxyMode;
 use crate::controller::{Controller, ControllerConfig, Health};
 use crate::datapath::ebpf::{EbpfConfig, EbpfDatapath};
 use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
-use crate::datapath::{Datapath, FrontendView};
+use crate::datapath::{Datapath, Status};
 use crate::http::{self, AdminState, Endpoints};
 use crate::metrics::Metrics;
 use crate::model::NodeContext;
@@ -76,14 +76,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     if mode == ProxyMode::Ebpf {
         let datapath = EbpfDatapath::new(&config.ebpf)?;
-        let views = datapath.views();
-        serve(config, datapath, views, "ebpf").await
+        let status: Status = datapath.status();
+        serve(config, datapath, status, "ebpf").await
     } else {
         let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
-        let proxy = datapath.proxy();
-        let views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync> =
-            Arc::new(move || userspace::views(&proxy));
-        serve(config, datapath, views, "userspace").await
+        let status: Status = Arc::new(userspace::UserspaceStatus(datapath.proxy()));
+        serve(config, datapath, status, "userspace").await
     }
 }
 
@@ -91,15 +89,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 async fn serve<D: Datapath>(
     config: DaemonConfig,
     datapath: D,
-    views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>,
+    status: Status,
     proxy_mode: &'static str,
 ) -> Result<(), DaemonError> {
-    let metrics = Arc::new(Metrics::new(Arc::clone(&views)));
+    let metrics = Arc::new(Metrics::new(Arc::clone(&status)));
     let health = Arc::new(Health::new(config.sync_period));
     let state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
-        views,
+        status,
         proxy_mode,
     });
 

@@ -15,14 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::Health;
-use crate::datapath::FrontendView;
+use crate::datapath::Status;
 use crate::metrics::Metrics;
 
 /// What the endpoints read.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>,
+    pub status: Status,
     pub proxy_mode: &'static str,
 }
 
@@ -111,7 +111,7 @@ fn route(
             state.metrics.render(),
         ),
         (Endpoints::Metrics, "/services") => {
-            let views = (state.views)();
+            let views = state.status.frontends();
             match serde_json::to_vec_pretty(&views) {
                 Ok(body) => respond(StatusCode::OK, "application/json", body),
                 Err(error) => respond(

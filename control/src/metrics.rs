@@ -2,7 +2,6 @@
 //! working, and switchyard's own per-service and per-backend counters, read from the datapath
 //! at scrape time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
@@ -12,7 +11,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::datapath::FrontendView;
+use crate::datapath::Status;
 
 /// Every metric the controller updates.
 pub struct Metrics {
@@ -25,6 +24,7 @@ pub struct Metrics {
     pub invalid_objects: IntCounterVec,
     pub unsupported: IntCounterVec,
     pub datapath_errors: IntCounter,
+    pub map_full: IntCounterVec,
     pub repairs: IntCounter,
     pub services: IntGauge,
     pub frontends: IntGauge,
@@ -35,9 +35,9 @@ fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
 }
 
 impl Metrics {
-    /// Creates and registers every metric. `views` gives the datapath's live per-frontend state
-    /// at scrape time.
-    pub fn new(views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>) -> Metrics {
+    /// Creates and registers every metric. `status` gives the datapath's live per-frontend
+    /// state and counters at scrape time.
+    pub fn new(status: Status) -> Metrics {
         let registry = Registry::new();
         let metrics = Metrics {
             sync_duration: Histogram::with_opts(
@@ -92,6 +92,14 @@ impl Metrics {
                 "Frontends the datapath failed to program",
             )
             .expect("valid metric"),
+            map_full: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_bpf_map_full_total",
+                    "Writes refused because a kernel map was full (the Service is not programmed; the others keep working)",
+                ),
+                &["map"],
+            )
+            .expect("valid metric"),
             repairs: IntCounter::new(
                 "switchyard_datapath_repairs_total",
                 "Differences between the wanted and the programmed datapath state that were repaired",
@@ -113,10 +121,11 @@ impl Metrics {
         register(Box::new(metrics.invalid_objects.clone()));
         register(Box::new(metrics.unsupported.clone()));
         register(Box::new(metrics.datapath_errors.clone()));
+        register(Box::new(metrics.map_full.clone()));
         register(Box::new(metrics.repairs.clone()));
         register(Box::new(metrics.services.clone()));
         register(Box::new(metrics.frontends.clone()));
-        register(Box::new(DatapathCollector::new(views)));
+        register(Box::new(DatapathCollector::new(status)));
         #[cfg(target_os = "linux")]
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -152,7 +161,7 @@ impl Metrics {
 /// Per-service and per-backend counters, built from the datapath's live state at each scrape,
 /// so a removed backend's series disappear with it.
 struct DatapathCollector {
-    views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>,
+    status: Status,
     descs: Vec<Desc>,
 }
 
@@ -230,13 +239,13 @@ impl Families {
 }
 
 impl DatapathCollector {
-    fn new(views: Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync>) -> DatapathCollector {
+    fn new(status: Status) -> DatapathCollector {
         let descs = Families::new()
             .collectors()
             .iter()
             .flat_map(|c| c.desc().into_iter().cloned())
             .collect();
-        DatapathCollector { views, descs }
+        DatapathCollector { status, descs }
     }
 }
 
@@ -247,7 +256,7 @@ impl Collector for DatapathCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = Families::new();
-        for view in (self.views)() {
+        for view in self.status.frontends() {
             let frontend = view.frontend.clone();
             let service = [view.service.as_str(), frontend.as_str()];
             let mut active = 0;
@@ -289,6 +298,17 @@ impl Collector for DatapathCollector {
                 .with_label_values(&[s, fr, "terminating"])
                 .set(terminating);
         }
-        f.collectors().iter().flat_map(|c| c.collect()).collect()
+        let mut families: Vec<MetricFamily> =
+            f.collectors().iter().flat_map(|c| c.collect()).collect();
+        for counter in self.status.counters() {
+            match IntCounter::new(counter.name, counter.help) {
+                Ok(c) => {
+                    c.inc_by(counter.value);
+                    families.extend(c.collect());
+                }
+                Err(error) => tracing::warn!(name = counter.name, %error, "bad datapath counter"),
+            }
+        }
+        families
     }
 }

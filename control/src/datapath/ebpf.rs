@@ -230,11 +230,13 @@ impl EbpfDatapath {
         Ok(())
     }
 
-    /// A closure reading each frontend back from the kernel, for `/services` and metrics.
-    pub fn views(&self) -> Arc<dyn Fn() -> Vec<FrontendView> + Send + Sync> {
-        let lb = Arc::clone(&self.lb);
-        let names = Arc::clone(&self.names);
-        Arc::new(move || kernel_views(&lb.lock(), &names.lock()))
+    /// The status source reading each frontend back from the kernel, for `/services` and
+    /// metrics.
+    pub fn status(&self) -> Arc<EbpfStatus> {
+        Arc::new(EbpfStatus {
+            lb: Arc::clone(&self.lb),
+            names: Arc::clone(&self.names),
+        })
     }
 
     /// Takes a reference on a backend, writing it to the kernel if it is new or changed.
@@ -457,6 +459,9 @@ impl Datapath for EbpfDatapath {
                     );
                 }
                 Err(error) => {
+                    if let EbpfError::MapFull { map, .. } = &error {
+                        applied.full_maps.push(map);
+                    }
                     applied.failed.push((entry.frontend, error.to_string()));
                     self.recover("update");
                 }
@@ -536,6 +541,51 @@ impl Datapath for EbpfDatapath {
         // Nothing is flushed: the kernel keeps serving the last programmed state while
         // switchyard is away, and the next instance reconciles to it.
         tracing::info!("leaving the eBPF datapath in place (pinned maps and links keep serving)");
+    }
+}
+
+/// The status of the eBPF datapath, read from the kernel at each call.
+pub struct EbpfStatus {
+    lb: Arc<Mutex<SocketLb>>,
+    names: Arc<Mutex<BTreeMap<Frontend, String>>>,
+}
+
+impl super::StatusSource for EbpfStatus {
+    fn frontends(&self) -> Vec<FrontendView> {
+        kernel_views(&self.lb.lock(), &self.names.lock())
+    }
+
+    fn counters(&self) -> Vec<super::DatapathCounter> {
+        let stats = match self.lb.lock().stats() {
+            Ok(stats) => stats,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the eBPF counters");
+                return Vec::new();
+            }
+        };
+        let counter = |name, help, value| super::DatapathCounter { name, help, value };
+        vec![
+            counter(
+                "switchyard_bpf_translations_total",
+                "connect() and sendmsg() calls rewritten from a VIP to a backend in the kernel",
+                stats.translated,
+            ),
+            counter(
+                "switchyard_bpf_no_backend_total",
+                "connects and sends to a frontend without backends, refused or dropped",
+                stats.no_backend,
+            ),
+            counter(
+                "switchyard_bpf_backend_missing_total",
+                "lookups that found a slot or Maglev entry pointing at no backend (should stay 0)",
+                stats.backend_missing,
+            ),
+            counter(
+                "switchyard_bpf_reverse_translations_total",
+                "UDP replies and getpeername() results rewritten back to the VIP",
+                stats.revnat,
+            ),
+        ]
     }
 }
 

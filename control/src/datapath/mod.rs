@@ -18,6 +18,8 @@ pub struct Applied {
     pub programmed: usize,
     /// Frontends that could not be programmed, with why; retried at the next sync.
     pub failed: Vec<(Frontend, String)>,
+    /// Kernel maps that were full (one entry per failed write), for the metric.
+    pub full_maps: Vec<&'static str>,
 }
 
 /// Differences found between the wanted state and the datapath's, and repaired.
@@ -41,6 +43,28 @@ pub trait Datapath: Send + 'static {
     /// Stops serving: stops accepting, drains open connections for up to `grace`, removes what
     /// the datapath added to the node.
     fn shutdown(&mut self, grace: std::time::Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// What the HTTP endpoints and metrics read from a running datapath.
+pub trait StatusSource: Send + Sync {
+    /// Every frontend as the datapath holds it now.
+    fn frontends(&self) -> Vec<FrontendView>;
+
+    /// Counters the datapath keeps itself (the kernel's, in eBPF mode).
+    fn counters(&self) -> Vec<DatapathCounter> {
+        Vec::new()
+    }
+}
+
+/// A shared handle on a datapath's status.
+pub type Status = std::sync::Arc<dyn StatusSource>;
+
+/// A counter kept by the datapath, exported as a Prometheus counter.
+#[derive(Clone, Debug)]
+pub struct DatapathCounter {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
 }
 
 /// The live state of one frontend, for `/services`, `switchyard services` and metrics.

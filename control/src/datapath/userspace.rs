@@ -230,6 +230,15 @@ impl Datapath for UserspaceDatapath {
     }
 }
 
+/// The status of the userspace datapath: the proxy's live frontends and counters.
+pub struct UserspaceStatus(pub Arc<proxy::Proxy>);
+
+impl super::StatusSource for UserspaceStatus {
+    fn frontends(&self) -> Vec<FrontendView> {
+        views(&self.0)
+    }
+}
+
 /// The live views of the proxy's frontends.
 pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
     let mut out: Vec<FrontendView> = proxy
