@@ -311,6 +311,14 @@ mod tests {
         async fn shutdown(&mut self, _grace: Duration) {}
     }
 
+    struct NoStatus;
+
+    impl crate::datapath::StatusSource for NoStatus {
+        fn frontends(&self) -> Vec<crate::datapath::FrontendView> {
+            Vec::new()
+        }
+    }
+
     fn service(name: &str, ip: &str) -> Object {
         Object::Service(
             serde_json::from_value(json!({
@@ -338,12 +346,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nothing_is_programmed_before_the_first_complete_view() {
         let recorder = Recorder::default();
-        struct NoStatus;
-        impl crate::datapath::StatusSource for NoStatus {
-            fn frontends(&self) -> Vec<crate::datapath::FrontendView> {
-                Vec::new()
-            }
-        }
         let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
         let health = Arc::new(Health::new(Duration::from_secs(30)));
         let controller = Controller::new(
