@@ -256,12 +256,21 @@ impl Collector for DatapathCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = Families::new();
+        let counted = self.status.counts_connections();
         for view in self.status.frontends() {
             let frontend = view.frontend.clone();
             let service = [view.service.as_str(), frontend.as_str()];
             let mut active = 0;
             let (mut ready, mut terminating) = (0, 0);
             for b in &view.backends {
+                if b.state == "terminating" {
+                    terminating += 1;
+                } else {
+                    ready += 1;
+                }
+                if !counted {
+                    continue;
+                }
                 let labels = [view.service.as_str(), frontend.as_str(), b.backend.as_str()];
                 f.backend_total
                     .with_label_values(&labels)
@@ -280,11 +289,14 @@ impl Collector for DatapathCollector {
                     .with_label_values(&[s, fr, be, "received"])
                     .inc_by(b.bytes_received);
                 active += b.connections_active;
-                if b.state == "terminating" {
-                    terminating += 1;
-                } else {
-                    ready += 1;
-                }
+            }
+            let [s, fr] = service;
+            f.backends.with_label_values(&[s, fr, "active"]).set(ready);
+            f.backends
+                .with_label_values(&[s, fr, "terminating"])
+                .set(terminating);
+            if !counted {
+                continue;
             }
             f.service_total
                 .with_label_values(&service)
@@ -292,11 +304,6 @@ impl Collector for DatapathCollector {
             f.service_active
                 .with_label_values(&service)
                 .set(i64::try_from(active).unwrap_or(i64::MAX));
-            let [s, fr] = service;
-            f.backends.with_label_values(&[s, fr, "active"]).set(ready);
-            f.backends
-                .with_label_values(&[s, fr, "terminating"])
-                .set(terminating);
         }
         let mut families: Vec<MetricFamily> =
             f.collectors().iter().flat_map(|c| c.collect()).collect();

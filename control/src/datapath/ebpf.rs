@@ -555,6 +555,10 @@ impl super::StatusSource for EbpfStatus {
         kernel_views(&self.lb.lock(), &self.names.lock())
     }
 
+    fn counts_connections(&self) -> bool {
+        false
+    }
+
     fn counters(&self) -> Vec<super::DatapathCounter> {
         let stats = match self.lb.lock().stats() {
             Ok(stats) => stats,

@@ -50,6 +50,12 @@ pub trait StatusSource: Send + Sync {
     /// Every frontend as the datapath holds it now.
     fn frontends(&self) -> Vec<FrontendView>;
 
+    /// Whether the frontends' connection and byte counts are real (the userspace proxy counts;
+    /// the kernel's socket-level balancing does not), so that metrics export only real ones.
+    fn counts_connections(&self) -> bool {
+        true
+    }
+
     /// Counters the datapath keeps itself (the kernel's, in eBPF mode).
     fn counters(&self) -> Vec<DatapathCounter> {
         Vec::new()
