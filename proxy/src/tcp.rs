@@ -20,7 +20,7 @@ use crate::spec::ProxyConfig;
 use crate::stats::{ActiveGuard, ConnectingGuard};
 
 /// Relay buffer per direction and connection.
-const RELAY_BUFFER: usize = 32 * 1024;
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Pause after an accept error caused by resource exhaustion (`EMFILE`…), so
 /// the loop does not spin while the condition lasts.
