@@ -247,3 +247,21 @@ pub fn udp_requests(
     }
     Ok(results)
 }
+
+/// Runs the Python program `script` with `args` in `ns` (killed after
+/// `timeout`) and returns its stdout; fails, with its stderr, unless it
+/// exits 0.
+pub fn python(ns: &Netns, script: &str, args: &[&str], timeout: Duration) -> Result<String> {
+    let mut argv = vec!["python3", "-c", script];
+    argv.extend_from_slice(args);
+    let output = ns.exec_with(&argv, None, timeout)?;
+    if !output.status.success() {
+        bail!(
+            "python3 failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

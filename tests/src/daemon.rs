@@ -1,24 +1,85 @@
-//! The real `switchyard` binary, run inside a node namespace.
+//! The real `switchyard` binary, run inside a node namespace, in either
+//! proxy mode.
+//!
+//! The daemon is started with `nsenter --net`, not `ip netns exec`: the
+//! latter mounts a fresh `/sys` for the namespace, which hides the cgroup
+//! tree and the machine's bpffs from an eBPF-mode daemon.
+//!
+//! In eBPF mode the daemon attaches its programs to the topology's client
+//! cgroup (never the machine's root cgroup) and pins its maps and links in a
+//! folder of the test's own under `/sys/fs/bpf`. Since the daemon leaves
+//! that state in place when it stops (by design), the [`Daemon`] guard runs
+//! `switchyard cleanup` when it is dropped, after the process is gone.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::Signal;
 
-use crate::netns::{Netns, Process};
+use crate::netns::{DROP_GRACE, Netns, Process, run_with_timeout};
 use crate::poll::poll_until;
-use crate::topology::NODE_NAME;
+use crate::topology::{NODE_NAME, Topology};
+
+/// Where bpffs is mounted; each test pins into a folder of its own below.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Which datapath the daemon serves Service traffic with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// `--proxy-mode userspace`: VIPs on the node's `lo`, a userspace L4
+    /// proxy bound to each VIP:port.
+    Userspace,
+    /// `--proxy-mode ebpf`: socket-level load balancing by cgroup programs
+    /// attached to the client's cgroup; no VIP on any interface.
+    Ebpf,
+}
+
+impl Mode {
+    /// Both modes, userspace first.
+    pub const ALL: [Mode; 2] = [Mode::Userspace, Mode::Ebpf];
+
+    /// The value of `--proxy-mode` (and of `/proxyMode`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::Ebpf => "ebpf",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.flag())
+    }
+}
+
+/// Where an eBPF-mode daemon attaches and pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EbpfPaths {
+    /// `--cgroup-path`: a cgroup v2 folder the test made (the client's).
+    pub cgroup: PathBuf,
+    /// `--bpf-pin-path`: a folder under [`BPFFS`] of the test's own.
+    pub pin_path: PathBuf,
+}
 
 /// How the daemon is started. `Default` is the interface the tests rely on:
 /// userspace proxy, metrics on `127.0.0.1:10249`, health on `0.0.0.0:10256`.
+/// [`DaemonConfig::ebpf`] (or [`DaemonConfig::for_mode`]) gives the eBPF
+/// datapath scoped to a topology's client.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     /// `--hostname-override`.
     pub hostname: String,
-    /// `--proxy-mode`.
+    /// `--proxy-mode` (see [`Mode::flag`]; free text so a test can pass
+    /// `auto` or nonsense).
     pub proxy_mode: String,
+    /// `--cgroup-path` and `--bpf-pin-path`, and what the guard cleans up
+    /// on drop. Set by [`DaemonConfig::ebpf`].
+    pub ebpf: Option<EbpfPaths>,
     /// `--metrics-bind-address`; also where [`Daemon::metrics`] looks.
     pub metrics_bind: String,
     /// `--healthz-bind-address`; [`Daemon::healthz`] asks its port on
@@ -40,7 +101,8 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             hostname: NODE_NAME.to_owned(),
-            proxy_mode: "userspace".to_owned(),
+            proxy_mode: Mode::Userspace.flag().to_owned(),
+            ebpf: None,
             metrics_bind: "127.0.0.1:10249".to_owned(),
             healthz_bind: "0.0.0.0:10256".to_owned(),
             shutdown_grace: "5s".to_owned(),
@@ -53,6 +115,43 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// The default configuration in `mode`; for [`Mode::Ebpf`] see
+    /// [`DaemonConfig::ebpf`].
+    pub fn for_mode(mode: Mode, topo: &Topology) -> Result<Self> {
+        match mode {
+            Mode::Userspace => Ok(Self::default()),
+            Mode::Ebpf => Self::ebpf(topo),
+        }
+    }
+
+    /// The eBPF datapath for `topo`'s client: `--proxy-mode ebpf
+    /// --cgroup-path <the client's cgroup> --bpf-pin-path
+    /// /sys/fs/bpf/<topology prefix>`.
+    pub fn ebpf(topo: &Topology) -> Result<Self> {
+        let cgroup = topo
+            .client()
+            .cgroup()
+            .context("the topology's client has no cgroup to attach to")?
+            .to_path_buf();
+        Ok(Self {
+            proxy_mode: Mode::Ebpf.flag().to_owned(),
+            ebpf: Some(EbpfPaths {
+                cgroup,
+                pin_path: topo.bpf_pin_path(),
+            }),
+            ..Self::default()
+        })
+    }
+
+    /// The mode `proxy_mode` names (anything but `ebpf` is userspace).
+    pub fn mode(&self) -> Mode {
+        if self.proxy_mode == Mode::Ebpf.flag() {
+            Mode::Ebpf
+        } else {
+            Mode::Userspace
+        }
+    }
+
     /// Adds an argument after the standard ones.
     #[must_use]
     pub fn arg(mut self, arg: &str) -> Self {
@@ -84,21 +183,57 @@ pub fn switchyard_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `switchyard cleanup --bpf-pin-path PIN --cgroup-path CGROUP` on the
+/// machine (it touches bpffs and the cgroup only, no network): detaches
+/// switchyard's programs from the cgroup and removes the pins and the
+/// folder. Harmless when there is nothing to remove.
+pub fn cleanup_ebpf(pin_path: &Path, cgroup: &Path) -> Result<()> {
+    let bin = switchyard_bin()?;
+    let mut command = Command::new(&bin);
+    command
+        .arg("cleanup")
+        .arg("--bpf-pin-path")
+        .arg(pin_path)
+        .arg("--cgroup-path")
+        .arg(cgroup);
+    let output = run_with_timeout(command, None, Duration::from_secs(20))
+        .with_context(|| format!("switchyard cleanup --bpf-pin-path {}", pin_path.display()))?;
+    ensure!(
+        output.status.success(),
+        "switchyard cleanup --bpf-pin-path {} --cgroup-path {} failed ({}): {}",
+        pin_path.display(),
+        cgroup.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    ensure!(
+        !pin_path.exists(),
+        "{} still exists after switchyard cleanup",
+        pin_path.display()
+    );
+    Ok(())
+}
+
 /// A running `switchyard run` inside a node namespace, killed by PID on
-/// drop (SIGTERM, then SIGKILL). Its stdout and stderr go to a log file;
-/// when a test fails the tail of that log is printed.
+/// drop (SIGTERM, then SIGKILL); in eBPF mode its datapath is then removed
+/// with `switchyard cleanup`. Its stdout and stderr go to a log file; when a
+/// test fails the tail of that log is printed.
 #[derive(Debug)]
 pub struct Daemon {
     process: Process,
     bin: PathBuf,
     node: Netns,
     config: DaemonConfig,
+    manifests: PathBuf,
+    log_dir: PathBuf,
+    /// Set once `switchyard cleanup` has run for the eBPF state.
+    cleaned: bool,
 }
 
 impl Daemon {
-    /// Starts `switchyard run --manifests MANIFESTS ...` in `node`, logging
-    /// to `<log_dir>/switchyard.log` (or `switchyard-N.log` if taken), and
-    /// waits until `/healthz` answers 200.
+    /// Starts `switchyard run --manifests MANIFESTS ...` in `node` (through
+    /// `nsenter --net`), logging to `<log_dir>/switchyard.log` (or
+    /// `switchyard-N.log` if taken), and waits until `/healthz` answers 200.
     pub fn start(
         node: &Netns,
         manifests: &Path,
@@ -106,6 +241,41 @@ impl Daemon {
         config: &DaemonConfig,
     ) -> Result<Self> {
         let bin = switchyard_bin()?;
+        if let Some(ebpf) = &config.ebpf {
+            ensure!(
+                ebpf.cgroup.join("cgroup.procs").is_file(),
+                "eBPF mode: {} is not a cgroup v2 folder",
+                ebpf.cgroup.display()
+            );
+            ensure!(
+                ebpf.pin_path.starts_with(BPFFS) && ebpf.pin_path != Path::new(BPFFS),
+                "eBPF mode: pins must go to a folder of the test's own under {BPFFS}, not {}",
+                ebpf.pin_path.display()
+            );
+        }
+        let process = Self::spawn(&bin, node, manifests, log_dir, config)?;
+        // From here on the guard stops the process and cleans up, also when
+        // the daemon never gets healthy.
+        let mut daemon = Self {
+            process,
+            bin,
+            node: node.clone(),
+            config: config.clone(),
+            manifests: manifests.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            cleaned: false,
+        };
+        daemon.wait_healthy(config.ready_timeout)?;
+        Ok(daemon)
+    }
+
+    fn spawn(
+        bin: &Path,
+        node: &Netns,
+        manifests: &Path,
+        log_dir: &Path,
+        config: &DaemonConfig,
+    ) -> Result<Process> {
         let mut log = log_dir.join("switchyard.log");
         let mut n = 1;
         while log.exists() {
@@ -121,7 +291,7 @@ impl Daemon {
             .into(),
         ];
         argv.extend(config.env.iter().map(|(k, v)| format!("{k}={v}").into()));
-        argv.push(bin.clone().into());
+        argv.push(bin.into());
         argv.push("run".into());
         argv.push("--manifests".into());
         argv.push(manifests.into());
@@ -136,16 +306,71 @@ impl Daemon {
             argv.push(flag.into());
             argv.push(value.into());
         }
+        if let Some(ebpf) = &config.ebpf {
+            argv.push("--cgroup-path".into());
+            argv.push(ebpf.cgroup.clone().into());
+            argv.push("--bpf-pin-path".into());
+            argv.push(ebpf.pin_path.clone().into());
+        }
         argv.extend(config.extra_args.iter().map(OsString::from));
-        let process = node.spawn(&argv, &log)?;
-        let mut daemon = Self {
-            process,
-            bin,
-            node: node.clone(),
-            config: config.clone(),
-        };
-        daemon.wait_healthy(config.ready_timeout)?;
-        Ok(daemon)
+        node.spawn_nsenter(&argv, &log)
+    }
+
+    /// Starts the daemon again with the same configuration and a new log
+    /// file, once the previous process has exited (see [`Daemon::kill`]),
+    /// and waits until it is healthy. In eBPF mode the new process finds the
+    /// pinned state the old one left.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(status) = self.process.try_wait()? {
+            eprintln!("restarting switchyard (the previous process exited: {status})");
+        } else {
+            bail!("switchyard (pid {}) is still running", self.pid());
+        }
+        ensure!(
+            !self.cleaned,
+            "the eBPF state was cleaned up: nothing to restart onto"
+        );
+        self.process = Self::spawn(
+            &self.bin,
+            &self.node,
+            &self.manifests,
+            &self.log_dir,
+            &self.config,
+        )?;
+        self.wait_healthy(self.config.ready_timeout)
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone: nothing of the
+    /// daemon's own shutdown runs.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.process.signal(Signal::SIGKILL)?;
+        self.process
+            .wait_timeout(Duration::from_secs(10))?
+            .context("switchyard did not die of SIGKILL within 10 s")
+    }
+
+    /// Its proxy mode.
+    pub fn mode(&self) -> Mode {
+        self.config.mode()
+    }
+
+    /// Where it attached and pinned, in eBPF mode.
+    pub fn ebpf_paths(&self) -> Option<&EbpfPaths> {
+        self.config.ebpf.as_ref()
+    }
+
+    /// Runs `switchyard cleanup` for its eBPF state now (the guard does it
+    /// on drop otherwise). Fails if the daemon is still running: its
+    /// periodic check would attach everything again.
+    pub fn cleanup_ebpf(&mut self) -> Result<()> {
+        if self.process.try_wait()?.is_none() {
+            bail!("switchyard is still running: stop it before cleaning up");
+        }
+        if let Some(ebpf) = &self.config.ebpf {
+            cleanup_ebpf(&ebpf.pin_path, &ebpf.cgroup)?;
+        }
+        self.cleaned = true;
+        Ok(())
     }
 
     /// Waits until `/healthz` answers 200; fails with the log if the daemon
@@ -263,6 +488,34 @@ impl Daemon {
         serde_json::from_str(&body).with_context(|| format!("/services is not JSON: {body}"))
     }
 
+    /// `GET /proxyMode` on the metrics address (`ebpf` or `userspace`).
+    pub fn proxy_mode_endpoint(&self) -> Result<String> {
+        let (code, body) =
+            self.http_get(&Self::local_url(&self.config.metrics_bind, "/proxyMode"))?;
+        if code != 200 {
+            bail!("/proxyMode answered {code}: {body}");
+        }
+        Ok(body.trim().to_owned())
+    }
+
+    /// `switchyard services --output json`, parsed: the frontends as the
+    /// daemon's datapath holds them (in eBPF mode, read back from the maps).
+    pub fn services_cli_json(&self) -> Result<serde_json::Value> {
+        let output = self.cli(&["services", "--output", "json"])?;
+        ensure!(
+            output.status.success(),
+            "switchyard services --output json failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "`switchyard services --output json` is not JSON: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
     /// Runs `switchyard ARGS...` (the CLI) in the node namespace.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         let mut argv: Vec<OsString> = vec![self.bin.clone().into()];
@@ -315,6 +568,17 @@ impl Drop for Daemon {
                 self.log_path().display(),
                 self.log_tail(200)
             );
+        }
+        // The process first: a running daemon would repair what cleanup
+        // removes.
+        if let Err(error) = self.process.terminate(DROP_GRACE) {
+            eprintln!("stopping switchyard (pid {}): {error:#}", self.pid());
+        }
+        if !self.cleaned
+            && let Some(ebpf) = &self.config.ebpf
+            && let Err(error) = cleanup_ebpf(&ebpf.pin_path, &ebpf.cgroup)
+        {
+            eprintln!("{error:#}");
         }
     }
 }

@@ -47,7 +47,7 @@ pub mod scratch;
 pub mod topology;
 pub mod yaml;
 
-pub use daemon::{Daemon, DaemonConfig};
+pub use daemon::{Daemon, DaemonConfig, EbpfPaths, Mode};
 pub use manifests::Manifests;
 pub use netns::{Netns, Process, require_root, unique_prefix};
 pub use poll::poll_until;

@@ -59,7 +59,7 @@ fn process_alive(pid: u32) -> bool {
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup/unified` on
 /// a hybrid system, `/sys/fs/cgroup` on a pure v2 one).
-fn cgroup2_root() -> Result<PathBuf> {
+pub fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
     mounts
         .lines()
@@ -84,6 +84,21 @@ fn reap_stale() {
         if prefix_pid(name).is_some_and(|pid| !process_alive(pid)) {
             kill_netns_pids(name);
             let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+    // eBPF state first: a cgroup must be clean before it is removed.
+    if let Ok(entries) = std::fs::read_dir(crate::daemon::BPFFS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefix_pid(&name).is_some_and(|pid| !process_alive(pid)) {
+                let prefix = name.split('-').next().unwrap_or(&name);
+                let cgroup = cgroup2_root()
+                    .map(|root| root.join(format!("{prefix}-client")))
+                    .unwrap_or_default();
+                if let Err(error) = crate::daemon::cleanup_ebpf(&entry.path(), &cgroup) {
+                    eprintln!("stale {}: {error:#}", entry.path().display());
+                }
+            }
         }
     }
     if let Ok(root) = cgroup2_root()
@@ -311,6 +326,30 @@ impl Netns {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// The namespace's file, `/run/netns/NAME`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(self.name())
+    }
+
+    /// A command that runs `argv` in the namespace through `nsenter --net`:
+    /// unlike `ip netns exec`, which mounts a fresh `/sys` for the
+    /// namespace, it keeps the machine's mounts, so the program sees the
+    /// cgroup tree and bpffs (the eBPF daemon needs both). Only the network
+    /// namespace changes; the cgroup is never joined (this is for the node's
+    /// own processes, not the client's). `nsenter` execs the program, so the
+    /// child's PID is the program's PID.
+    pub fn nsenter_command<I, S>(&self, argv: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net={}", self.path().display()));
+        command.arg("--");
+        command.args(argv);
+        command
+    }
+
     /// Starts `argv` in the namespace with stdout and stderr going to `log`;
     /// the returned guard kills it by PID on drop.
     pub fn spawn<I, S>(&self, argv: I, log: &Path) -> Result<Process>
@@ -322,10 +361,32 @@ impl Netns {
             .into_iter()
             .map(|arg| arg.as_ref().to_owned())
             .collect();
-        let label = display_argv(&argv);
+        self.spawn_command(self.command(&argv), &argv, log)
+    }
+
+    /// Like [`Netns::spawn`], through [`Netns::nsenter_command`] (the
+    /// machine's `/sys` stays visible).
+    pub fn spawn_nsenter<I, S>(&self, argv: I, log: &Path) -> Result<Process>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let argv: Vec<OsString> = argv
+            .into_iter()
+            .map(|arg| arg.as_ref().to_owned())
+            .collect();
+        self.spawn_command(self.nsenter_command(&argv), &argv, log)
+    }
+
+    fn spawn_command(
+        &self,
+        mut command: Command,
+        argv: &[OsString],
+        log: &Path,
+    ) -> Result<Process> {
+        let label = display_argv(argv);
         let file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let child = self
-            .command(&argv)
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -289,6 +289,7 @@ pub struct Service {
     selector: Option<BTreeMap<String, String>>,
     ports: Vec<ServicePort>,
     affinity: SessionAffinity,
+    internal_traffic_policy: Option<String>,
 }
 
 /// A Service's `sessionAffinity`.
@@ -313,6 +314,7 @@ impl Service {
             selector: None,
             ports: Vec::new(),
             affinity: SessionAffinity::None,
+            internal_traffic_policy: None,
         }
     }
 
@@ -355,6 +357,13 @@ impl Service {
         self
     }
 
+    /// Sets `internalTrafficPolicy` (`Cluster` or `Local`).
+    #[must_use]
+    pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
+        self.internal_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
     /// The Service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -383,6 +392,9 @@ impl Service {
         }
         if let Some(selector) = &self.selector {
             spec["selector"] = json!(selector);
+        }
+        if let Some(policy) = &self.internal_traffic_policy {
+            spec["internalTrafficPolicy"] = json!(policy);
         }
         match self.affinity {
             SessionAffinity::None => spec["sessionAffinity"] = json!("None"),

@@ -22,13 +22,14 @@
 //! created in the node namespace with the peer placed straight into the pod
 //! or client namespace), so they can never clash with the machine's.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::daemon::{Daemon, DaemonConfig};
+use crate::daemon::{BPFFS, Daemon, DaemonConfig, Mode};
 use crate::manifests::Manifests;
 use crate::netns::{Netns, Process, require_root, unique_prefix};
 use crate::scratch::ScratchDir;
@@ -146,11 +147,16 @@ impl PodNs {
     }
 }
 
-/// A node namespace with pods and a client around it. Dropping it stops the
-/// pod servers and deletes every namespace.
+/// A node namespace with pods and a client around it. Dropping it removes
+/// any eBPF state left on the client's cgroup and under the topology's pin
+/// folder (`switchyard cleanup`), stops the pod servers and deletes every
+/// namespace and the cgroup.
 #[derive(Debug)]
 pub struct Topology {
     prefix: String,
+    /// Whether an eBPF-mode daemon was started here (then its state must be
+    /// cleaned up before the client's cgroup goes).
+    ebpf_used: AtomicBool,
     // Field order is drop order: processes first, namespaces, then files.
     pods: Vec<PodNs>,
     client: Netns,
@@ -174,6 +180,7 @@ impl Topology {
         let client = Netns::create_in_cgroup(&format!("{prefix}-client"))?;
         let mut topo = Self {
             prefix: prefix.clone(),
+            ebpf_used: AtomicBool::new(false),
             pods: Vec::with_capacity(pods),
             client,
             node,
@@ -432,19 +439,79 @@ impl Topology {
         self.start_daemon_with(manifests, &DaemonConfig::default())
     }
 
+    /// Like [`Topology::start_daemon`], in `mode` ([`DaemonConfig::for_mode`]:
+    /// in eBPF mode attached to the client's cgroup, pinned under
+    /// [`Topology::bpf_pin_path`]).
+    pub fn start_daemon_mode(&self, manifests: &Manifests, mode: Mode) -> Result<Daemon> {
+        self.start_daemon_with(manifests, &DaemonConfig::for_mode(mode, self)?)
+    }
+
     /// Like [`Topology::start_daemon`], with `config`.
     pub fn start_daemon_with(
         &self,
         manifests: &Manifests,
         config: &DaemonConfig,
     ) -> Result<Daemon> {
+        if config.ebpf.is_some() {
+            self.ebpf_used.store(true, Ordering::SeqCst);
+        }
         Daemon::start(&self.node, manifests.path(), self.scratch.path(), config)
+    }
+
+    /// The bpffs folder an eBPF-mode daemon of this topology pins into:
+    /// `/sys/fs/bpf/<prefix>`.
+    pub fn bpf_pin_path(&self) -> PathBuf {
+        Path::new(BPFFS).join(&self.prefix)
+    }
+
+    /// Makes `ip` a local address of the node (on its `lo`) and starts a
+    /// `pod-server` named `name` there, serving HTTP on `ip:port`; returns
+    /// its guard once it is ready. A test uses it to see whether a client's
+    /// connect to a Service address was translated: a connect that is not
+    /// reaches this server, one that is reaches a pod. The node's own
+    /// processes are outside the client's cgroup, so nothing translates
+    /// this server's traffic.
+    pub fn serve_on_node(&self, ip: IpAddr, port: u16, name: &str) -> Result<Process> {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let address = format!("{ip}/{prefix}");
+        if !self.node.addresses("lo")?.contains(&address) {
+            self.node
+                .run(["ip", "addr", "add", &address, "dev", "lo", "nodad"])?;
+        }
+        let bin = pod_server_bin()?;
+        let log = self.scratch.join(&format!("node-{name}.log"));
+        let mut process = self.node.spawn(
+            [
+                bin.to_string_lossy().into_owned(),
+                "--name".into(),
+                name.into(),
+                "--http".into(),
+                SocketAddr::new(ip, port).to_string(),
+            ],
+            &log,
+        )?;
+        process.wait_for_line("ready", Duration::from_secs(10))?;
+        Ok(process)
     }
 
     /// All addresses of pod `index` (IPv4 first), for manifests.
     pub fn pod_ips(&self, index: usize) -> Vec<IpAddr> {
         let pod = self.pod(index);
         vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)]
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Before the fields go (the client's cgroup with them): a cgroup is
+        // never removed with programs of ours still attached or pinned.
+        let pins = self.bpf_pin_path();
+        if (self.ebpf_used.load(Ordering::SeqCst) || pins.exists())
+            && let Some(cgroup) = self.client.cgroup()
+            && let Err(error) = crate::daemon::cleanup_ebpf(&pins, cgroup)
+        {
+            eprintln!("{error:#}");
+        }
     }
 }
 

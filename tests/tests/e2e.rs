@@ -1,11 +1,18 @@
-//! End-to-end tests of the switchyard daemon (userspace proxy mode): each
-//! test builds its own node, pods and client as network namespaces, runs
-//! real pod servers and the real binary over a folder of manifests, and
-//! sends real traffic from the client to Service VIPs.
+//! End-to-end tests of the switchyard daemon, each scenario in both proxy
+//! modes: each test builds its own node, pods and client as network
+//! namespaces, runs real pod servers and the real binary over a folder of
+//! manifests, and sends real traffic from the client to Service VIPs.
+//!
+//! Every scenario is a function taking the [`Mode`]; [`in_both_modes!`]
+//! turns it into a module with two tests, `<scenario>::userspace` and
+//! `<scenario>::ebpf`. A few promises differ by nature between the modes
+//! (userspace puts VIPs on `lo` and removes them at exit; eBPF puts no VIP
+//! anywhere and leaves its datapath serving when it exits): those scenarios
+//! assert each mode's own meaning.
 //!
 //! Tests need root and the `switchyard` binary (`cargo build -p
 //! switchyard-control`, or `SWITCHYARD_BIN`). They run in parallel: every
-//! topology has its own namespaces.
+//! topology has its own namespaces, cgroup and pin folder.
 
 #![allow(clippy::disallowed_types)] // synchronous tests: std's clock is the right one
 
@@ -16,8 +23,44 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use switchyard_tests::objects::{self, Endpoint, EndpointSlice, Pod, Service, ServicePort};
-use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME};
-use switchyard_tests::{Manifests, PodServerConfig, Topology, client, metrics, poll_until};
+use switchyard_tests::topology::{CLIENT_IP4, CLIENT_IP6, NODE_IP4, NODE_IP6, NODE_NAME};
+use switchyard_tests::{
+    Daemon, Manifests, Mode, PodServerConfig, Topology, client, metrics, poll_until,
+};
+
+/// Generates `mod NAME { fn userspace(); fn ebpf(); }`, two `#[test]`s
+/// calling the scenario function `NAME(mode)`.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn userspace() -> anyhow::Result<()> {
+                super::$name(switchyard_tests::Mode::Userspace)
+            }
+
+            #[test]
+            fn ebpf() -> anyhow::Result<()> {
+                super::$name(switchyard_tests::Mode::Ebpf)
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    even_spread_over_ready_pods,
+    relabelled_pod_leaves_rotation_within_a_second,
+    unready_pod_leaves_rotation_within_a_second,
+    terminating_endpoints_serve_until_one_is_ready,
+    service_without_endpoints_refuses_at_once,
+    client_ip_affinity_pins_one_pod,
+    named_target_port_resolves_per_pod,
+    udp_service_answers_from_the_vip_and_spreads_flows,
+    dual_stack_service_serves_both_families,
+    malformed_manifests_are_skipped_alone,
+    metrics_and_cli_describe_the_service,
+    deleted_service_frees_its_vip,
+    sigterm_exits_zero,
+);
 
 /// The daemon promises file changes reach the datapath within 200 ms; the
 /// tests wait far longer before calling it a failure.
@@ -83,21 +126,50 @@ fn wait_only(topo: &Topology, url: &str, pods: &[&str]) -> Result<()> {
     })
 }
 
+/// Checks where the Service addresses live on the node: in userspace mode
+/// each of `vips` (`10.96.0.10/32`, `fd00:96::20/128`) is on `lo`; in eBPF
+/// mode no Service address is on `lo` at all (translation happens at
+/// `connect()`, before routing).
+fn check_vips_on_lo(topo: &Topology, mode: Mode, vips: &[&str]) -> Result<()> {
+    let addresses = topo.node().addresses("lo")?;
+    match mode {
+        Mode::Userspace => {
+            for vip in vips {
+                ensure!(
+                    addresses.iter().any(|a| a == vip),
+                    "userspace mode: {vip} is not on the node's lo: {addresses:?}"
+                );
+            }
+        }
+        Mode::Ebpf => {
+            let service_addresses: Vec<&String> = addresses
+                .iter()
+                .filter(|a| a.starts_with("10.96.") || a.starts_with("fd00:96:"))
+                .collect();
+            ensure!(
+                service_addresses.is_empty(),
+                "eBPF mode added Service addresses to the node's lo: {service_addresses:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics::sum(&metrics::parse(text), name, labels)
 }
 
-#[test]
-fn even_spread_over_ready_pods() -> Result<()> {
+fn even_spread_over_ready_pods(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         // /healthz said synced: the Service must answer now, not later.
         let first = client::curl_once(topo.client(), WEB_URL)
             .context("first request after /healthz answered 200")?;
         ensure!(first.starts_with("web-"), "first answer {first:?}");
+        check_vips_on_lo(&topo, mode, &["10.96.0.10/32"])?;
 
         let names = client::curl_many(topo.client(), WEB_URL, 300)?;
         let counts = client::tally(&names);
@@ -141,12 +213,11 @@ fn left_rotation_within_a_second(topo: &Topology, gone: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn relabelled_pod_leaves_rotation_within_a_second() -> Result<()> {
+fn relabelled_pod_leaves_rotation_within_a_second(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         all_three_in_rotation(&topo)?;
         write_pod(&manifests, &Pod::web(&topo, 2).label("app", "other"))?;
@@ -160,12 +231,11 @@ fn relabelled_pod_leaves_rotation_within_a_second() -> Result<()> {
     })())
 }
 
-#[test]
-fn unready_pod_leaves_rotation_within_a_second() -> Result<()> {
+fn unready_pod_leaves_rotation_within_a_second(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         all_three_in_rotation(&topo)?;
         write_pod(&manifests, &Pod::web(&topo, 1).ready(false))?;
@@ -192,8 +262,7 @@ fn web_slice(topo: &Topology, endpoints: &[(usize, bool, bool, bool)]) -> Value 
     slice.to_value()
 }
 
-#[test]
-fn terminating_endpoints_serve_until_one_is_ready() -> Result<()> {
+fn terminating_endpoints_serve_until_one_is_ready(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     let service = Service::new("web")
         .cluster_ips(&[WEB_VIP])
@@ -212,7 +281,7 @@ fn terminating_endpoints_serve_until_one_is_ready() -> Result<()> {
             ],
         )],
     )?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         wait_served(&topo, WEB_URL)?;
         let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
@@ -243,8 +312,7 @@ fn terminating_endpoints_serve_until_one_is_ready() -> Result<()> {
     })())
 }
 
-#[test]
-fn service_without_endpoints_refuses_at_once() -> Result<()> {
+fn service_without_endpoints_refuses_at_once(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(2)?;
     write_web_pods(&topo, &manifests)?;
     let empty = Service::new("empty")
@@ -252,7 +320,7 @@ fn service_without_endpoints_refuses_at_once() -> Result<()> {
         .selector("tier", "backend")
         .port(ServicePort::tcp("http", 80, 8080));
     manifests.write_objects("svc.yaml", &[web_service().to_value(), empty.to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         // The daemon has synced both Services: one of them answers.
         wait_served(&topo, WEB_URL)?;
@@ -279,15 +347,14 @@ fn service_without_endpoints_refuses_at_once() -> Result<()> {
     })())
 }
 
-#[test]
-fn client_ip_affinity_pins_one_pod() -> Result<()> {
+fn client_ip_affinity_pins_one_pod(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects(
         "svc-web.yaml",
         &[web_service().client_ip_affinity(Some(10800)).to_value()],
     )?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         let names = client::curl_many(topo.client(), WEB_URL, 50)?;
         let counts = client::tally(&names);
@@ -299,8 +366,7 @@ fn client_ip_affinity_pins_one_pod() -> Result<()> {
     })())
 }
 
-#[test]
-fn named_target_port_resolves_per_pod() -> Result<()> {
+fn named_target_port_resolves_per_pod(mode: Mode) -> Result<()> {
     let (mut topo, manifests) = cluster(2)?;
     // web-1 serves on 8081 only, and names that port `http`.
     topo.start_pod_server(1, PodServerConfig::web(1).http_ports(&[8081]))?;
@@ -314,7 +380,7 @@ fn named_target_port_resolves_per_pod() -> Result<()> {
         .selector("app", "web")
         .port(ServicePort::tcp_named("http", 80, "http"));
     manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         let counts = client::tally(&client::curl_many(topo.client(), WEB_URL, 60)?);
         ensure!(
@@ -325,8 +391,7 @@ fn named_target_port_resolves_per_pod() -> Result<()> {
     })())
 }
 
-#[test]
-fn udp_service_answers_from_the_vip_and_spreads_flows() -> Result<()> {
+fn udp_service_answers_from_the_vip_and_spreads_flows(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     let service = Service::new("dns")
@@ -334,7 +399,7 @@ fn udp_service_answers_from_the_vip_and_spreads_flows() -> Result<()> {
         .selector("app", "web")
         .port(ServicePort::udp("dns", 53, 5353));
     manifests.write_objects("svc-dns.yaml", &[service.to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         let vip = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 53);
         // Each exchange from a fresh socket, so a fresh source port.
@@ -360,12 +425,11 @@ fn udp_service_answers_from_the_vip_and_spreads_flows() -> Result<()> {
             pods.len() > 1,
             "20 flows from different source ports all went to {pods:?}"
         );
-        Ok(())
+        check_vips_on_lo(&topo, mode, &["10.96.0.10/32"])
     })())
 }
 
-#[test]
-fn dual_stack_service_serves_both_families() -> Result<()> {
+fn dual_stack_service_serves_both_families(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     let service = Service::new("web")
@@ -373,7 +437,7 @@ fn dual_stack_service_serves_both_families() -> Result<()> {
         .selector("app", "web")
         .port(ServicePort::tcp("http", 80, 8080));
     manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         let v6 = client::tally(&client::curl_many(
             topo.client(),
@@ -387,27 +451,32 @@ fn dual_stack_service_serves_both_families() -> Result<()> {
             30,
         )?);
         ensure!(v4.len() >= 2, "IPv4 ClusterIP spread: {v4:?}");
-        // Each family's ClusterIP goes to that family's pod addresses.
+        // Each family's ClusterIP goes to that family's pod addresses: the
+        // userspace proxy connects from the node's pod-side address; in eBPF
+        // mode the client's own socket reaches the pod, from its address.
+        let (from6, from4) = match mode {
+            Mode::Userspace => ("[fd00:244::".to_owned(), "10.244.0.".to_owned()),
+            Mode::Ebpf => (format!("[{CLIENT_IP6}]:"), format!("{CLIENT_IP4}:")),
+        };
         let peer6 = client::curl_once(topo.client(), "http://[fd00:96::20]:80/peer")?;
         ensure!(
-            peer6.starts_with("[fd00:244::"),
-            "the IPv6 ClusterIP reached a pod from {peer6}, not over IPv6"
+            peer6.starts_with(&from6),
+            "the IPv6 ClusterIP reached a pod from {peer6}, expected {from6}..."
         );
         let peer4 = client::curl_once(topo.client(), "http://10.96.0.20:80/peer")?;
         ensure!(
-            peer4.starts_with("10.244.0."),
-            "the IPv4 ClusterIP reached a pod from {peer4}"
+            peer4.starts_with(&from4),
+            "the IPv4 ClusterIP reached a pod from {peer4}, expected {from4}..."
         );
-        Ok(())
+        check_vips_on_lo(&topo, mode, &["10.96.0.20/32", "fd00:96::20/128"])
     })())
 }
 
-#[test]
-fn malformed_manifests_are_skipped_alone() -> Result<()> {
+fn malformed_manifests_are_skipped_alone(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(2)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
-    let mut daemon = topo.start_daemon(&manifests)?;
+    let mut daemon = topo.start_daemon_mode(&manifests, mode)?;
     let result = (|| {
         wait_served(&topo, WEB_URL)?;
         manifests.write(
@@ -467,25 +536,34 @@ fn malformed_manifests_are_skipped_alone() -> Result<()> {
     daemon.with_log(result)
 }
 
-#[test]
-fn metrics_and_cli_describe_the_service() -> Result<()> {
+fn metrics_and_cli_describe_the_service(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         client::curl_many(topo.client(), WEB_URL, 30)?;
         let pod_ips: Vec<String> = topo.pods().iter().map(|p| p.ipv4().to_string()).collect();
 
-        let text = poll_until("30 backend connections counted", PICKUP, || {
-            let text = daemon.metrics()?;
-            let count = sample_sum(
-                &text,
-                "switchyard_backend_connections_total",
-                &[("service", "default/web:http")],
-            );
-            Ok((count >= 30.0).then_some(text))
-        })?;
+        let text = match mode {
+            // The proxy counts every connection it carries.
+            Mode::Userspace => poll_until("30 backend connections counted", PICKUP, || {
+                let text = daemon.metrics()?;
+                let count = sample_sum(
+                    &text,
+                    "switchyard_backend_connections_total",
+                    &[("service", "default/web:http")],
+                );
+                Ok((count >= 30.0).then_some(text))
+            })?,
+            // The kernel does not count per backend, but counts every
+            // connect it translated.
+            Mode::Ebpf => poll_until("30 translations counted", PICKUP, || {
+                let text = daemon.metrics()?;
+                let count = sample_sum(&text, "switchyard_bpf_translations_total", &[]);
+                Ok((count >= 30.0).then_some(text))
+            })?,
+        };
         let all = metrics::parse(&text);
         ensure!(
             all.iter().any(|s| s
@@ -499,25 +577,44 @@ fn metrics_and_cli_describe_the_service() -> Result<()> {
             &[],
         );
         ensure!(sync_count >= 1.0, "sync duration count is {sync_count}");
-        let backends: BTreeSet<&str> =
-            metrics::samples(&all, "switchyard_backend_connections_total")
-                .into_iter()
-                .filter(|s| s.label("service") == Some("default/web:http"))
-                .filter_map(|s| s.label("backend"))
-                .collect();
-        for ip in &pod_ips {
-            ensure!(
-                backends.iter().any(|b| b.contains(ip.as_str())),
-                "no backend label for {ip}: {backends:?}"
-            );
+        if mode == Mode::Userspace {
+            let backends: BTreeSet<&str> =
+                metrics::samples(&all, "switchyard_backend_connections_total")
+                    .into_iter()
+                    .filter(|s| s.label("service") == Some("default/web:http"))
+                    .filter_map(|s| s.label("backend"))
+                    .collect();
+            for ip in &pod_ips {
+                ensure!(
+                    backends.iter().any(|b| b.contains(ip.as_str())),
+                    "no backend label for {ip}: {backends:?}"
+                );
+            }
         }
+        let active = metrics::sum(
+            &all,
+            "switchyard_service_backends",
+            &[("service", "default/web:http"), ("state", "active")],
+        );
+        ensure!(
+            (active - 3.0).abs() < f64::EPSILON,
+            "switchyard_service_backends{{state=active}} is {active}, expected 3"
+        );
 
+        ensure!(
+            daemon.proxy_mode_endpoint()? == mode.flag(),
+            "/proxyMode does not say {mode}"
+        );
         let table = daemon.cli(&["services"])?;
         let stdout = String::from_utf8_lossy(&table.stdout);
         ensure!(
             table.status.success(),
             "switchyard services failed: {}",
             String::from_utf8_lossy(&table.stderr)
+        );
+        ensure!(
+            stdout.lines().next() == Some(&format!("proxy mode: {mode}")),
+            "`switchyard services` does not start with `proxy mode: {mode}`:\n{stdout}"
         );
         ensure!(
             stdout.contains("10.96.0.10:80"),
@@ -536,31 +633,47 @@ fn metrics_and_cli_describe_the_service() -> Result<()> {
             "/services on the metrics address does not list the frontend: {admin}"
         );
 
-        let json = daemon.cli(&["services", "--output", "json"])?;
-        ensure!(json.status.success(), "services --output json failed");
-        let value: Value = serde_json::from_slice(&json.stdout).with_context(|| {
-            format!(
-                "`services --output json` is not JSON: {}",
-                String::from_utf8_lossy(&json.stdout)
-            )
-        })?;
-        let rendered = value.to_string();
+        let value = daemon.services_cli_json()?;
+        let web = value
+            .as_array()
+            .context("services --output json is a list")?
+            .iter()
+            .find(|f| f["frontend"] == "10.96.0.10:80/TCP")
+            .with_context(|| format!("the JSON does not list the frontend: {value}"))?;
+        let listed: BTreeSet<&str> = web["backends"]
+            .as_array()
+            .context("backends is a list")?
+            .iter()
+            .filter_map(|b| b["backend"].as_str())
+            .collect();
+        let expected: BTreeSet<String> = pod_ips.iter().map(|ip| format!("{ip}:8080")).collect();
         ensure!(
-            rendered.contains(WEB_VIP),
-            "the JSON does not list the frontend: {rendered}"
+            listed
+                .iter()
+                .copied()
+                .eq(expected.iter().map(String::as_str)),
+            "the JSON lists backends {listed:?}, expected {expected:?}"
         );
-        for ip in &pod_ips {
-            ensure!(
-                rendered.contains(ip.as_str()),
-                "the JSON does not list backend {ip}: {rendered}"
-            );
-        }
         Ok(())
     })())
 }
 
-#[test]
-fn deleted_service_frees_its_vip() -> Result<()> {
+/// Whether `frontend` (`10.96.0.10:80/TCP`) is in the daemon's `/services`.
+fn lists_frontend(daemon: &Daemon, frontend: &str) -> Result<bool> {
+    Ok(daemon
+        .services_json()?
+        .as_array()
+        .context("/services is a list")?
+        .iter()
+        .any(|f| f["frontend"] == frontend))
+}
+
+/// A deleted Service stops being served and the other one is untouched. In
+/// userspace mode its VIP leaves `lo`. In eBPF mode its frontend leaves the
+/// kernel's maps, and a connect to its address is no longer translated: it
+/// reaches a server the test put on the node at that very address, which no
+/// connect reached while the Service existed.
+fn deleted_service_frees_its_vip(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(2)?;
     write_web_pods(&topo, &manifests)?;
     manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
@@ -569,20 +682,55 @@ fn deleted_service_frees_its_vip() -> Result<()> {
         .selector("app", "web")
         .port(ServicePort::tcp("http", 80, 8080));
     manifests.write_objects("svc-other.yaml", &[other.to_value()])?;
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
         wait_served(&topo, WEB_URL)?;
+        let _untranslated = match mode {
+            Mode::Userspace => None,
+            Mode::Ebpf => {
+                let server = topo.serve_on_node(
+                    IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
+                    80,
+                    "untranslated",
+                )?;
+                let names = client::curl_many(topo.client(), WEB_URL, 20)?;
+                ensure!(
+                    names.iter().all(|n| n.starts_with("web-")),
+                    "while the Service exists every connect is translated: {names:?}"
+                );
+                Some(server)
+            }
+        };
         manifests.remove("svc-web.yaml")?;
-        poll_until("10.96.0.10 to leave lo", PICKUP, || {
-            let addresses = topo.node().addresses("lo")?;
-            Ok((!addresses.iter().any(|a| a == "10.96.0.10/32")).then_some(()))
-        })?;
-        let out = client::curl(topo.client(), &["-sS", "--connect-timeout", "2", WEB_URL])?;
-        ensure!(
-            !out.status.success(),
-            "the deleted Service still answered: {}",
-            out.stdout
-        );
+        match mode {
+            Mode::Userspace => {
+                poll_until("10.96.0.10 to leave lo", PICKUP, || {
+                    let addresses = topo.node().addresses("lo")?;
+                    Ok((!addresses.iter().any(|a| a == "10.96.0.10/32")).then_some(()))
+                })?;
+                let out = client::curl(topo.client(), &["-sS", "--connect-timeout", "2", WEB_URL])?;
+                ensure!(
+                    !out.status.success(),
+                    "the deleted Service still answered: {}",
+                    out.stdout
+                );
+            }
+            Mode::Ebpf => {
+                poll_until("10.96.0.10:80 to leave /services", PICKUP, || {
+                    Ok((!lists_frontend(&daemon, "10.96.0.10:80/TCP")?).then_some(()))
+                })?;
+                let table = daemon.services_cli_json()?.to_string();
+                ensure!(
+                    !table.contains("10.96.0.10:"),
+                    "`switchyard services` still lists the deleted frontend: {table}"
+                );
+                let names = client::curl_many(topo.client(), WEB_URL, 10)?;
+                ensure!(
+                    names.iter().all(|n| n == "untranslated"),
+                    "a connect to the deleted Service's address was still translated: {names:?}"
+                );
+            }
+        }
         // The other Service is untouched.
         let names = client::curl_many(topo.client(), "http://10.96.0.11:80/", 20)?;
         ensure!(client::tally(&names).len() == 2, "other Service: {names:?}");
@@ -590,8 +738,12 @@ fn deleted_service_frees_its_vip() -> Result<()> {
     })())
 }
 
-#[test]
-fn sigterm_exits_zero_and_removes_vips() -> Result<()> {
+/// SIGTERM makes the daemon exit 0 in both modes. In userspace mode its
+/// VIPs leave `lo` with it. In eBPF mode nothing is flushed: the programs
+/// stay attached and the maps pinned, so traffic keeps flowing, balanced,
+/// with no daemon at all, until `switchyard cleanup` removes the datapath
+/// (after which a connect is no longer translated).
+fn sigterm_exits_zero(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(2)?;
     write_web_pods(&topo, &manifests)?;
     let dual = Service::new("web6")
@@ -599,17 +751,11 @@ fn sigterm_exits_zero_and_removes_vips() -> Result<()> {
         .selector("app", "web")
         .port(ServicePort::tcp("http", 80, 8080));
     manifests.write_objects("svc.yaml", &[web_service().to_value(), dual.to_value()])?;
-    let mut daemon = topo.start_daemon(&manifests)?;
+    let mut daemon = topo.start_daemon_mode(&manifests, mode)?;
     let vips = ["10.96.0.10/32", "10.96.0.20/32", "fd00:96::20/128"];
     let result = (|| {
         wait_served(&topo, WEB_URL)?;
-        let before = topo.node().addresses("lo")?;
-        for vip in vips {
-            ensure!(
-                before.iter().any(|a| a == vip),
-                "{vip} is not on lo while running: {before:?}"
-            );
-        }
+        check_vips_on_lo(&topo, mode, &vips)?;
         let started = Instant::now();
         let status = daemon.terminate(Duration::from_secs(15))?;
         ensure!(
@@ -617,14 +763,88 @@ fn sigterm_exits_zero_and_removes_vips() -> Result<()> {
             "switchyard exited with {status} after SIGTERM (in {:?})",
             started.elapsed()
         );
-        let after = topo.node().addresses("lo")?;
-        for vip in vips {
-            ensure!(
-                !after.iter().any(|a| a == vip),
-                "{vip} is still on lo after exit: {after:?}"
-            );
+        match mode {
+            Mode::Userspace => {
+                let after = topo.node().addresses("lo")?;
+                for vip in vips {
+                    ensure!(
+                        !after.iter().any(|a| a == vip),
+                        "{vip} is still on lo after exit: {after:?}"
+                    );
+                }
+            }
+            Mode::Ebpf => sigterm_leaves_the_ebpf_datapath(&topo, &mut daemon)?,
         }
         Ok(())
     })();
     daemon.with_log(result)
+}
+
+/// After the eBPF daemon's exit: still serving, still attached; then gone
+/// with `switchyard cleanup`.
+fn sigterm_leaves_the_ebpf_datapath(topo: &Topology, daemon: &mut Daemon) -> Result<()> {
+    let paths = daemon.ebpf_paths().context("eBPF mode has paths")?.clone();
+    for url in [WEB_URL, "http://10.96.0.20:80/", "http://[fd00:96::20]:80/"] {
+        let counts = client::tally(&client::curl_many(topo.client(), url, 30)?);
+        ensure!(
+            counts.len() == 2,
+            "with the daemon gone, {url} must still be balanced over both pods: {counts:?}"
+        );
+    }
+    check_vips_on_lo(topo, Mode::Ebpf, &[])?;
+    for pin in ["sy_frontends", "sy_backends", "link_sy_connect4"] {
+        ensure!(
+            paths.pin_path.join(pin).exists(),
+            "{pin} is no longer pinned in {} after SIGTERM",
+            paths.pin_path.display()
+        );
+    }
+    let attached = attached_programs(&paths.cgroup)?;
+    ensure!(
+        attached.contains("sy_connect4") && attached.contains("sy_sendmsg6"),
+        "the programs are no longer attached to the client's cgroup after SIGTERM:\n{attached}"
+    );
+
+    let _untranslated =
+        topo.serve_on_node(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80, "untranslated")?;
+    // Still the pods while the datapath is in place.
+    let names = client::curl_many(topo.client(), WEB_URL, 10)?;
+    ensure!(
+        names.iter().all(|n| n.starts_with("web-")),
+        "before cleanup: {names:?}"
+    );
+    daemon.cleanup_ebpf()?;
+    ensure!(
+        !paths.pin_path.exists(),
+        "{} survived switchyard cleanup",
+        paths.pin_path.display()
+    );
+    let attached = attached_programs(&paths.cgroup)?;
+    ensure!(
+        !attached.contains("sy_"),
+        "programs still attached to the client's cgroup after cleanup:\n{attached}"
+    );
+    let names = client::curl_many(topo.client(), WEB_URL, 10)?;
+    ensure!(
+        names.iter().all(|n| n == "untranslated"),
+        "after cleanup a connect to the VIP is no longer translated: {names:?}"
+    );
+    Ok(())
+}
+
+/// What `bpftool cgroup show CGROUP` lists (read only).
+fn attached_programs(cgroup: &std::path::Path) -> Result<String> {
+    let output = std::process::Command::new("bpftool")
+        .arg("cgroup")
+        .arg("show")
+        .arg(cgroup)
+        .output()
+        .context("run bpftool")?;
+    ensure!(
+        output.status.success(),
+        "bpftool cgroup show {}: {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
