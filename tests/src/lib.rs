@@ -8,6 +8,13 @@
 //! (SIGTERM, then SIGKILL), [`Netns`] deletes its namespace, [`ScratchDir`]
 //! removes its files (and keeps them, printing where, when the test failed).
 //!
+//! The daemon runs in either proxy mode ([`Mode`]): in eBPF mode
+//! ([`DaemonConfig::ebpf`]) its programs are attached to the topology's
+//! client cgroup and its maps and links pinned under
+//! `/sys/fs/bpf/<topology prefix>`; [`Daemon`] and [`Topology`] run
+//! `switchyard cleanup` when dropped, so no program, link or pin outlives
+//! the test.
+//!
 //! What it never does: touch the machine's own interfaces, routes or root
 //! cgroup, or give a namespace a route out of the machine. Every veth pair is
 //! created inside the test's namespaces, no namespace has a default route

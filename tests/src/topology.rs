@@ -15,8 +15,16 @@
 //! `fd00:244::/64`), all via the node. The node has no default route and no
 //! link out of the test, so nothing a test sends can leave the machine; the
 //! pods' default routes lead to the node and stop there. The node forwards
-//! (so the client can reach pods directly); Service traffic needs no
-//! forwarding, since switchyard makes each VIP a local address on the node.
+//! (so the client can reach pods directly). In userspace mode Service
+//! traffic needs no forwarding, since switchyard makes each VIP a local
+//! address on the node; in eBPF mode the client's `connect()` is rewritten
+//! to a pod before routing, so that traffic takes the pod route (the
+//! Service route is then unused).
+//!
+//! The client's processes run in a cgroup of their own
+//! ([`Netns::cgroup`]): an eBPF-mode daemon attaches there, and pins under
+//! [`Topology::bpf_pin_path`]; the topology cleans both up before it
+//! removes the cgroup.
 //!
 //! All interface names live inside the test's namespaces (veth pairs are
 //! created in the node namespace with the peer placed straight into the pod

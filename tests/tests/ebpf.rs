@@ -697,7 +697,7 @@ const SCALE_ENDPOINTS: usize = 10;
 /// the real pods, and the test connects to it.
 const SCALE_SAMPLE_EVERY: usize = 500;
 
-/// Service `i`'s ClusterIP: `10.96.1.1` ... `10.96.40.250`.
+/// The `ClusterIP` of Service `i`: `10.96.1.1` ... `10.96.40.250`.
 fn scale_vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
 }
@@ -773,7 +773,7 @@ fn ten_thousand_services_of_ten_endpoints() -> Result<()> {
     let sample = write_scale_manifests(&topo, &manifests)?;
     eprintln!("manifests written in {:?}", started.elapsed());
     let config = DaemonConfig {
-        ready_timeout: Duration::from_secs(60),
+        ready_timeout: Duration::from_mins(1),
         ..DaemonConfig::ebpf(&topo)?
     };
     let started = Instant::now();
@@ -782,7 +782,7 @@ fn ten_thousand_services_of_ten_endpoints() -> Result<()> {
     daemon.with_log((|| {
         let frontends = poll_until(
             "`switchyard services` to list 10,000 frontends",
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             || {
                 let all = daemon.services_cli_json()?;
                 let frontends = all.as_array().context("a list")?.clone();
@@ -832,4 +832,79 @@ fn ten_thousand_services_of_ten_endpoints() -> Result<()> {
         );
         Ok(())
     })())
+}
+
+/// What `bpftool cgroup show CGROUP` lists (read only).
+fn attached_programs(cgroup: &std::path::Path) -> Result<String> {
+    let output = std::process::Command::new("bpftool")
+        .arg("cgroup")
+        .arg("show")
+        .arg(cgroup)
+        .output()
+        .context("run bpftool")?;
+    ensure!(
+        output.status.success(),
+        "bpftool cgroup show {}: {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn guards_remove_every_trace_of_the_ebpf_datapath() -> Result<()> {
+    let (topo, manifests) = cluster(1)?;
+    let service = Service::new("web")
+        .cluster_ips(&["10.96.0.10"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
+    let daemon = topo.start_daemon_mode(&manifests, Mode::Ebpf)?;
+    let paths = daemon.ebpf_paths().context("eBPF paths")?.clone();
+    let pid = daemon.pid();
+    ensure!(
+        paths.pin_path == topo.bpf_pin_path()
+            && paths.pin_path.starts_with("/sys/fs/bpf/")
+            && Some(paths.cgroup.as_path()) == topo.client().cgroup(),
+        "pinned to {} and attached to {}: not the topology's own",
+        paths.pin_path.display(),
+        paths.cgroup.display()
+    );
+    client::curl_once(topo.client(), "http://10.96.0.10/")?;
+    let attached = attached_programs(&paths.cgroup)?;
+    ensure!(
+        attached.matches("sy_").count() == 8,
+        "eight programs on the client's cgroup:\n{attached}"
+    );
+    // The machine's root cgroup has none of them.
+    let root = switchyard_tests::netns::cgroup2_root()?;
+    let on_root = attached_programs(&root)?;
+    ensure!(
+        !on_root.contains("sy_"),
+        "switchyard programs on the machine's root cgroup:\n{on_root}"
+    );
+
+    drop(daemon);
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "switchyard (pid {pid}) survived its guard"
+    );
+    ensure!(
+        !paths.pin_path.exists(),
+        "{} survived the daemon's guard",
+        paths.pin_path.display()
+    );
+    let attached = attached_programs(&paths.cgroup)?;
+    ensure!(
+        !attached.contains("sy_"),
+        "programs left on the client's cgroup:\n{attached}"
+    );
+    drop(manifests);
+    drop(topo);
+    ensure!(
+        !paths.cgroup.exists(),
+        "{} survived the topology",
+        paths.cgroup.display()
+    );
+    Ok(())
 }
