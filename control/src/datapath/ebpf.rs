@@ -96,6 +96,11 @@ pub struct EbpfDatapath {
     names: Arc<Mutex<BTreeMap<Frontend, String>>>,
     cgroup: PathBuf,
     close_stale_sockets: bool,
+    /// Per frontend, its terminating backends left out of the slots (their open connections
+    /// drain; sockets to them are closed only once they are gone).
+    draining: BTreeMap<Frontend, BTreeSet<SocketAddr>>,
+    /// How many frontends drain each backend.
+    draining_refs: BTreeMap<SocketAddr, usize>,
 }
 
 fn protocol_of(proto: Protocol) -> Proto {
@@ -199,6 +204,8 @@ impl EbpfDatapath {
             names: Arc::new(Mutex::new(BTreeMap::new())),
             cgroup: config.socket_lb.cgroup_path.clone(),
             close_stale_sockets: config.close_stale_sockets,
+            draining: BTreeMap::new(),
+            draining_refs: BTreeMap::new(),
         };
         datapath.resync()?;
         tracing::info!(
@@ -255,15 +262,14 @@ impl EbpfDatapath {
         Ok(id)
     }
 
-    /// Drops a reference; the last one deletes the backend. Returns the backend's address when
-    /// it is gone from the kernel.
-    fn release(&mut self, id: u32) -> Result<Option<(IpAddr, u16)>, EbpfError> {
+    /// Drops a reference; the last one deletes the backend.
+    fn release(&mut self, id: u32) -> Result<(), EbpfError> {
         let Some(count) = self.view.refs.get_mut(&id) else {
-            return Ok(None);
+            return Ok(());
         };
         *count -= 1;
         if *count > 0 {
-            return Ok(None);
+            return Ok(());
         }
         self.view.refs.remove(&id);
         self.lb.lock().backend_delete(id)?;
@@ -276,7 +282,7 @@ impl EbpfDatapath {
             self.view.ids.remove(&addr);
         }
         self.view.free_backend_ids.push(id);
-        Ok(gone)
+        Ok(())
     }
 
     /// Whether the kernel already holds exactly what `entry` asks for.
@@ -296,13 +302,13 @@ impl EbpfDatapath {
                 })
     }
 
-    /// Writes one frontend, make-before-break. Returns the backends that are gone.
-    fn program(&mut self, entry: &ServiceEntry) -> Result<Vec<(IpAddr, u16)>, EbpfError> {
+    /// Writes one frontend, make-before-break.
+    fn program(&mut self, entry: &ServiceEntry) -> Result<(), EbpfError> {
         self.names
             .lock()
             .insert(entry.frontend, entry.display_name());
         if self.is_programmed(entry) {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let key = key_of(&entry.frontend);
         let previous = self.view.frontends.get(&entry.frontend).cloned();
@@ -381,18 +387,17 @@ impl EbpfDatapath {
             },
         );
         // 6. Backends the old set used, last.
-        let mut gone = Vec::new();
         for id in old_ids {
-            gone.extend(self.release(id)?);
+            self.release(id)?;
         }
-        Ok(gone)
+        Ok(())
     }
 
     /// Removes one frontend: the frontend first, then its slots and tables, then its backends.
-    fn unprogram(&mut self, frontend: &Frontend) -> Result<Vec<(IpAddr, u16)>, EbpfError> {
+    fn unprogram(&mut self, frontend: &Frontend) -> Result<(), EbpfError> {
         self.names.lock().remove(frontend);
         let Some(programmed) = self.view.frontends.remove(frontend) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         {
             let lb = self.lb.lock();
@@ -408,11 +413,49 @@ impl EbpfDatapath {
             }
         }
         self.view.service_ids.remove(&programmed.service_id);
-        let mut gone = Vec::new();
         for id in programmed.backends {
-            gone.extend(self.release(id)?);
+            self.release(id)?;
         }
-        Ok(gone)
+        Ok(())
+    }
+
+    /// The backends a frontend still has sockets to legitimately: those in its slots and those
+    /// draining (terminating, left out of the slots).
+    fn members(&self, frontend: &Frontend) -> BTreeSet<SocketAddr> {
+        let mut out: BTreeSet<SocketAddr> = self
+            .view
+            .frontends
+            .get(frontend)
+            .into_iter()
+            .flat_map(|p| &p.backends)
+            .filter_map(|id| self.view.backends.get(id).map(|b| b.addr))
+            .collect();
+        out.extend(self.draining.get(frontend).into_iter().flatten().copied());
+        out
+    }
+
+    /// Records the frontend's draining backends (`None`: the frontend is gone).
+    fn set_draining(&mut self, frontend: Frontend, draining: Option<BTreeSet<SocketAddr>>) {
+        for addr in self.draining.remove(&frontend).into_iter().flatten() {
+            if let Some(n) = self.draining_refs.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.draining_refs.remove(&addr);
+                }
+            }
+        }
+        if let Some(draining) = draining.filter(|d| !d.is_empty()) {
+            for addr in &draining {
+                *self.draining_refs.entry(*addr).or_default() += 1;
+            }
+            self.draining.insert(frontend, draining);
+        }
+    }
+
+    /// Whether any frontend still uses or drains the backend.
+    fn is_alive(&self, addr: &SocketAddr) -> bool {
+        self.view.ids.contains_key(&(addr.ip(), addr.port()))
+            || self.draining_refs.contains_key(addr)
     }
 
     /// After a failed write the view may not match the kernel: read it back.
@@ -444,19 +487,23 @@ impl Datapath for EbpfDatapath {
 
     async fn apply(&mut self, diff: &TableDiff) -> Applied {
         let mut applied = Applied::default();
-        let mut gone: Vec<(SocketAddr, Proto)> = Vec::new();
-        let mut keep: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+        // Backends a frontend stops using or draining: their sockets are closed below unless
+        // another frontend still uses or drains them.
+        let mut left: BTreeSet<(SocketAddr, Proto)> = BTreeSet::new();
         for entry in diff.added.iter().chain(&diff.changed) {
-            keep.extend(entry.draining.iter().map(|b| (b.addr, b.port)));
+            let before = self.members(&entry.frontend);
             match self.program(entry) {
-                Ok(addrs) => {
+                Ok(()) => {
                     applied.programmed += 1;
+                    let draining = entry
+                        .draining
+                        .iter()
+                        .map(|b| SocketAddr::new(b.addr, b.port))
+                        .collect();
+                    self.set_draining(entry.frontend, Some(draining));
+                    let after = self.members(&entry.frontend);
                     let proto = protocol_of(entry.frontend.proto);
-                    gone.extend(
-                        addrs
-                            .into_iter()
-                            .map(|(a, p)| (SocketAddr::new(a, p), proto)),
-                    );
+                    left.extend(before.difference(&after).map(|a| (*a, proto)));
                 }
                 Err(error) => {
                     if let EbpfError::MapFull { map, .. } = &error {
@@ -468,15 +515,13 @@ impl Datapath for EbpfDatapath {
             }
         }
         for frontend in &diff.removed {
+            let before = self.members(frontend);
             match self.unprogram(frontend) {
-                Ok(addrs) => {
+                Ok(()) => {
                     applied.programmed += 1;
+                    self.set_draining(*frontend, None);
                     let proto = protocol_of(frontend.proto);
-                    gone.extend(
-                        addrs
-                            .into_iter()
-                            .map(|(a, p)| (SocketAddr::new(a, p), proto)),
-                    );
+                    left.extend(before.into_iter().map(|a| (a, proto)));
                 }
                 Err(error) => {
                     applied.failed.push((*frontend, error.to_string()));
@@ -484,7 +529,10 @@ impl Datapath for EbpfDatapath {
                 }
             }
         }
-        gone.retain(|(addr, _)| !keep.contains(&(addr.ip(), addr.port())));
+        let gone: Vec<(SocketAddr, Proto)> = left
+            .into_iter()
+            .filter(|(addr, _)| !self.is_alive(addr))
+            .collect();
         self.close_stale(gone);
         applied
     }
@@ -505,7 +553,7 @@ impl Datapath for EbpfDatapath {
                 continue;
             }
             match self.program(entry) {
-                Ok(_) => drift.repaired.push(format!(
+                Ok(()) => drift.repaired.push(format!(
                     "frontend {} reprogrammed in the kernel",
                     entry.frontend
                 )),
@@ -524,7 +572,7 @@ impl Datapath for EbpfDatapath {
             .collect();
         for frontend in extra {
             match self.unprogram(&frontend) {
-                Ok(_) => drift
+                Ok(()) => drift
                     .repaired
                     .push(format!("stale frontend {frontend} removed from the kernel")),
                 Err(error) => tracing::warn!(%frontend, %error, "cannot remove stale frontend"),
