@@ -1008,6 +1008,11 @@ fn held_tcp_connection_drains_while_terminating_and_closes_when_gone() -> Result
             "the connection broke {:.3} s after {pod} was deleted:\n{output}",
             error.at - deleted_at
         );
+        eprintln!(
+            "the connection to {pod} broke ({}) {:.3} s after the deletion",
+            error.detail,
+            error.at - deleted_at
+        );
         Ok(())
     })())
 }
