@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use switchyard_tests::daemon::{BPFFS, EbpfPaths};
 use switchyard_tests::topology::POD_HTTP_PORT;
 use switchyard_tests::{Daemon, DaemonConfig, Manifests, Netns, Topology, client, poll_until};
 
@@ -101,8 +102,8 @@ fn problem_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// The eBPF state of one daemon: removed with `switchyard cleanup` when
-/// dropped, also on error, then its bpffs folder.
+/// The eBPF state of the in-process driver: removed with `switchyard
+/// cleanup` when dropped, also on error, then its bpffs folder.
 #[derive(Debug)]
 pub struct EbpfState {
     /// The switchyard binary.
@@ -141,13 +142,13 @@ impl Drop for EbpfState {
 }
 
 /// The running pieces of one size. Field order is drop order: the daemon
-/// first, then its eBPF state, then the client namespaces (and their rules).
+/// first (its guard stops it, then removes its eBPF state with `switchyard
+/// cleanup`), then the client namespaces (and their rules).
 struct SizeBench<'a> {
     config: &'a RunConfig,
     topo: &'a Topology,
     cluster: Cluster,
     daemon: Option<Daemon>,
-    ebpf: Option<EbpfState>,
     clients: BTreeMap<Target, ClientNs>,
     manifests: Option<Manifests>,
     setup: SizeSetup,
@@ -280,10 +281,7 @@ impl SizeBench<'_> {
     )]
     fn start_switchyard(&mut self, index: usize) -> Result<()> {
         let config = self.config;
-        let bin = config
-            .switchyard_bin
-            .clone()
-            .context("no switchyard binary")?;
+        anyhow::ensure!(config.switchyard_bin.is_some(), "no switchyard binary");
         let manifests = Manifests::new_in(&self.topo.scratch_dir().join(format!("size{index}")))?;
         let changed = self.cluster.changed_index();
         let mut chunk = Vec::new();
@@ -318,25 +316,21 @@ impl SizeBench<'_> {
             .cgroup()
             .context("the topology's client has no cgroup")?
             .to_path_buf();
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/{}-size{index}", self.topo.prefix()));
-        self.ebpf = Some(EbpfState {
-            bin,
-            pin_path: pin_path.clone(),
-            cgroup: cgroup.clone(),
-        });
+        let pin_path = PathBuf::from(format!("{BPFFS}/{}-size{index}", self.topo.prefix()));
         let daemon_config = DaemonConfig {
             proxy_mode: "ebpf".to_owned(),
+            // The guard runs `switchyard cleanup` for these when dropped.
+            ebpf: Some(EbpfPaths { cgroup, pin_path }),
             // The periodic check reads every map back: at 50,000 Services
             // that is work on the proxy CPU in the middle of other targets'
             // runs, so it is made rare. Changes are applied as they come.
             sync_period: "1h".to_owned(),
-            ready_timeout: Duration::from_mins(10),
+            // /healthz answers 200 after the first full sync.
+            ready_timeout: Duration::from_secs(60)
+                + Duration::from_millis(10)
+                    * u32::try_from(self.cluster.services).unwrap_or(u32::MAX),
             ..DaemonConfig::default()
-        }
-        .arg("--cgroup-path")
-        .arg(&cgroup.to_string_lossy())
-        .arg("--bpf-pin-path")
-        .arg(&pin_path.to_string_lossy());
+        };
         let start = std::time::Instant::now();
         let node = self.topo.node().clone();
         let scratch = self.topo.scratch_dir().to_path_buf();
@@ -346,21 +340,21 @@ impl SizeBench<'_> {
         })?;
         self.manifests = Some(manifests);
         let url = self.url(Target::SwitchyardEbpf);
+        let mut daemon = daemon;
         let answered = poll_until(
             "the measured VIP to answer through switchyard",
             Duration::from_mins(10),
-            || Ok(client::curl_once(self.topo.client(), &url).ok()),
-        );
+            || {
+                if let Some(status) = daemon.try_wait()? {
+                    return Ok(Some(Err(anyhow::anyhow!("switchyard exited ({status})"))));
+                }
+                Ok(client::curl_once(self.topo.client(), &url).ok().map(Ok))
+            },
+        )
+        .and_then(|r| r);
+        let tail = daemon.log_tail(60);
         self.daemon = Some(daemon);
-        answered.map_err(|error| {
-            anyhow::anyhow!(
-                "{error:#}\n--- switchyard log ---\n{}",
-                self.daemon
-                    .as_ref()
-                    .map(|d| d.log_tail(60))
-                    .unwrap_or_default()
-            )
-        })?;
+        answered.map_err(|error| anyhow::anyhow!("{error:#}\n--- switchyard log ---\n{tail}"))?;
         self.setup.switchyard_ready_s = Some(start.elapsed().as_secs_f64());
         eprintln!(
             "  switchyard-ebpf: {} bytes of manifests, VIP answering after {:.2} s",
@@ -528,7 +522,6 @@ pub fn run(
             },
             cluster,
             daemon: None,
-            ebpf: None,
             clients: BTreeMap::new(),
             manifests: None,
         };
