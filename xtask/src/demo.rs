@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use switchyard_tests::{Manifests, Topology, client};
+use switchyard_tests::{DaemonConfig, Manifests, Topology, client};
 
 use crate::step;
 
 /// Runs the demo in a child process with the release binaries named in its environment, so
 /// the topology library finds them.
-pub fn run(root: &Path, once: bool) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+pub fn run(exe: &Path, root: &Path, once: bool, userspace: bool) -> Result<()> {
     let mut command = Command::new(exe);
     command
         .arg("__demo")
@@ -29,6 +28,9 @@ pub fn run(root: &Path, once: bool) -> Result<()> {
         .env("SWITCHYARD_DEMO_ROOT", root);
     if once {
         command.env("SWITCHYARD_DEMO_ONCE", "1");
+    }
+    if userspace {
+        command.env("SWITCHYARD_DEMO_USERSPACE", "1");
     }
     let status = command.status().context("cannot start the demo")?;
     if !status.success() {
@@ -49,6 +51,7 @@ pub fn inner() -> Result<()> {
     let root =
         std::env::var_os("SWITCHYARD_DEMO_ROOT").context("run the demo with `cargo xtask run`")?;
     let once = std::env::var_os("SWITCHYARD_DEMO_ONCE").is_some();
+    let userspace = std::env::var_os("SWITCHYARD_DEMO_USERSPACE").is_some();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -66,7 +69,11 @@ pub fn inner() -> Result<()> {
         );
     }
 
-    step("starting switchyard on examples/demo/ (userspace mode)");
+    step(if userspace {
+        "starting switchyard on examples/demo/ (userspace mode)"
+    } else {
+        "starting switchyard on examples/demo/ (eBPF mode: its programs attach to the client's cgroup only)"
+    });
     let manifests = Manifests::new_in(topo.scratch_dir())?;
     let examples = Path::new(&root).join("examples/demo");
     let mut web_yaml = String::new();
@@ -86,7 +93,17 @@ pub fn inner() -> Result<()> {
         manifests.write(&name, &text)?;
         println!("    {}", path.display());
     }
-    let daemon = topo.start_daemon(&manifests)?;
+    let daemon = if userspace {
+        topo.start_daemon(&manifests)?
+    } else {
+        match topo.start_daemon_with(&manifests, &DaemonConfig::ebpf(&topo)?) {
+            Ok(daemon) => daemon,
+            Err(error) => {
+                println!("    the eBPF datapath cannot run here ({error:#}); using userspace mode");
+                topo.start_daemon(&manifests)?
+            }
+        }
+    };
     println!(
         "    daemon pid {}, log {}",
         daemon.pid(),
@@ -136,6 +153,7 @@ pub fn inner() -> Result<()> {
         l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count")
             || l.starts_with("kubeproxy_network_programming_duration_seconds_count")
             || l.starts_with("switchyard_service_connections_total")
+            || l.starts_with("switchyard_bpf_translations_total")
     }) {
         println!("    {line}");
     }

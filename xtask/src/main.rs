@@ -34,6 +34,9 @@ enum Task {
         /// Exit after the demo instead of keeping it up until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// Use the userspace datapath instead of eBPF.
+        #[arg(long)]
+        userspace: bool,
     },
     /// Run every test: unit tests and end-to-end tests (as root).
     Test {
@@ -55,10 +58,12 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    // Taken first: a rebuild of xtask while it runs would leave /proc/self/exe "(deleted)".
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
-        Task::Run { once } => {
+        Task::Run { once, userspace } => {
             require_root("the demo creates network namespaces")?;
             packages::ensure(&[&packages::BUILD, &packages::RUN])?;
             step("building switchyard (release)");
@@ -74,7 +79,7 @@ fn main() -> Result<()> {
                     "--bins",
                 ],
             )?;
-            demo::run(&root, once)
+            demo::run(&exe, &root, once, userspace)
         }
         Task::Demo => demo::inner(),
         Task::Test { args } => {
