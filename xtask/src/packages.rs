@@ -48,7 +48,7 @@ pub const RUN: [Need; 4] = [
     command("python3", "python3"),
 ];
 
-/// What the benchmarks run besides: HAProxy, taskset, iptables and nft.
+/// What the benchmarks run besides: `HAProxy`, `taskset`, `iptables` and `nft`.
 pub const BENCH: [Need; 4] = [
     command("haproxy", "haproxy"),
     command("taskset", "util-linux"),
