@@ -83,6 +83,20 @@ pub struct RunArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub close_stale_sockets: bool,
 
+    /// eBPF mode: the most frontends (VIP, port, protocol) the kernel map holds. A full map
+    /// is an error in the log and `switchyard_bpf_map_full_total`; programmed Services keep
+    /// working. Pinned maps keep their size until `switchyard cleanup`.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bpf_max_frontends: u32,
+
+    /// eBPF mode: the most distinct backends (address, port).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bpf_max_backends: u32,
+
+    /// eBPF mode: the most backend slots, summed over all frontends.
+    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bpf_max_slots: u32,
+
     /// Address of /metrics, /services and /proxyMode.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
@@ -189,6 +203,9 @@ impl RunArgs {
                 socket_lb: switchyard_ebpf::SocketLbConfig {
                     pin_path: self.bpf_pin_path.clone(),
                     cgroup_path: self.cgroup_path.clone().unwrap_or_else(default_cgroup_path),
+                    max_frontends: self.bpf_max_frontends,
+                    max_backends: self.bpf_max_backends,
+                    max_slots: self.bpf_max_slots,
                     ..switchyard_ebpf::SocketLbConfig::default()
                 },
                 close_stale_sockets: self.close_stale_sockets,

@@ -1016,3 +1016,84 @@ fn held_tcp_connection_drains_while_terminating_and_closes_when_gone() -> Result
         Ok(())
     })())
 }
+
+/// The frontends `/services` lists, as `VIP:port/PROTO` strings.
+fn listed_frontends(daemon: &Daemon) -> Result<BTreeSet<String>> {
+    Ok(daemon
+        .services_json()?
+        .as_array()
+        .context("/services is a list")?
+        .iter()
+        .filter_map(|f| f["frontend"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn a_full_map_is_reported_and_the_programmed_services_keep_working() -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    let services: Vec<Value> = (41..47)
+        .map(|i| {
+            Service::new(&format!("svc-{i}"))
+                .cluster_ips(&[&format!("10.96.0.{i}")])
+                .selector("app", "web")
+                .port(ServicePort::tcp("http", 80, 8080))
+                .to_value()
+        })
+        .collect();
+    manifests.write_objects("services.yaml", &services)?;
+    let mut config = DaemonConfig::ebpf(&topo)?
+        .arg("--bpf-max-frontends")
+        .arg("4");
+    // A short sync period, so the Services that did not fit are retried quickly.
+    config.sync_period = "1s".to_owned();
+    let daemon = topo.start_daemon_with(&manifests, &config)?;
+    daemon.with_log((|| {
+        // Four fit; two are refused by the kernel, and the daemon says so.
+        let programmed = poll_until("four frontends in the kernel", PICKUP, || {
+            let listed = listed_frontends(&daemon)?;
+            Ok((listed.len() == 4).then_some(listed))
+        })?;
+        daemon.wait_for_log("the full map in the log", PICKUP, |line| {
+            line.contains("sy_frontends") && line.contains("full")
+        })?;
+        let full = metrics::sum(
+            &metrics::parse(&daemon.metrics()?),
+            "switchyard_bpf_map_full_total",
+            &[("map", "sy_frontends")],
+        );
+        ensure!(
+            full >= 2.0,
+            "switchyard_bpf_map_full_total{{map=sy_frontends}} is {full}"
+        );
+        ensure!(daemon.healthz()?.0 == 200, "the daemon stays healthy");
+        // Every Service that was programmed answers.
+        for frontend in &programmed {
+            let vip = frontend.split(':').next().unwrap_or_default();
+            client::curl_once(topo.client(), &format!("http://{vip}/"))?;
+        }
+        // Room made: the two left out are programmed at the next sync.
+        let removed: Vec<String> = programmed.iter().take(2).cloned().collect();
+        let keep: Vec<Value> = services
+            .iter()
+            .filter(|s| {
+                let ip = s["spec"]["clusterIP"].as_str().unwrap_or_default();
+                !removed.iter().any(|f| f.starts_with(&format!("{ip}:")))
+            })
+            .cloned()
+            .collect();
+        ensure!(keep.len() == 4, "four Services remain: {keep:?}");
+        manifests.write_objects("services.yaml", &keep)?;
+        let after = poll_until("the left-out Services programmed", PICKUP, || {
+            let listed = listed_frontends(&daemon)?;
+            Ok(
+                (listed.len() == 4 && removed.iter().all(|r| !listed.contains(r)))
+                    .then_some(listed),
+            )
+        })?;
+        for frontend in &after {
+            let vip = frontend.split(':').next().unwrap_or_default();
+            client::curl_once(topo.client(), &format!("http://{vip}/"))?;
+        }
+        Ok(())
+    })())
+}
