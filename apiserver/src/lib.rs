@@ -1,0 +1,89 @@
+//! switchyard's embedded Kubernetes-compatible API server, for single-machine use.
+//!
+//! It owns: durable storage of namespaces, nodes, pods, services, endpointslices and secrets
+//! (redb, with resourceVersions that keep increasing across restarts), the REST verbs kubectl
+//! and client-go use (get, list, watch, create, update, patch, delete), discovery, ClusterIP and
+//! NodePort allocation, validation with Kubernetes-style `Status` errors, graceful Pod deletion
+//! and the `EndpointSlice` controller. It serves HTTPS with a self-signed CA made on first start
+//! and bearer-token authentication, and writes a kubeconfig for clients.
+//!
+//! It never does what the node daemon does: no scheduling, no kubelet, no packet path.
+#![forbid(unsafe_code)]
+
+mod controller;
+mod error;
+mod net;
+mod patch;
+mod pki;
+mod resources;
+mod rest;
+mod selector;
+mod server;
+mod store;
+mod time;
+mod validation;
+mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::ApiServerError;
+pub use server::RunningApiServer;
+
+/// How the API server is run. Built once (from the CLI) and passed down.
+#[derive(Clone, Debug)]
+pub struct ApiServerConfig {
+    /// Where the database, the PKI (CA, serving certificate), the token and the kubeconfig live.
+    pub data_dir: PathBuf,
+    /// The address to serve on; port 0 picks an ephemeral port (see
+    /// [`RunningApiServer::local_addr`]).
+    pub bind_address: SocketAddr,
+    /// Service CIDRs, at most one per address family (`10.96.0.0/16`, `fd00:96::/108`); the
+    /// first is the primary family.
+    pub service_cluster_ip_range: Vec<String>,
+    /// The NodePort range, inclusive.
+    pub service_node_port_range: (u16, u16),
+    /// The bearer token clients must present; `None` makes one on first start (kept in
+    /// `data_dir/token`).
+    pub token: Option<String>,
+    /// How often a watch that asked for bookmarks gets one.
+    pub bookmark_interval: Duration,
+    /// How many recent changes are kept for watches that resume from a resourceVersion; a
+    /// watch from before the oldest kept change gets 410 Expired.
+    pub watch_history: usize,
+    /// Whether the `EndpointSlice` controller runs.
+    pub endpointslice_controller: bool,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/switchyard/apiserver"),
+            bind_address: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            service_cluster_ip_range: vec!["10.96.0.0/16".to_owned(), "fd00:96::/108".to_owned()],
+            service_node_port_range: (30000, 32767),
+            token: None,
+            bookmark_interval: Duration::from_secs(60),
+            watch_history: 10_000,
+            endpointslice_controller: true,
+        }
+    }
+}
+
+/// Runs the API server until `shutdown` completes.
+pub async fn run(
+    config: ApiServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiServerError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Starts the API server in this process and returns once it accepts connections.
+pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, ApiServerError> {
+    server::start(config).await
+}
