@@ -368,7 +368,8 @@ fn validate_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Some(old) = old {
         let old_ip = old["spec"]["clusterIP"].as_str().unwrap_or("");
         let new_ip = spec["clusterIP"].as_str().unwrap_or("");
-        if !old_ip.is_empty() && old_ip != new_ip && ty != "ExternalName" {
+        // An empty one keeps the old address (see allocate_service).
+        if !old_ip.is_empty() && !new_ip.is_empty() && old_ip != new_ip && ty != "ExternalName" {
             causes.push(Cause::invalid(
                 "spec.clusterIPs[0]",
                 format!("Invalid value: {new_ip:?}: may not change once set"),
