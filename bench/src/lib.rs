@@ -26,6 +26,7 @@ pub mod haproxy;
 pub mod kube_proxy;
 pub mod loadgen;
 pub mod machine;
+pub mod reaper;
 pub mod report;
 pub mod rule_loader;
 pub mod socketlb;

@@ -54,9 +54,13 @@ struct Args {
     /// Rounds per size; the report shows the median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     repeats: u16,
-    /// Concurrent connections of the load generator.
+    /// Concurrent connections of the load generator for the rate.
     #[arg(long, default_value_t = 32)]
     workers: usize,
+    /// Concurrent connections of the latency runs (0: none): with one, a
+    /// connection's latency is the path's own cost, not a queue.
+    #[arg(long, default_value_t = 1)]
+    latency_workers: usize,
     /// Cap on the requests one load run may start.
     #[arg(long, default_value_t = 10_000_000)]
     max_requests: u64,
@@ -208,6 +212,7 @@ fn main() -> Result<()> {
         let error = again.exec();
         bail!("re-executing with SWITCHYARD_BIN set: {error}");
     }
+    switchyard_bench::reaper::install(switchyard.clone())?;
     let loadgen = dir.join("loadgen");
     binaries::require(&loadgen, "the loadgen binary")?;
     binaries::require(&dir.join("pod-server"), "the pod-server binary")?;
@@ -244,6 +249,7 @@ fn main() -> Result<()> {
         quiet_wait: args.quiet_wait,
         repeats: usize::from(args.repeats),
         workers: args.workers,
+        latency_workers: args.latency_workers,
         max_requests: args.max_requests,
         proxy_cpu: args.proxy_cpu,
         load_cpu: args.load_cpu,

@@ -314,6 +314,11 @@ fn measure_rules(
             initial.len()
         );
         kept = Some(ns);
+        // At a minute or more a load is its own average; further tries would
+        // only cost the run its time.
+        if result.initial_s.last().is_some_and(|&s| s >= 60.0) {
+            break;
+        }
     }
     let Some(ns) = kept else {
         return result;
@@ -409,7 +414,7 @@ fn measure_in_process(config: &RunConfig, prefix: &str) -> Result<InProcessResul
         }),
         cgroup: cgroup.clone(),
     };
-    let output = Command::new("taskset")
+    let child = Command::new("taskset")
         .arg("-c")
         .arg(config.proxy_cpu.to_string())
         .arg(&driver)
@@ -422,8 +427,14 @@ fn measure_in_process(config: &RunConfig, prefix: &str) -> Result<InProcessResul
         .arg(&pin_path)
         .arg("--cgroup-path")
         .arg(&cgroup)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .with_context(|| format!("run {}", driver.display()))?;
+    crate::reaper::DRIVER_PID.store(child.id(), std::sync::atomic::Ordering::Relaxed);
+    let output = child.wait_with_output();
+    crate::reaper::DRIVER_PID.store(0, std::sync::atomic::Ordering::Relaxed);
+    let output = output.with_context(|| format!("wait for {}", driver.display()))?;
     drop(guard);
     if !output.status.success() {
         bail!(

@@ -37,6 +37,9 @@ pub struct Measurement {
     pub round: usize,
     /// Against what.
     pub target: Target,
+    /// Concurrent connections of the load generator: many for the rate, one
+    /// for the latency of a connection on an otherwise idle path.
+    pub workers: usize,
     /// What the load generator measured, unless the run failed.
     pub result: Option<LoadResult>,
     /// Why the run failed, if it did.
@@ -66,6 +69,11 @@ pub struct SizeSetup {
     pub rule_bytes: BTreeMap<Target, usize>,
     /// Seconds from starting switchyard to the measured VIP answering.
     pub switchyard_ready_s: Option<f64>,
+    /// CPU time (user + system) switchyard used from its start to the end
+    /// of this size's measurements, seconds.
+    pub switchyard_cpu_s: Option<f64>,
+    /// Wall time over the same span, seconds.
+    pub switchyard_wall_s: Option<f64>,
     /// Bytes of manifests switchyard read.
     pub manifest_bytes: usize,
     /// Pod names 30 fresh connections reached, per target (or why not).
@@ -152,6 +160,11 @@ struct SizeBench<'a> {
     clients: BTreeMap<Target, ClientNs>,
     manifests: Option<Manifests>,
     setup: SizeSetup,
+    #[allow(
+        clippy::disallowed_types,
+        reason = "synchronous orchestration: std's clock"
+    )]
+    daemon_started: Option<std::time::Instant>,
 }
 
 /// A run of the load generator against `targets` from `ns`.
@@ -159,6 +172,7 @@ pub fn run_loadgen(
     config: &RunConfig,
     ns: &Netns,
     targets: &[SocketAddr],
+    workers: usize,
     duration: Duration,
 ) -> Result<LoadResult> {
     let mut argv: Vec<String> = vec![
@@ -169,7 +183,7 @@ pub fn run_loadgen(
         "--scenario".into(),
         "cps".into(),
         "--workers".into(),
-        config.workers.to_string(),
+        workers.to_string(),
         "--duration".into(),
         format!("{}ms", duration.as_millis()),
         "--max-requests".into(),
@@ -332,6 +346,7 @@ impl SizeBench<'_> {
             ..DaemonConfig::default()
         };
         let start = std::time::Instant::now();
+        self.daemon_started = Some(start);
         let node = self.topo.node().clone();
         let scratch = self.topo.scratch_dir().to_path_buf();
         let path = manifests.path().to_path_buf();
@@ -423,12 +438,13 @@ impl SizeBench<'_> {
         }
     }
 
-    fn measure(&mut self, round: usize, target: Target) -> Measurement {
+    fn measure(&mut self, round: usize, target: Target, workers: usize) -> Measurement {
         let config = self.config;
         let mut m = Measurement {
             services: self.cluster.services,
             round,
             target,
+            workers,
             result: None,
             failure: None,
             cpu_busy: Vec::new(),
@@ -442,7 +458,13 @@ impl SizeBench<'_> {
             return m;
         };
         let before = CpuTimes::read().ok();
-        let result = run_loadgen(config, &ns, &self.addresses(target), config.duration);
+        let result = run_loadgen(
+            config,
+            &ns,
+            &self.addresses(target),
+            workers,
+            config.duration,
+        );
         if let (Some(before), Some(after)) = (before, CpuTimes::read().ok()) {
             m.cpu_busy = after.busy_since(&before);
         }
@@ -524,6 +546,7 @@ pub fn run(
             daemon: None,
             clients: BTreeMap::new(),
             manifests: None,
+            daemon_started: None,
         };
         bench.set_up(index, &config.targets);
         let live: Vec<Target> = config
@@ -534,8 +557,13 @@ pub fn run(
             .collect();
         for &target in &live {
             if let Some(ns) = bench.client_ns(target).cloned()
-                && let Err(error) =
-                    run_loadgen(config, &ns, &bench.addresses(target), config.warmup)
+                && let Err(error) = run_loadgen(
+                    config,
+                    &ns,
+                    &bench.addresses(target),
+                    config.workers,
+                    config.warmup,
+                )
             {
                 bench
                     .setup
@@ -543,18 +571,31 @@ pub fn run(
                     .push(format!("{}: {error:#}", target.as_str()));
             }
         }
+        let loads: Vec<usize> = [config.workers, config.latency_workers]
+            .into_iter()
+            .filter(|&w| w > 0)
+            .collect();
         for round in 0..config.repeats {
-            for &target in &live {
-                let m = bench.measure(round, target);
-                eprintln!(
-                    "  round {}/{} {services} {:<28} {}",
-                    round + 1,
-                    config.repeats,
-                    target.as_str(),
-                    describe(&m)
-                );
-                outcome.measurements.push(m);
+            for &workers in &loads {
+                for &target in &live {
+                    let m = bench.measure(round, target, workers);
+                    eprintln!(
+                        "  round {}/{} {services} {:<28} x{workers:<3} {}",
+                        round + 1,
+                        config.repeats,
+                        target.as_str(),
+                        describe(&m)
+                    );
+                    outcome.measurements.push(m);
+                }
             }
+        }
+        if let (Some(daemon), Some(started)) = (bench.daemon.as_ref(), bench.daemon_started) {
+            bench.setup.switchyard_wall_s = Some(started.elapsed().as_secs_f64());
+            bench.setup.switchyard_cpu_s = cpu::clock_ticks()
+                .and_then(|ticks| cpu::process_time(daemon.pid(), ticks))
+                .ok()
+                .map(|t| t.as_secs_f64());
         }
         if let (Some(daemon), Some(manifests)) = (bench.daemon.as_ref(), bench.manifests.as_ref()) {
             bench.setup.manifest_changes = manifest_changes(daemon, manifests, &bench.cluster);

@@ -57,8 +57,10 @@ pub struct RunConfig {
     pub quiet_wait: Duration,
     /// Rounds per size.
     pub repeats: usize,
-    /// Concurrent connections of the load generator.
+    /// Concurrent connections of the load generator for the rate.
     pub workers: usize,
+    /// Concurrent connections for the latency runs (0: none).
+    pub latency_workers: usize,
     /// Cap on the requests of one load run.
     pub max_requests: u64,
     /// The CPU of the daemon and of the rule loaders.

@@ -72,8 +72,10 @@ pub struct Method {
     pub quiet_wait_s: f64,
     /// Rounds per size.
     pub repeats: usize,
-    /// Load generator connections.
+    /// Load generator connections of the rate runs.
     pub workers: usize,
+    /// Load generator connections of the latency runs.
+    pub latency_workers: usize,
     /// The daemon's and loaders' CPU.
     pub proxy_cpu: usize,
     /// The load generator's and pods' CPU.
@@ -104,6 +106,7 @@ impl Method {
             quiet_wait_s: config.quiet_wait.as_secs_f64(),
             repeats: config.repeats,
             workers: config.workers,
+            latency_workers: config.latency_workers,
             proxy_cpu: config.proxy_cpu,
             load_cpu: config.load_cpu,
             control_services: config.control_services,
@@ -122,6 +125,8 @@ pub struct Cell {
     pub services: usize,
     /// Target.
     pub target: Option<Target>,
+    /// Concurrent connections.
+    pub workers: usize,
     /// Median conn/s.
     pub cps: Option<f64>,
     /// Smallest and largest conn/s.
@@ -140,10 +145,10 @@ pub struct Cell {
     pub failed_runs: usize,
 }
 
-fn cell(measurements: &[Measurement], services: usize, target: Target) -> Cell {
+fn cell(measurements: &[Measurement], services: usize, target: Target, workers: usize) -> Cell {
     let runs: Vec<&Measurement> = measurements
         .iter()
-        .filter(|m| m.services == services && m.target == target)
+        .filter(|m| m.services == services && m.target == target && m.workers == workers)
         .collect();
     let mut cps = Vec::new();
     let mut p50 = Vec::new();
@@ -151,6 +156,7 @@ fn cell(measurements: &[Measurement], services: usize, target: Target) -> Cell {
     let mut out = Cell {
         services,
         target: Some(target),
+        workers,
         ..Cell::default()
     };
     for m in runs {
@@ -243,15 +249,27 @@ impl Report {
         outcome: Outcome,
     ) -> Self {
         let mut cells = Vec::new();
-        for &services in &method.sizes {
-            let direct = cell(&outcome.datapath.measurements, services, Target::Direct).cps;
-            for &target in &method.targets {
-                let mut c = cell(&outcome.datapath.measurements, services, target);
-                c.ratio_to_direct = match (c.cps, direct) {
-                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                    _ => None,
-                };
-                cells.push(c);
+        let loads: Vec<usize> = [method.workers, method.latency_workers]
+            .into_iter()
+            .filter(|&w| w > 0)
+            .collect();
+        for &workers in &loads {
+            for &services in &method.sizes {
+                let direct = cell(
+                    &outcome.datapath.measurements,
+                    services,
+                    Target::Direct,
+                    workers,
+                )
+                .cps;
+                for &target in &method.targets {
+                    let mut c = cell(&outcome.datapath.measurements, services, target, workers);
+                    c.ratio_to_direct = match (c.cps, direct) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    };
+                    cells.push(c);
+                }
             }
         }
         Self {
@@ -264,10 +282,10 @@ impl Report {
         }
     }
 
-    fn cell(&self, services: usize, target: Target) -> Option<&Cell> {
+    fn cell(&self, services: usize, target: Target, workers: usize) -> Option<&Cell> {
         self.cells
             .iter()
-            .find(|c| c.services == services && c.target == Some(target))
+            .find(|c| c.services == services && c.target == Some(target) && c.workers == workers)
     }
 
     /// The Markdown form.
@@ -349,12 +367,14 @@ impl Report {
              - The client's traffic to a VIP is masqueraded by both kube-proxy shapes (its address is \
              outside the cluster CIDR), as kube-proxy does for a node's own processes; switchyard needs no \
              NAT.\n\
-             - **Load**: `loadgen` (one tokio thread, CPU {load}) with {workers} workers, each looping over \
-             connect, `GET /` with `Connection: close`, read to EOF, close: conn/s counts completed \
-             requests, latency is per request (connect to close). {duration} s per measurement, \
-             {warmup} s warm-up per target and size, {repeats} rounds interleaved (direct, switchyard, \
-             iptables legacy, iptables-nft, nftables, direct, ...); the tables show the median of the \
-             rounds. The pods run on CPU {load} too; switchyard's daemon and every rule loader on CPU \
+             - **Load**: `loadgen` (one tokio thread, CPU {load}); each worker loops over connect, \
+             `GET /` with `Connection: close`, read to EOF, close: conn/s counts completed requests, \
+             latency is per request (connect to close). Two loads: {workers} workers (the rate; their \
+             latency is mostly time queued behind each other) and {lat_workers} (the latency of a \
+             connection on an otherwise idle path: what the rules cost each connection). {duration} s \
+             per measurement, {warmup} s warm-up per target and size, {repeats} rounds, each going \
+             through every load and target in turn (direct, switchyard, iptables legacy, iptables-nft, \
+             nftables); the tables show the median of the rounds. The pods run on CPU {load} too; switchyard's daemon and every rule loader on CPU \
              {proxy}. The eBPF program and the netfilter rules run in the client's `connect()` and \
              packet path, on CPU {load}.\n\
              - Before each measurement the CPUs are sampled over a {pause} s pause; while one was busier \
@@ -364,7 +384,7 @@ impl Report {
              switchyard runs with `--sync-period 1h` so that its periodic full check (which reads every \
              map back) does not run in the middle of other targets' measurements.\n\
              - **Control plane** at {cp} Services × {eps} endpoints, each loader pinned to CPU {proxy}, \
-             in empty namespaces with no traffic: time to program from empty (median of {cpr} tries, each \
+             in empty namespaces with no traffic: time to program from empty (median of {cpr} tries, or one when it took a minute or more; each \
              in a fresh namespace; kube-proxy's jump rules from the built-in chains are added before the \
              clock starts), then up to {changes} one-endpoint changes (a Service alternately loses and \
              regains its last endpoint), each series stopped after {limit} s. kube-proxy's shapes are \
@@ -381,6 +401,7 @@ impl Report {
             load = m.load_cpu,
             proxy = m.proxy_cpu,
             workers = m.workers,
+            lat_workers = m.latency_workers,
             duration = m.duration_s,
             warmup = m.warmup_s,
             repeats = m.repeats,
@@ -402,53 +423,92 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "## Connection setup through a ClusterIP (median of {} rounds)\n\n\
-             ### conn/s (ratio to direct)\n",
+            "## Connection setup through a ClusterIP (median of {} rounds)\n",
             m.repeats
         );
         let header: Vec<String> = m.sizes.iter().map(|s| format!("{s} Services")).collect();
-        let _ = writeln!(out, "| target | {} |", header.join(" | "));
-        let _ = writeln!(out, "|---|{}", "---:|".repeat(m.sizes.len()));
-        for &target in &m.targets {
-            let cells: Vec<String> = m
-                .sizes
-                .iter()
-                .map(|&s| match self.cell(s, target) {
-                    Some(c) if c.cps.is_some() => {
-                        format!("{} ({})", number(c.cps, 0), number(c.ratio_to_direct, 2))
-                    }
-                    _ => "n/a".to_owned(),
-                })
-                .collect();
-            let _ = writeln!(out, "| {} | {} |", label(target), cells.join(" | "));
+        let grid = |out: &mut String,
+                    title: &str,
+                    workers: usize,
+                    value: &dyn Fn(&Cell) -> Option<String>| {
+            let _ = writeln!(out, "### {title}\n\n| target | {} |", header.join(" | "));
+            let _ = writeln!(out, "|---|{}", "---:|".repeat(m.sizes.len()));
+            for &target in &m.targets {
+                let cells: Vec<String> = m
+                    .sizes
+                    .iter()
+                    .map(|&s| {
+                        self.cell(s, target, workers)
+                            .and_then(value)
+                            .unwrap_or_else(|| "n/a".to_owned())
+                    })
+                    .collect();
+                let _ = writeln!(out, "| {} | {} |", label(target), cells.join(" | "));
+            }
+            out.push('\n');
+        };
+        grid(
+            out,
+            &format!(
+                "conn/s with {} connections in flight (ratio to direct)",
+                m.workers
+            ),
+            m.workers,
+            &|c| {
+                c.cps
+                    .map(|_| format!("{} ({})", number(c.cps, 0), number(c.ratio_to_direct, 2)))
+            },
+        );
+        if m.latency_workers > 0 {
+            grid(
+                out,
+                &format!(
+                    "Latency of one connection (connect, request, reply, close), p50 / p99, {} in flight",
+                    m.latency_workers
+                ),
+                m.latency_workers,
+                &|c| {
+                    c.p50_ms
+                        .map(|_| format!("{} / {}", ms(c.p50_ms), ms(c.p99_ms)))
+                },
+            );
+            grid(
+                out,
+                &format!(
+                    "conn/s with {} in flight (ratio to direct)",
+                    m.latency_workers
+                ),
+                m.latency_workers,
+                &|c| {
+                    c.cps
+                        .map(|_| format!("{} ({})", number(c.cps, 0), number(c.ratio_to_direct, 2)))
+                },
+            );
         }
-        out.push_str("\n### Latency per connection, p50 / p99\n\n");
-        let _ = writeln!(out, "| target | {} |", header.join(" | "));
-        let _ = writeln!(out, "|---|{}", "---:|".repeat(m.sizes.len()));
-        for &target in &m.targets {
-            let cells: Vec<String> = m
-                .sizes
-                .iter()
-                .map(|&s| match self.cell(s, target) {
-                    Some(c) if c.p50_ms.is_some() => {
-                        format!("{} / {}", ms(c.p50_ms), ms(c.p99_ms))
-                    }
-                    _ => "n/a".to_owned(),
-                })
-                .collect();
-            let _ = writeln!(out, "| {} | {} |", label(target), cells.join(" | "));
-        }
+        grid(
+            out,
+            &format!(
+                "Latency with {} in flight, p50 / p99 (mostly queueing: in a closed loop it is about {} / conn/s)",
+                m.workers, m.workers
+            ),
+            m.workers,
+            &|c| {
+                c.p50_ms
+                    .map(|_| format!("{} / {}", ms(c.p50_ms), ms(c.p99_ms)))
+            },
+        );
         out.push_str(
-            "\n### Every cell\n\n| Services | target | conn/s | min – max | ratio to direct | p50 | p99 | errors | failed runs |\n\
-             |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "### Every cell\n\n| Services | target | in flight | conn/s | min – max | ratio to direct | p50 | p99 | errors | failed runs |\n\
+             |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for c in &self.cells {
             let Some(target) = c.target else { continue };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} – {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} – {} | {} | {} | {} | {} | {} |",
                 c.services,
                 target.as_str(),
+                c.workers,
                 number(c.cps, 0),
                 number(c.cps_min, 0),
                 number(c.cps_max, 0),
@@ -460,8 +520,8 @@ impl Report {
             );
         }
         out.push_str(
-            "\n### Setting up each size\n\n| Services | endpoints | rules loaded in: iptables-legacy | iptables-nft | nft | switchyard: start to VIP answering | manifests | rule text (iptables / nft) |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "\n### Setting up each size\n\n| Services | endpoints | rules loaded in: iptables-legacy | iptables-nft | nft | switchyard: start to VIP answering | switchyard CPU over the size (share of one CPU) | manifests | rule text (iptables / nft) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for size in &self.outcome.datapath.sizes {
             let load = |t| seconds(size.load_s.get(&t).copied());
@@ -470,9 +530,20 @@ impl Report {
                     .get(&t)
                     .map_or("n/a".to_owned(), |b| bytes(*b))
             };
+            let daemon_cpu = match (size.switchyard_cpu_s, size.switchyard_wall_s) {
+                (Some(cpu), Some(wall)) if wall > 0.0 => {
+                    format!(
+                        "{} of {} ({:.0}%)",
+                        seconds(Some(cpu)),
+                        seconds(Some(wall)),
+                        100.0 * cpu / wall
+                    )
+                }
+                _ => "n/a".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {daemon_cpu} | {} | {} / {} |",
                 size.services,
                 size.endpoints,
                 load(Target::IptablesLegacy),
@@ -574,8 +645,8 @@ impl Report {
             return;
         }
         out.push_str(
-            "## Every run\n\n| # | Services | round | target | conn/s | p50 | p99 | errors | CPU busy | background before | waited | conntrack entries |\n\
-             |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "## Every run\n\n| # | Services | round | target | in flight | conn/s | p50 | p99 | errors | CPU busy | background before | waited | conntrack entries |\n\
+             |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let pct = |v: &[f64]| {
             v.iter()
@@ -595,11 +666,12 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {cps} | {p50} | {p99} | {errors} | {} | {} | {:.0} s | {} |",
+                "| {} | {} | {} | {} | {} | {cps} | {p50} | {p99} | {errors} | {} | {} | {:.0} s | {} |",
                 i + 1,
                 m.services,
                 m.round + 1,
                 m.target.as_str(),
+                m.workers,
                 pct(&m.cpu_busy),
                 pct(&m.background_busy),
                 m.quiet_wait_s,
