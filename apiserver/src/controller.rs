@@ -1,11 +1,512 @@
-//! The EndpointSlice controller (filled in below).
+//! The `EndpointSlice` controller: keeps, for every Service with a selector, the slices that list
+//! the addresses of the Pods it selects, as Kubernetes' own controller does (at most 100
+//! endpoints a slice, one slice family per address type and set of resolved ports, the
+//! `kubernetes.io/service-name` and `endpointslice.kubernetes.io/managed-by` labels, an owner
+//! reference to the Service, the `endpoints.kubernetes.io/last-change-trigger-time` annotation).
+//!
+//! It reacts to the store's changes: a Service change reconciles that Service, a Pod change the
+//! Services in its namespace that select it (before or after), a Node change (zones) every
+//! Service, the deletion of a managed slice its Service. A reconcile is one store transaction
+//! that writes only what differs.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+use tracing::warn;
 
+use crate::error::ApiError;
+use crate::resources::{ENDPOINTSLICES, NODES, PODS, SERVICES};
 use crate::rest::Api;
+use crate::store::{Change, EventType, View, key, prefix};
+use crate::time;
 
-pub async fn run(_api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.changed().await;
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// As kube-controller-manager's default `--max-endpoints-per-slice`.
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+
+/// One slice the controller wants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredSlice {
+    pub address_type: &'static str,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
 }
+
+fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
+    service
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the Service's (non-empty) selector picks these labels.
+pub fn selects(service: &Service, labels: Option<&BTreeMap<String, String>>) -> bool {
+    selector(service).is_some_and(|sel| {
+        sel.iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    })
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    ips
+}
+
+/// A Service port's targetPort on one Pod: a number as is (the port when unset), a name
+/// through the Pod's container ports of the same protocol.
+fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
+    match &port.target_port {
+        None => Some(port.port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => {
+            if let Ok(n) = name.parse::<i32>() {
+                return Some(n);
+            }
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            pod.spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })
+                .map(|p| p.container_port)
+        }
+    }
+}
+
+fn primary_family(service: &Service) -> &'static str {
+    let spec = service.spec.as_ref();
+    let family = spec
+        .and_then(|s| s.ip_families.as_ref())
+        .and_then(|f| f.first())
+        .map(String::as_str);
+    match family {
+        Some("IPv6") => "IPv6",
+        _ => "IPv4",
+    }
+}
+
+/// The slices for a Service: Pods it selects (not finished, with an address) grouped by address
+/// type and resolved ports, at most [`MAX_ENDPOINTS_PER_SLICE`] a slice; one empty slice when
+/// there is no endpoint at all. Deterministic: endpoints are sorted by address.
+pub fn desired_slices<'a>(
+    service: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    zone_of: impl Fn(&str) -> Option<String>,
+) -> Vec<DesiredSlice> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    if selector(service).is_none() {
+        return Vec::new();
+    }
+    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let families: Vec<&str> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    type Ports = Vec<(String, String, i32)>;
+    let mut groups: BTreeMap<(&'static str, Ports), Vec<Endpoint>> = BTreeMap::new();
+    for pod in pods {
+        if !selects(service, pod.metadata.labels.as_ref())
+            || pod.metadata.namespace != service.metadata.namespace
+        {
+            continue;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let ports: Ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                resolve_target_port(p, pod).map(|n| {
+                    (
+                        p.name.clone().unwrap_or_default(),
+                        p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                        n,
+                    )
+                })
+            })
+            .collect();
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let serving = pod_ready(pod);
+        // A terminating Pod is never ready unless the Service publishes not-ready addresses.
+        let ready = publish_not_ready || (serving && !terminating);
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let zone = node_name.as_deref().and_then(&zone_of);
+        for ip in pod_ips(pod) {
+            let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            // A single-stack Service lists only its family's addresses.
+            if !families.is_empty() && !families.contains(&address_type) {
+                continue;
+            }
+            groups
+                .entry((address_type, ports.clone()))
+                .or_default()
+                .push(Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        serving: Some(serving),
+                        terminating: Some(terminating),
+                    }),
+                    node_name: node_name.clone(),
+                    zone: zone.clone(),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".to_owned()),
+                        namespace: pod.metadata.namespace.clone(),
+                        name: pod.metadata.name.clone(),
+                        uid: pod.metadata.uid.clone(),
+                        ..ObjectReference::default()
+                    }),
+                    ..Endpoint::default()
+                });
+        }
+    }
+    let mut out = Vec::new();
+    for ((address_type, ports), mut endpoints) in groups {
+        endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+        let ports: Vec<EndpointPort> = ports
+            .into_iter()
+            .map(|(name, protocol, port)| EndpointPort {
+                name: Some(name),
+                protocol: Some(protocol),
+                port: Some(port),
+                app_protocol: None,
+            })
+            .collect();
+        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            out.push(DesiredSlice {
+                address_type,
+                ports: ports.clone(),
+                endpoints: chunk.to_vec(),
+            });
+        }
+    }
+    if out.is_empty() {
+        out.push(DesiredSlice {
+            address_type: primary_family(service),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        });
+    }
+    out
+}
+
+fn managed_by_us(slice: &Value, service: &str) -> bool {
+    let labels = &slice["metadata"]["labels"];
+    labels[LABEL_MANAGED_BY] == MANAGED_BY && labels[LABEL_SERVICE_NAME] == service
+}
+
+/// The store changes that bring the Service's slices to what they should be.
+fn reconcile(view: &View<'_>, ns: &str, name: &str, trigger: &str) -> Vec<Change> {
+    let existing: Vec<(&String, &Arc<Value>)> = view
+        .list(&prefix(ENDPOINTSLICES.plural, Some(ns)))
+        .filter(|(_, s)| managed_by_us(s, name))
+        .collect();
+    let service_value = view.get(&key(SERVICES.plural, ns, name));
+    let service: Option<Service> =
+        service_value.and_then(|v| serde_json::from_value((**v).clone()).ok());
+    let desired = match &service {
+        Some(svc) => {
+            let pods: Vec<Pod> = view
+                .list(&prefix(PODS.plural, Some(ns)))
+                .filter(|(_, p)| {
+                    let labels: Option<BTreeMap<String, String>> =
+                        serde_json::from_value(p["metadata"]["labels"].clone()).ok();
+                    selects(svc, labels.as_ref())
+                })
+                .filter_map(|(_, p)| serde_json::from_value((**p).clone()).ok())
+                .collect();
+            let zone_of = |node: &str| {
+                view.get(&key(NODES.plural, "", node))
+                    .and_then(|n| n["metadata"]["labels"][LABEL_ZONE].as_str())
+                    .map(str::to_owned)
+            };
+            desired_slices(svc, &pods, zone_of)
+        }
+        None => Vec::new(),
+    };
+
+    // Pair desired slices with existing ones of the same address type (same ports first), so
+    // a change rewrites slices in place rather than replacing them.
+    let mut free: Vec<(&String, &Arc<Value>)> = existing;
+    let mut changes = Vec::new();
+    let mut pending = Vec::new();
+    for d in &desired {
+        let ports = serde_json::to_value(&d.ports).unwrap_or_default();
+        let pick = free
+            .iter()
+            .position(|(_, s)| s["addressType"] == d.address_type && s["ports"] == ports)
+            .or_else(|| {
+                free.iter()
+                    .position(|(_, s)| s["addressType"] == d.address_type)
+            });
+        match pick {
+            Some(i) => {
+                let (k, current) = free.remove(i);
+                pending.push((Some((k.clone(), current.clone())), d));
+            }
+            None => pending.push((None, d)),
+        }
+    }
+    let Some(svc_value) = service_value else {
+        return free
+            .into_iter()
+            .map(|(k, _)| Change::Delete { key: k.clone() })
+            .collect();
+    };
+    let mut labels = svc_value["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(LABEL_SERVICE_NAME.to_owned(), json!(name));
+    labels.insert(LABEL_MANAGED_BY.to_owned(), json!(MANAGED_BY));
+    let owner = json!([{
+        "apiVersion": "v1",
+        "kind": "Service",
+        "name": name,
+        "uid": svc_value["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    let mut taken: BTreeSet<String> = view
+        .list(&prefix(ENDPOINTSLICES.plural, Some(ns)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (current, d) in pending {
+        let endpoints = serde_json::to_value(&d.endpoints).unwrap_or_default();
+        let ports = serde_json::to_value(&d.ports).unwrap_or_default();
+        let labels = Value::Object(labels.clone());
+        match current {
+            Some((k, cur)) => {
+                if cur["addressType"] == d.address_type
+                    && cur["endpoints"] == endpoints
+                    && cur["ports"] == ports
+                    && cur["metadata"]["labels"] == labels
+                    && cur["metadata"]["ownerReferences"] == owner
+                {
+                    continue;
+                }
+                let mut obj = (*cur).clone();
+                obj["endpoints"] = endpoints;
+                obj["ports"] = ports;
+                obj["metadata"]["labels"] = labels;
+                obj["metadata"]["ownerReferences"] = owner.clone();
+                obj["metadata"]["annotations"][ANNOTATION_TRIGGER_TIME] = json!(trigger);
+                if let Some(g) = obj["metadata"]["generation"].as_i64() {
+                    obj["metadata"]["generation"] = json!(g + 1);
+                }
+                changes.push(Change::Put {
+                    key: k,
+                    object: obj,
+                });
+            }
+            None => {
+                let (slice_name, k) = loop {
+                    let n = format!("{name}-{}", crate::rest::random_suffix(5));
+                    let k = key(ENDPOINTSLICES.plural, ns, &n);
+                    if taken.insert(k.clone()) {
+                        break (n, k);
+                    }
+                };
+                let obj = json!({
+                    "kind": ENDPOINTSLICES.kind,
+                    "apiVersion": ENDPOINTSLICES.api_version(),
+                    "metadata": {
+                        "name": slice_name,
+                        "generateName": format!("{name}-"),
+                        "namespace": ns,
+                        "uid": crate::rest::uid(),
+                        "creationTimestamp": trigger,
+                        "generation": 1,
+                        "labels": labels,
+                        "annotations": {ANNOTATION_TRIGGER_TIME: trigger},
+                        "ownerReferences": owner,
+                    },
+                    "addressType": d.address_type,
+                    "endpoints": endpoints,
+                    "ports": ports,
+                });
+                changes.push(Change::Put {
+                    key: k,
+                    object: obj,
+                });
+            }
+        }
+    }
+    changes.extend(
+        free.into_iter()
+            .map(|(k, _)| Change::Delete { key: k.clone() }),
+    );
+    changes
+}
+
+/// The Services a change concerns, as (namespace, name); `None` means every Service.
+fn affected(api: &Api, event: &crate::store::Event) -> Option<Vec<(String, String)>> {
+    let mut parts = event.key.splitn(3, '/');
+    let (plural, ns, name) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    match plural {
+        "services" => Some(vec![(ns.to_owned(), name.to_owned())]),
+        "pods" => {
+            let labels = |v: &Value| -> Option<BTreeMap<String, String>> {
+                serde_json::from_value(v["metadata"]["labels"].clone()).ok()
+            };
+            let now = labels(&event.object);
+            let before = event.prev.as_deref().and_then(labels);
+            let (_, services) = api.store.list(&prefix(SERVICES.plural, Some(ns)));
+            Some(
+                services
+                    .iter()
+                    .filter_map(|s| serde_json::from_value::<Service>((**s).clone()).ok())
+                    .filter(|s| selects(s, now.as_ref()) || selects(s, before.as_ref()))
+                    .filter_map(|s| s.metadata.name)
+                    .map(|n| (ns.to_owned(), n))
+                    .collect(),
+            )
+        }
+        "nodes" => None,
+        "endpointslices" if event.kind == EventType::Deleted => {
+            let labels = &event.object["metadata"]["labels"];
+            if labels[LABEL_MANAGED_BY] != MANAGED_BY {
+                return Some(Vec::new());
+            }
+            Some(
+                labels[LABEL_SERVICE_NAME]
+                    .as_str()
+                    .map(|s| vec![(ns.to_owned(), s.to_owned())])
+                    .unwrap_or_default(),
+            )
+        }
+        _ => Some(Vec::new()),
+    }
+}
+
+fn all_services(api: &Api) -> BTreeSet<(String, String)> {
+    let (_, services) = api.store.list(&prefix(SERVICES.plural, None));
+    let (_, slices) = api.store.list(&prefix(ENDPOINTSLICES.plural, None));
+    let named = |m: &Value, name: Option<&str>| -> Option<(String, String)> {
+        Some((m["namespace"].as_str()?.to_owned(), name?.to_owned()))
+    };
+    let mut out: BTreeSet<(String, String)> = services
+        .iter()
+        .filter_map(|s| named(&s["metadata"], s["metadata"]["name"].as_str()))
+        .collect();
+    // Slices whose Service is gone are reconciled (away) too.
+    out.extend(
+        slices
+            .iter()
+            .map(|s| &s["metadata"])
+            .filter(|m| m["labels"][LABEL_MANAGED_BY] == MANAGED_BY)
+            .filter_map(|m| named(m, m["labels"][LABEL_SERVICE_NAME].as_str())),
+    );
+    out
+}
+
+async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>) {
+    let trigger = time::format(time::now());
+    let api = api.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        for (ns, name) in dirty {
+            api.store
+                .transact(|view| Ok(reconcile(view, &ns, &name, &trigger)))?;
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "endpointslice controller: writing slices failed"),
+        Err(e) => warn!(error = %e, "endpointslice controller: task failed"),
+    }
+}
+
+/// Runs until shutdown.
+pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
+    let mut rx = api.store.subscribe_all();
+    reconcile_all(&api, all_services(&api)).await;
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = shutdown.changed() => return,
+        };
+        let mut dirty = BTreeSet::new();
+        let mut resync = false;
+        let mut note = |r: Result<Arc<crate::store::Event>, broadcast::error::RecvError>| match r {
+            Ok(event) => match affected(&api, &event) {
+                Some(list) => dirty.extend(list),
+                None => resync = true,
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => resync = true,
+            Err(broadcast::error::RecvError::Closed) => {}
+        };
+        note(first);
+        // Take everything already queued, so a burst is one pass.
+        loop {
+            match rx.try_recv() {
+                Ok(e) => note(Ok(e)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    note(Err(broadcast::error::RecvError::Lagged(n)));
+                }
+                Err(_) => break,
+            }
+        }
+        if resync {
+            dirty = all_services(&api);
+        }
+        if !dirty.is_empty() {
+            reconcile_all(&api, dirty).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -40,7 +40,7 @@ pub struct Api {
     pub ranges: Ranges,
 }
 
-fn random_suffix(n: usize) -> String {
+pub fn random_suffix(n: usize) -> String {
     // The alphabet Kubernetes uses for generated names (no vowels, no confusable digits).
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     (0..n)
@@ -48,7 +48,7 @@ fn random_suffix(n: usize) -> String {
         .collect()
 }
 
-fn uid() -> String {
+pub fn uid() -> String {
     let r: u128 = fastrand::u128(..);
     let h = format!("{r:032x}");
     // A version-4 layout, as Kubernetes' UIDs are.

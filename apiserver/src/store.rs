@@ -82,13 +82,11 @@ impl View<'_> {
     pub fn get(&self, key: &str) -> Option<&Arc<Value>> {
         self.objects.get(key)
     }
-    pub fn list<'s>(
-        &'s self,
-        prefix: &'s str,
-    ) -> impl Iterator<Item = (&'s String, &'s Arc<Value>)> {
+    pub fn list(&self, prefix: &str) -> impl Iterator<Item = (&String, &Arc<Value>)> {
+        let prefix = prefix.to_owned();
         self.objects
-            .range(prefix.to_owned()..)
-            .take_while(move |(k, _)| k.starts_with(prefix))
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
     }
 }
 
@@ -190,6 +188,11 @@ impl Store {
         };
         let items = view.list(prefix).map(|(_, v)| v.clone()).collect();
         (inner.rv, items)
+    }
+
+    /// Every change from now on (the controller).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
     }
 
     /// Starts a watch: from `from` (a resourceVersion) or, with `None`, from the current state
