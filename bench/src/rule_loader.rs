@@ -64,9 +64,6 @@ pub struct Loader {
     timeout: Duration,
 }
 
-/// The longest a single load may take before it is killed.
-pub const LOAD_TIMEOUT: Duration = Duration::from_mins(10);
-
 impl Loader {
     /// Feeds `text` to `argv` and returns how long the process took, spawn
     /// to exit. Fails with its stderr unless it exits 0.
@@ -123,10 +120,12 @@ impl Loader {
 }
 
 /// Runs `f` on a thread inside namespace `ns`, pinned to `cpu` (so what it
-/// starts runs there too), and returns what `f` returned.
+/// starts runs there too), and returns what `f` returned. A load slower than
+/// `timeout` is killed and fails.
 pub fn in_netns<T: Send>(
     ns: &Netns,
     cpu: usize,
+    timeout: Duration,
     f: impl FnOnce(&Loader) -> Result<T> + Send,
 ) -> Result<T> {
     let path = format!("/run/netns/{}", ns.name());
@@ -137,9 +136,7 @@ pub fn in_netns<T: Send>(
                 setns(&file, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("enter network namespace {path}"))?;
                 cpu::pin_this_thread(&[cpu])?;
-                f(&Loader {
-                    timeout: LOAD_TIMEOUT,
-                })
+                f(&Loader { timeout })
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the loader thread panicked"))?

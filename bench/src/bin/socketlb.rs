@@ -92,6 +92,13 @@ struct Args {
     /// size equal to --control-services (0: none).
     #[arg(long, default_value_t = 100)]
     manifest_changes: usize,
+    /// A rule load (iptables-restore, nft -f) slower than this is killed and
+    /// its target reported as not measured at that size.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    load_timeout: Duration,
+    /// Added to the report's file name: `<date>-socketlb-<tag>.md`.
+    #[arg(long)]
+    tag: Option<String>,
     /// Skip the connection measurements.
     #[arg(long)]
     skip_datapath: bool,
@@ -266,6 +273,7 @@ fn main() -> Result<()> {
             ],
         },
         manifest_changes: args.manifest_changes,
+        load_timeout: args.load_timeout,
         skip_datapath: args.skip_datapath,
         skip_control: args.skip_control,
     };
@@ -280,7 +288,7 @@ fn main() -> Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| switchyard_tests::workspace_dir().join("bench/results"));
-    let (md, json) = report.write(&out)?;
+    let (md, json) = report.write(&out, args.tag.as_deref())?;
     print!("{}", report.markdown());
     eprintln!("wrote {} and {}", md.display(), json.display());
     Ok(())

@@ -294,7 +294,7 @@ fn measure_rules(
                 return result;
             }
         };
-        let loaded = rule_loader::in_netns(&ns, config.proxy_cpu, |loader| {
+        let loaded = rule_loader::in_netns(&ns, config.proxy_cpu, config.load_timeout, |loader| {
             if let Some(hooks) = &hooks {
                 loader.load(backend, hooks)?;
             }
@@ -323,7 +323,7 @@ fn measure_rules(
     let Some(ns) = kept else {
         return result;
     };
-    let run = rule_loader::in_netns(&ns, config.proxy_cpu, |loader| {
+    let run = rule_loader::in_netns(&ns, config.proxy_cpu, config.load_timeout, |loader| {
         let partial = changes(config, &partial_texts, |text| loader.load(backend, text));
         eprintln!(
             "  {} partial: {} changes, p50 {:?} ms",

@@ -270,12 +270,17 @@ impl SizeBench<'_> {
             ),
         };
         self.setup.rule_bytes.insert(target, text.len());
-        let elapsed = rule_loader::in_netns(&ns, self.config.proxy_cpu, |loader| {
-            if let Some(hooks) = &hooks {
-                loader.load(backend, hooks)?;
-            }
-            loader.load(backend, &text)
-        })?;
+        let elapsed = rule_loader::in_netns(
+            &ns,
+            self.config.proxy_cpu,
+            self.config.load_timeout,
+            |loader| {
+                if let Some(hooks) = &hooks {
+                    loader.load(backend, hooks)?;
+                }
+                loader.load(backend, &text)
+            },
+        )?;
         self.setup.load_s.insert(target, elapsed.as_secs_f64());
         eprintln!(
             "  {}: {} bytes loaded in {:.2} s",

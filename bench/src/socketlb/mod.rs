@@ -80,6 +80,9 @@ pub struct RunConfig {
     /// Changes written through manifest files to the daemon in part 1, at
     /// the size equal to `control_services` (0: none).
     pub manifest_changes: usize,
+    /// A rule load slower than this is killed (the target is then not
+    /// measured at that size).
+    pub load_timeout: Duration,
     /// Skip part 1.
     pub skip_datapath: bool,
     /// Skip part 2.

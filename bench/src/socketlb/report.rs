@@ -90,6 +90,8 @@ pub struct Method {
     pub control_repeats: usize,
     /// Changes through manifest files in part 1.
     pub manifest_changes: usize,
+    /// Longest rule load, seconds.
+    pub load_timeout_s: f64,
 }
 
 impl Method {
@@ -114,6 +116,7 @@ impl Method {
             change_time_limit_s: config.change_time_limit.as_secs_f64(),
             control_repeats: config.control_repeats,
             manifest_changes: config.manifest_changes,
+            load_timeout_s: config.load_timeout.as_secs_f64(),
         }
     }
 }
@@ -387,7 +390,8 @@ impl Report {
              in empty namespaces with no traffic: time to program from empty (median of {cpr} tries, or one when it took a minute or more; each \
              in a fresh namespace; kube-proxy's jump rules from the built-in chains are added before the \
              clock starts), then up to {changes} one-endpoint changes (a Service alternately loses and \
-             regains its last endpoint), each series stopped after {limit} s. kube-proxy's shapes are \
+             regains its last endpoint), each series stopped after {limit} s; a single load slower than \
+             {load_timeout} s is killed and reported as such. kube-proxy's shapes are \
              timed from spawning `iptables-restore` / `nft -f` to its exit, with the rule text rendered \
              beforehand (kube-proxy's own work to compute and write it is not counted); \"partial\" is \
              kube-proxy's partial sync (the top-level chains, `KUBE-SERVICES` with one rule per Service, \
@@ -412,6 +416,7 @@ impl Report {
             cpr = m.control_repeats,
             changes = m.changes,
             limit = m.change_time_limit_s,
+            load_timeout = m.load_timeout_s,
         );
     }
 
@@ -773,11 +778,16 @@ impl Report {
         out.push('\n');
     }
 
-    /// Writes `<dir>/<date>-socketlb.md` and `.json`; returns their paths.
-    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    /// Writes `<dir>/<date>-socketlb[-<tag>].md` and `.json`; returns their
+    /// paths.
+    pub fn write(&self, dir: &Path, tag: Option<&str>) -> Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let md = dir.join(format!("{}-socketlb.md", self.machine.date));
-        let json = dir.join(format!("{}-socketlb.json", self.machine.date));
+        let stem = match tag {
+            Some(tag) => format!("{}-socketlb-{tag}", self.machine.date),
+            None => format!("{}-socketlb", self.machine.date),
+        };
+        let md = dir.join(format!("{stem}.md"));
+        let json = dir.join(format!("{stem}.json"));
         std::fs::write(&md, self.markdown()).with_context(|| format!("write {}", md.display()))?;
         std::fs::write(&json, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("write {}", json.display()))?;
