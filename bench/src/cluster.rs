@@ -25,11 +25,30 @@ pub const PORT_NAME: &str = "http";
 pub const NAMESPACE: &str = "default";
 /// The measured Service's name.
 pub const MEASURED_NAME: &str = "web";
-/// The cluster's pod CIDR, as kube-proxy's `--cluster-cidr`: it decides who
-/// is masqueraded (`! -s CIDR -j KUBE-MARK-MASQ`). It holds the real pods
-/// (`10.244.0.0/24`) and the fake endpoints (`10.225.0.0` upward), and
-/// neither a client (`10.0.*`) nor a Service (`10.96.*`).
-pub const CLUSTER_CIDR: &str = "10.224.0.0/11";
+/// The cluster's pod CIDR by default, as kube-proxy's `--cluster-cidr`: it
+/// decides whose connections kube-proxy masquerades (`! -s CIDR -j
+/// KUBE-MARK-MASQ`). It holds the real pods (`10.244.0.0/24`), the fake
+/// endpoints (`10.225.0.0` upward) and the benchmark's clients (`10.0.*`), so
+/// the clients are treated as pods talking to a Service: not masqueraded.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.0.0.0/8";
+/// A cluster CIDR that holds every pod but not the clients: kube-proxy then
+/// masquerades them, as it does for a node's own (host-network) processes.
+pub const HOST_CLIENTS_CLUSTER_CIDR: &str = "10.224.0.0/11";
+
+/// Whether `cidr` (`a.b.c.d/n`) holds `ip`; `false` for a malformed CIDR.
+pub fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    if len > 32 {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(net) & mask == u32::from(ip) & mask
+}
 /// The Service CIDR (kube-proxy's nftables mode drops traffic to unallocated
 /// addresses in it).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -78,6 +97,8 @@ pub struct Cluster {
     pub measured_index: usize,
     /// The Service whose last endpoint is currently removed, if any.
     pub trimmed: Option<usize>,
+    /// kube-proxy's `--cluster-cidr` (see [`DEFAULT_CLUSTER_CIDR`]).
+    pub cluster_cidr: String,
 }
 
 impl Cluster {
@@ -94,6 +115,7 @@ impl Cluster {
             pods,
             measured_index: services / 2,
             trimmed: None,
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.to_owned(),
         }
     }
 
@@ -204,6 +226,22 @@ mod tests {
         assert_eq!(cluster.endpoint_count(), 49_999 * 10 + 3);
         assert_eq!(fake_endpoint(0), Ipv4Addr::new(10, 225, 0, 1));
         assert_eq!(fake_endpoint(499_999), Ipv4Addr::new(10, 232, 161, 32));
+    }
+
+    #[test]
+    fn cluster_cidrs_hold_the_pods_and_only_the_default_holds_the_clients() {
+        let client = Ipv4Addr::new(10, 0, 2, 2);
+        let pod = Ipv4Addr::new(10, 244, 0, 10);
+        assert!(cidr_contains(DEFAULT_CLUSTER_CIDR, client));
+        assert!(cidr_contains(DEFAULT_CLUSTER_CIDR, pod));
+        assert!(!cidr_contains(HOST_CLIENTS_CLUSTER_CIDR, client));
+        assert!(cidr_contains(HOST_CLIENTS_CLUSTER_CIDR, pod));
+        assert!(cidr_contains(
+            HOST_CLIENTS_CLUSTER_CIDR,
+            fake_endpoint(499_999)
+        ));
+        assert!(!cidr_contains(HOST_CLIENTS_CLUSTER_CIDR, MEASURED_VIP));
+        assert!(!cidr_contains("nonsense", client));
     }
 
     #[test]

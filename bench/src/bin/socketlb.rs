@@ -32,6 +32,11 @@ struct Args {
     /// Endpoints per Service.
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
+    /// kube-proxy's --cluster-cidr for its rule shapes. The default holds the
+    /// clients (10.0.*), so they count as pods and are not masqueraded; with
+    /// 10.224.0.0/11 they count as host-network processes and are.
+    #[arg(long, default_value = switchyard_bench::cluster::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
     /// Where the dated report goes (default: `bench/results` of the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -161,7 +166,8 @@ fn main() -> Result<()> {
         let pods = (10..13)
             .map(|o| std::net::Ipv4Addr::new(10, 244, 0, o))
             .collect();
-        let cluster = Cluster::new(args.control_services, args.endpoints, pods);
+        let mut cluster = Cluster::new(args.control_services, args.endpoints, pods);
+        cluster.cluster_cidr.clone_from(&args.cluster_cidr);
         match shape.as_str() {
             "iptables" => print!(
                 "{}{}",
@@ -248,6 +254,7 @@ fn main() -> Result<()> {
         },
         sizes: args.sizes.clone(),
         endpoints: args.endpoints,
+        cluster_cidr: args.cluster_cidr.clone(),
         targets,
         duration: args.duration,
         warmup: args.warmup,

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 
 use super::{MASQUERADE_MARK, hash_prefix};
-use crate::cluster::{CLUSTER_CIDR, Cluster, SERVICE_PORT, ServiceSpec};
+use crate::cluster::{Cluster, SERVICE_PORT, ServiceSpec};
 
 /// Above this many endpoints in all, kube-proxy drops the per-endpoint
 /// comments (`largeClusterEndpointsThreshold`).
@@ -213,7 +213,8 @@ pub fn restore_input(cluster: &Cluster, sync: Sync) -> String {
         let _ = writeln!(chains, ":{svc_chain} - [0:0]");
         let _ = writeln!(
             rules,
-            "-A {svc_chain} {cluster_ip} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
+            "-A {svc_chain} {cluster_ip} ! -s {} -j KUBE-MARK-MASQ",
+            cluster.cluster_cidr
         );
         let n = spec.endpoints.len();
         let endpoint_chains: Vec<String> = (0..n).map(|e| endpoint_chain(&spec, e)).collect();
@@ -311,7 +312,7 @@ mod tests {
                 "-A KUBE-SERVICES -m comment --comment \"default/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j {svc}"
             ),
             format!(
-                "-A {svc} -m comment --comment \"default/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 ! -s 10.224.0.0/11 -j KUBE-MARK-MASQ"
+                "-A {svc} -m comment --comment \"default/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ"
             ),
             format!(
                 "-A {svc} -m comment --comment \"default/web:http -> 10.244.0.10:8080\" -m statistic --mode random --probability 0.3333333333 -j {sep0}"

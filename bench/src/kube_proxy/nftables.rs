@@ -20,7 +20,7 @@
 use std::fmt::Write as _;
 
 use super::{MASQUERADE_MARK, hash_prefix};
-use crate::cluster::{CLUSTER_CIDR, Cluster, NAMESPACE, PORT_NAME, SERVICE_CIDR, ServiceSpec};
+use crate::cluster::{Cluster, NAMESPACE, PORT_NAME, SERVICE_CIDR, ServiceSpec};
 
 /// The table kube-proxy owns.
 pub const TABLE: &str = "ip kube-proxy";
@@ -182,7 +182,7 @@ fn setup(out: &mut String, initial: bool) {
 
 /// The chains of one Service: its own (masquerade mark for traffic from
 /// outside the pod CIDR, then the random pick) and one per endpoint.
-fn service_chains(out: &mut String, spec: &ServiceSpec) {
+fn service_chains(out: &mut String, spec: &ServiceSpec, cluster_cidr: &str) {
     let svc = service_chain(spec);
     let endpoints: Vec<String> = (0..spec.endpoints.len())
         .map(|e| endpoint_chain(spec, e))
@@ -196,7 +196,7 @@ fn service_chains(out: &mut String, spec: &ServiceSpec) {
     let _ = writeln!(out, "add chain {TABLE} {svc}\nflush chain {TABLE} {svc}");
     let _ = writeln!(
         out,
-        "add rule {TABLE} {svc} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+        "add rule {TABLE} {svc} ip daddr {} tcp dport {} ip saddr != {cluster_cidr} jump mark-for-masquerade",
         spec.vip,
         crate::cluster::SERVICE_PORT
     );
@@ -244,13 +244,13 @@ pub fn transaction(cluster: &Cluster, sync: &Sync) -> String {
             setup(&mut out, matches!(sync, Sync::Initial));
             for spec in cluster.all() {
                 if !spec.endpoints.is_empty() {
-                    service_chains(&mut out, &spec);
+                    service_chains(&mut out, &spec, &cluster.cluster_cidr);
                     elements(&mut out, &spec);
                 }
             }
         }
         Sync::Partial { index, stale } => {
-            service_chains(&mut out, &cluster.service(*index));
+            service_chains(&mut out, &cluster.service(*index), &cluster.cluster_cidr);
             if let Some(chain) = stale {
                 let _ = writeln!(out, "flush chain {TABLE} {chain}");
             }
@@ -288,7 +288,7 @@ mod tests {
         );
         for line in [
             format!(
-                "add rule ip kube-proxy {svc} ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.224.0.0/11 jump mark-for-masquerade"
+                "add rule ip kube-proxy {svc} ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade"
             ),
             format!(
                 "add rule ip kube-proxy {svc} numgen random mod 3 vmap {{ 0 : goto {ep0} , 1 : goto {} , 2 : goto {} }}",

@@ -453,7 +453,8 @@ fn measure_in_process(config: &RunConfig, prefix: &str) -> Result<InProcessResul
 
 /// Runs part 2.
 pub fn run(config: &RunConfig, prefix: &str, pods: Vec<std::net::Ipv4Addr>) -> ControlOutcome {
-    let cluster = Cluster::new(config.control_services, config.endpoints, pods);
+    let mut cluster = Cluster::new(config.control_services, config.endpoints, pods);
+    cluster.cluster_cidr.clone_from(&config.cluster_cidr);
     eprintln!(
         "== control plane: {} Services x {} endpoints",
         cluster.services, config.endpoints

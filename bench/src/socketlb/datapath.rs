@@ -538,7 +538,8 @@ pub fn run(
         .collect();
     for (index, &services) in config.sizes.iter().enumerate() {
         eprintln!("== {services} Services x {} endpoints", config.endpoints);
-        let cluster = Cluster::new(services, config.endpoints, pods.clone());
+        let mut cluster = Cluster::new(services, config.endpoints, pods.clone());
+        cluster.cluster_cidr.clone_from(&config.cluster_cidr);
         let mut bench = SizeBench {
             config,
             topo,

@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub sizes: Vec<usize>,
     /// Endpoints per Service (but the measured one, which has the 3 pods).
     pub endpoints: usize,
+    /// kube-proxy's `--cluster-cidr` for the rule shapes.
+    pub cluster_cidr: String,
     /// The targets of part 1, in round order.
     pub targets: Vec<Target>,
     /// One measurement window.

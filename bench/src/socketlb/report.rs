@@ -58,6 +58,8 @@ pub struct Method {
     pub sizes: Vec<usize>,
     /// Endpoints per Service.
     pub endpoints: usize,
+    /// kube-proxy's `--cluster-cidr`.
+    pub cluster_cidr: String,
     /// Targets of part 1.
     pub targets: Vec<Target>,
     /// One measurement, seconds.
@@ -100,6 +102,7 @@ impl Method {
         Self {
             sizes: config.sizes.clone(),
             endpoints: config.endpoints,
+            cluster_cidr: config.cluster_cidr.clone(),
             targets: config.targets.clone(),
             duration_s: config.duration.as_secs_f64(),
             warmup_s: config.warmup.as_secs_f64(),
@@ -360,16 +363,14 @@ impl Report {
              \x20 - **kube-proxy iptables shape**: the rules kube-proxy's iptables proxier writes \
              (`KUBE-SERVICES` → `KUBE-SVC-<hash>` with `-m statistic --mode random --probability` 1/n, \
              1/(n-1), ... → `KUBE-SEP-<hash>` with `KUBE-MARK-MASQ` and `DNAT`, masquerade in \
-             `KUBE-POSTROUTING`, `--cluster-cidr 10.224.0.0/11`; comments dropped above 1,000 endpoints, \
+             `KUBE-POSTROUTING`, `--cluster-cidr {cidr}`; comments dropped above 1,000 endpoints, \
              as kube-proxy does), loaded with `iptables-restore --noflush --counters` into the client's \
              namespace, hooked from the nat `OUTPUT` chain (`-A OUTPUT -j KUBE-SERVICES`) as for \
              connections made on a node; measured with both iptables backends (legacy and nft);\n\
              \x20 - **kube-proxy nftables shape** (kube-proxy ≥ 1.31): table `ip kube-proxy`, \
              `ip daddr . meta l4proto . th dport vmap @service-ips`, per-Service chains with \
              `numgen random mod N vmap {{ ... }}`, endpoint chains with `dnat to`, loaded with `nft -f`.\n\
-             - The client's traffic to a VIP is masqueraded by both kube-proxy shapes (its address is \
-             outside the cluster CIDR), as kube-proxy does for a node's own processes; switchyard needs no \
-             NAT.\n\
+             - {masq}\n\
              - **Load**: `loadgen` (one tokio thread, CPU {load}); each worker loops over connect, \
              `GET /` with `Connection: close`, read to EOF, close: conn/s counts completed requests, \
              latency is per request (connect to close). Two loads: {workers} workers (the rate; their \
@@ -401,6 +402,19 @@ impl Report {
              (`IncrementalTable`) + `EbpfDatapath::apply` of the diff, against a cgroup and bpffs \
              folder of its own.\n\n",
             eps = m.endpoints,
+            cidr = m.cluster_cidr,
+            masq = if crate::cluster::cidr_contains(
+                &m.cluster_cidr,
+                std::net::Ipv4Addr::new(10, 0, 2, 2)
+            ) {
+                "The clients' addresses (`10.0.*`) are inside the cluster CIDR, so kube-proxy's shapes treat \
+                 them as pods talking to a Service: DNAT only, no masquerade (`--cluster-cidr \
+                 10.224.0.0/11` measures node-local, host-network clients, which kube-proxy masquerades)."
+            } else {
+                "The clients' addresses (`10.0.*`) are outside the cluster CIDR, so kube-proxy's shapes \
+                 masquerade them (`MASQUERADE --random-fully`), as kube-proxy does for a node's own \
+                 host-network processes; switchyard needs no NAT."
+            },
             sizes = m.sizes,
             load = m.load_cpu,
             proxy = m.proxy_cpu,
