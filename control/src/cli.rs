@@ -28,6 +28,65 @@ pub enum Command {
     /// Remove everything switchyard pinned or attached for the eBPF datapath (programs,
     /// links, maps), e.g. after uninstalling it from a node.
     Cleanup(CleanupArgs),
+    /// Run the embedded Kubernetes-compatible API server alone, for several node daemons and
+    /// kubectl to share; its kubeconfig is written to `<data-dir>/kubeconfig`.
+    Apiserver(ApiserverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiserverArgs {
+    /// Where the database, certificates, token and kubeconfig live.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/switchyard/apiserver"
+    )]
+    pub data_dir: PathBuf,
+
+    /// The address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub bind_address: SocketAddr,
+
+    /// Service CIDRs ClusterIPs are allocated from, at most one per family.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.96.0.0/16,fd00:96::/108"
+    )]
+    pub service_cluster_ip_range: Vec<String>,
+
+    /// The NodePort range, inclusive.
+    #[arg(long, default_value = "30000-32767", value_parser = port_range)]
+    pub service_node_port_range: (u16, u16),
+
+    /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (`RUST_LOG` overrides).
+    #[arg(long = "v", short = 'v', default_value_t = 0, value_name = "LEVEL")]
+    pub verbosity: u8,
+}
+
+fn port_range(value: &str) -> Result<(u16, u16), String> {
+    let (low, high) = value
+        .split_once('-')
+        .ok_or_else(|| format!("{value:?}: write the range as LOW-HIGH, e.g. 30000-32767"))?;
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low == 0 || low > high {
+        return Err(format!("{value:?}: need 1 <= LOW <= HIGH"));
+    }
+    Ok((low, high))
+}
+
+impl ApiserverArgs {
+    /// The API server's configuration from the flags.
+    pub fn config(&self) -> switchyard_apiserver::ApiServerConfig {
+        switchyard_apiserver::ApiServerConfig {
+            data_dir: self.data_dir.clone(),
+            bind_address: self.bind_address,
+            service_cluster_ip_range: self.service_cluster_ip_range.clone(),
+            service_node_port_range: self.service_node_port_range,
+            ..switchyard_apiserver::ApiServerConfig::default()
+        }
+    }
 }
 
 /// How switchyard serves Service traffic.

@@ -5,6 +5,24 @@ use clap::Parser;
 use switchyard_control::cli::{Cli, Command, LogFormat, Output};
 use tracing_subscriber::EnvFilter;
 
+/// Structured logs on stderr; verbosity as kube-proxy's `--v`, `RUST_LOG` overrides.
+fn init_logging(verbosity: u8, format: LogFormat) {
+    let level = match verbosity {
+        0 | 1 => "info",
+        2 | 3 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -12,23 +30,28 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => {
-            let level = match args.verbosity {
-                0 | 1 => "info",
-                2 | 3 => "debug",
-                _ => "trace",
-            };
-            let filter =
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr);
-            match args.log_format {
-                LogFormat::Text => builder.init(),
-                LogFormat::Json => builder.json().init(),
-            }
+            init_logging(args.verbosity, args.log_format);
             let config = args.daemon_config();
             runtime.block_on(switchyard_control::daemon::run(config))?;
+        }
+        Command::Apiserver(args) => {
+            init_logging(args.verbosity, LogFormat::Text);
+            runtime.block_on(async {
+                let running = switchyard_apiserver::start(args.config()).await?;
+                tracing::info!(
+                    address = %running.local_addr(),
+                    kubeconfig = %running.kubeconfig_path().display(),
+                    "API server serving; clients use the kubeconfig"
+                );
+                let mut sigterm =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                running.shutdown().await;
+                anyhow::Ok(())
+            })?;
         }
         Command::Cleanup(args) => {
             let cgroup = args
