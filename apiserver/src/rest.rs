@@ -28,6 +28,14 @@ pub enum PatchType {
     Json,
 }
 
+/// How a write is done: `fieldValidation=Strict` refuses unknown fields, `dryRun=All` does
+/// everything but store the result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub strict: bool,
+    pub dry_run: bool,
+}
+
 /// The result of a delete: the object as returned to the client, and, for a graceful Pod
 /// deletion, when it is to be removed.
 pub struct Deleted {
@@ -79,7 +87,9 @@ fn same_but_version(a: &Value, b: &Value) -> bool {
 }
 
 impl Api {
-    fn check_body(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    /// Checks a body and returns it without the fields its type does not know (the real server
+    /// drops them too), or refuses them under `fieldValidation=Strict`.
+    fn check_body(res: &Resource, obj: &Value, strict: bool) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
@@ -99,7 +109,21 @@ impl Api {
                 res.api_version()
             )));
         }
-        typed_check(res, obj)
+        let (unknown, known) = typed_check(res, obj)?;
+        if strict && !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
+        }
+        if unknown.is_empty() {
+            return Ok(obj.clone());
+        }
+        Ok(known)
     }
 
     /// Defaults, validation and allocation for the object about to be stored.
@@ -127,9 +151,10 @@ impl Api {
         &self,
         res: &'static Resource,
         ns: Option<&str>,
-        mut obj: Value,
+        obj: Value,
+        opts: WriteOptions,
     ) -> Result<Value, ApiError> {
-        Self::check_body(res, &obj)?;
+        let mut obj = Self::check_body(res, &obj, opts.strict)?;
         obj["kind"] = json!(res.kind);
         obj["apiVersion"] = json!(res.api_version());
         if !obj["metadata"].is_object() {
@@ -201,7 +226,7 @@ impl Api {
             meta["generation"] = json!(1);
         }
         let k = key(res.plural, &ns, &name);
-        let out = self.store.transact(|view| {
+        let out = self.store.transact_with(opts.dry_run, |view| {
             if view.get(&k).is_some() {
                 return Err(ApiError::already_exists(res.group, res.plural, &name));
             }
@@ -341,8 +366,9 @@ impl Api {
         name: &str,
         new: Value,
         part: Part,
+        opts: WriteOptions,
     ) -> Result<Value, ApiError> {
-        Self::check_body(res, &new)?;
+        let new = Self::check_body(res, &new, opts.strict)?;
         if let Some(n) = new["metadata"]["name"].as_str()
             && n != name
         {
@@ -360,9 +386,9 @@ impl Api {
             ));
         }
         let k = Self::item_key(res, ns, name);
-        let out = self
-            .store
-            .transact(|view| self.write_over(res, view, &k, name, new, part))?;
+        let out = self.store.transact_with(opts.dry_run, |view| {
+            self.write_over(res, view, &k, name, new, part)
+        })?;
         self.current_or(out, &k, res, name)
     }
 
@@ -392,9 +418,10 @@ impl Api {
         kind: PatchType,
         body: &Value,
         part: Part,
+        opts: WriteOptions,
     ) -> Result<Value, ApiError> {
         let k = Self::item_key(res, ns, name);
-        let out = self.store.transact(|view| {
+        let out = self.store.transact_with(opts.dry_run, |view| {
             let old = view
                 .get(&k)
                 .ok_or_else(|| ApiError::not_found(res.group, res.plural, name))?;
@@ -429,7 +456,7 @@ impl Api {
             if body["metadata"]["resourceVersion"].is_null() {
                 new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
             }
-            Self::check_body(res, &new)?;
+            let new = Self::check_body(res, &new, opts.strict)?;
             if new["metadata"]["name"] != old["metadata"]["name"] {
                 return Err(ApiError::bad_request("metadata.name may not be patched"));
             }
@@ -455,10 +482,11 @@ impl Api {
         name: &str,
         grace: Option<i64>,
         precondition: (Option<String>, Option<String>),
+        dry_run: bool,
     ) -> Result<Deleted, ApiError> {
         let k = Self::item_key(res, ns, name);
         let mut remove_after = None;
-        let out = self.store.transact(|view| {
+        let out = self.store.transact_with(dry_run, |view| {
             let old = view
                 .get(&k)
                 .ok_or_else(|| ApiError::not_found(res.group, res.plural, name))?;
@@ -525,7 +553,7 @@ impl Api {
         };
         Ok(Deleted {
             object,
-            remove_after,
+            remove_after: remove_after.filter(|_| !dry_run),
         })
     }
 
@@ -577,7 +605,12 @@ impl Api {
     /// Makes the namespaces every cluster starts with.
     pub fn ensure_namespaces(&self) -> Result<(), ApiError> {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            match self.create(&NAMESPACES, None, json!({"metadata": {"name": ns}})) {
+            match self.create(
+                &NAMESPACES,
+                None,
+                json!({"metadata": {"name": ns}}),
+                WriteOptions::default(),
+            ) {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e),
@@ -615,11 +648,15 @@ fn first(out: Vec<Arc<Value>>) -> Result<Value, ApiError> {
 }
 
 /// Decodes the object into its Kubernetes type, so a malformed body (a string where a number
-/// goes, bad base64 in a Secret) is refused the way the real server refuses it.
-fn typed_check(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+/// goes, bad base64 in a Secret) is refused the way the real server refuses it. Returns the
+/// fields the type does not know (what `fieldValidation=Strict` refuses).
+fn typed_check(res: &Resource, obj: &Value) -> Result<(Vec<String>, Value), ApiError> {
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::discovery::v1 as discovery;
-    fn check<T: serde::de::DeserializeOwned>(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        res: &Resource,
+        obj: &Value,
+    ) -> Result<(Vec<String>, Value), ApiError> {
         let mut v = obj.clone();
         // k8s-openapi insists on these; the server fills them in.
         v["kind"] = json!(res.kind);
@@ -627,12 +664,21 @@ fn typed_check(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         if res.plural == resources::ENDPOINTSLICES.plural && v["addressType"].is_null() {
             v["addressType"] = json!("");
         }
-        serde_json::from_value::<T>(v).map(|_| ()).map_err(|e| {
+        let typed: T = serde_json::from_value(v.clone()).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 res.kind, res.version, res.kind
             ))
-        })
+        })?;
+        let mut known = serde_json::to_value(&typed).unwrap_or_default();
+        let mut unknown = Vec::new();
+        unknown_fields(&v, &known, &mut String::new(), &mut unknown);
+        if obj["addressType"].is_null()
+            && let Some(m) = known.as_object_mut()
+        {
+            m.remove("addressType");
+        }
+        Ok((unknown, known))
     }
     match res.plural {
         "namespaces" => check::<core::Namespace>(res, obj),
@@ -641,6 +687,54 @@ fn typed_check(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "services" => check::<core::Service>(res, obj),
         "secrets" => check::<core::Secret>(res, obj),
         "endpointslices" => check::<discovery::EndpointSlice>(res, obj),
-        _ => Ok(()),
+        _ => Ok((Vec::new(), obj.clone())),
+    }
+}
+
+/// The paths in `given` that a round trip through the typed object dropped.
+fn unknown_fields(given: &Value, known: &Value, path: &mut String, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, v) in g {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match k.get(key) {
+                    None if !v.is_null() => out.push(path.clone()),
+                    Some(kv) => unknown_fields(v, kv, path, out),
+                    None => {}
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                unknown_fields(gv, kv, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_by_round_trip() {
+        let pod = json!({"metadata": {"name": "p", "labels": {"any": "x"}, "nmae": "typo"},
+                         "spec": {"containers": [{"name": "c", "image": "i", "imagePolicy": "x"}],
+                                  "nodeName": null}});
+        let (unknown, known) = typed_check(&PODS, &pod).unwrap();
+        assert_eq!(unknown, ["metadata.nmae", "spec.containers[0].imagePolicy"]);
+        assert!(known["metadata"].get("nmae").is_none());
+        assert_eq!(known["metadata"]["labels"]["any"], "x");
+        let svc = json!({"spec": {"ports": [{"port": 80, "targetPort": "http"}], "selector": {"a": "b"}}});
+        assert!(typed_check(&SERVICES, &svc).unwrap().0.is_empty());
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::error::ApiError;
 use crate::net::{Cidr, Ranges};
 use crate::resources::{self, Resource};
-use crate::rest::{Api, Part, PatchType};
+use crate::rest::{Api, Part, PatchType, WriteOptions};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Store, prefix};
 use crate::{ApiServerConfig, ApiServerError, controller, pki, watch as watches};
@@ -446,6 +446,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
     };
     let api = shared.api.clone();
+    let write = WriteOptions {
+        strict: query.get("fieldValidation") == Some("Strict"),
+        dry_run: query.get("dryRun").is_some_and(|d| !d.is_empty()),
+    };
     match (method, name) {
         (Method::GET, None) if part == Part::Main => {
             let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
@@ -505,12 +509,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, Some(name)) => ok(api.get(res, ns.as_deref(), &name)?),
         (Method::POST, None) if part == Part::Main => {
             let obj = parse_body(true)?;
-            let created = blocking(move || api.create(res, ns.as_deref(), obj)).await?;
+            let created = blocking(move || api.create(res, ns.as_deref(), obj, write)).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {
             let obj = parse_body(true)?;
-            ok(blocking(move || api.update(res, ns.as_deref(), &name, obj, part)).await?)
+            ok(blocking(move || api.update(res, ns.as_deref(), &name, obj, part, write)).await?)
         }
         (Method::PATCH, Some(name)) => {
             let kind = match content_type.as_str() {
@@ -520,10 +524,15 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
             let patch = parse_body(true)?;
-            ok(blocking(move || api.patch(res, ns.as_deref(), &name, kind, &patch, part)).await?)
+            ok(
+                blocking(move || api.patch(res, ns.as_deref(), &name, kind, &patch, part, write))
+                    .await?,
+            )
         }
         (Method::DELETE, Some(name)) if part == Part::Main => {
             let opts = parse_body(false)?;
+            // kubectl sends dryRun in the DeleteOptions body.
+            let dry_run = write.dry_run || opts["dryRun"].as_array().is_some_and(|d| !d.is_empty());
             let grace = query
                 .get("gracePeriodSeconds")
                 .and_then(|g| g.parse::<i64>().ok())
@@ -536,7 +545,8 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             );
             let api2 = api.clone();
             let deleted =
-                blocking(move || api2.delete(res, ns.as_deref(), &name, grace, pre)).await?;
+                blocking(move || api2.delete(res, ns.as_deref(), &name, grace, pre, dry_run))
+                    .await?;
             if let Some(after) = deleted.remove_after {
                 let meta = &deleted.object["metadata"];
                 if let (Some(n), Some(ns), Some(uid)) = (
@@ -571,8 +581,17 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 let name = item["metadata"]["name"].as_str().unwrap_or("").to_owned();
                 let ns = item["metadata"]["namespace"].as_str().map(str::to_owned);
                 let api2 = api.clone();
-                match blocking(move || api2.delete(res, ns.as_deref(), &name, grace, (None, None)))
-                    .await
+                match blocking(move || {
+                    api2.delete(
+                        res,
+                        ns.as_deref(),
+                        &name,
+                        grace,
+                        (None, None),
+                        write.dry_run,
+                    )
+                })
+                .await
                 {
                     Ok(d) => {
                         if let Some(after) = d.remove_after {

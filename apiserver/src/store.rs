@@ -237,12 +237,30 @@ impl Store {
     where
         F: FnOnce(&View<'_>) -> Result<Vec<Change>, ApiError>,
     {
+        self.transact_with(false, f)
+    }
+
+    /// [`Store::transact`], or with `dry_run` everything but the commit: the objects returned
+    /// are what would have been stored (or deleted).
+    pub fn transact_with<F>(&self, dry_run: bool, f: F) -> Result<Vec<Arc<Value>>, ApiError>
+    where
+        F: FnOnce(&View<'_>) -> Result<Vec<Change>, ApiError>,
+    {
         let mut inner = self.inner.lock();
         let changes = f(&View {
             objects: &inner.objects,
         })?;
         if changes.is_empty() {
             return Ok(Vec::new());
+        }
+        if dry_run {
+            return Ok(changes
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Put { object, .. } => Some(Arc::new(object)),
+                    Change::Delete { key } => inner.objects.get(&key).cloned(),
+                })
+                .collect());
         }
         let mut rv = inner.rv;
         let mut events = Vec::with_capacity(changes.len());

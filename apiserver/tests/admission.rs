@@ -400,3 +400,61 @@ async fn node_ports_are_allocated_and_released() -> anyhow::Result<()> {
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_field_validation_and_server_dry_run() -> anyhow::Result<()> {
+    let mut s = Server::start("strict").await?;
+    let path = s.dir.0.join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: typo}\nspec:\n  ports: [{port: 80, targetPrt: 8080}]\n",
+    )?;
+    let file = path.to_str().unwrap().to_owned();
+    let (ok, _, err) = s.kubectl_output(&["create", "-f", &file], None).await?;
+    assert!(!ok);
+    assert!(
+        err.contains("unknown field \"spec.ports[0].targetPrt\""),
+        "{err}"
+    );
+    // Without strict validation the unknown field is dropped, as the real server does.
+    let r = s
+        .client
+        .post(
+            SVCS,
+            &svc("typo", json!({"ports": [{"port": 80, "targetPrt": 8080}]})),
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.body["spec"]["ports"][0].get("targetPrt").is_none(),
+        "{}",
+        r.body
+    );
+
+    // Server-side dry run: validated and allocated, not stored.
+    let path = s.dir.0.join("dry.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dry}\nspec:\n  ports: [{port: 80}]\n",
+    )?;
+    let out = s
+        .kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            path.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .await?;
+    let dry: Value = serde_json::from_str(&out)?;
+    assert!(dry["spec"]["clusterIP"].is_string(), "{dry}");
+    assert_eq!(s.client.get(&format!("{SVCS}/dry")).await?.status, 404);
+    let out = s
+        .kubectl(&["delete", "svc", "typo", "--dry-run=server"])
+        .await?;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    assert_eq!(s.client.get(&format!("{SVCS}/typo")).await?.status, 200);
+    s.stop().await;
+    Ok(())
+}
