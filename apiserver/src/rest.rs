@@ -415,8 +415,7 @@ impl Api {
         res: &'static Resource,
         ns: Option<&str>,
         name: &str,
-        kind: PatchType,
-        body: &Value,
+        (kind, body): (PatchType, &Value),
         part: Part,
         opts: WriteOptions,
     ) -> Result<Value, ApiError> {

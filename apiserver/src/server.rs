@@ -525,7 +525,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             };
             let patch = parse_body(true)?;
             ok(
-                blocking(move || api.patch(res, ns.as_deref(), &name, kind, &patch, part, write))
+                blocking(move || api.patch(res, ns.as_deref(), &name, (kind, &patch), part, write))
                     .await?,
             )
         }
