@@ -20,6 +20,7 @@ mod rest;
 mod selector;
 mod server;
 mod store;
+mod table;
 mod time;
 mod validation;
 mod watch;

@@ -26,7 +26,7 @@ use crate::resources::{self, Resource};
 use crate::rest::{Api, Part, PatchType, WriteOptions};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Store, prefix};
-use crate::{ApiServerConfig, ApiServerError, controller, pki, watch as watches};
+use crate::{ApiServerConfig, ApiServerError, controller, pki, table, watch as watches};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -430,6 +430,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .trim()
         .to_owned();
     let method = req.method().clone();
+    let as_table = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(table::wanted);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(ApiError::bad_request(format!("reading the body: {e}"))),
@@ -481,6 +486,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     send_initial_events: query.flag("sendInitialEvents"),
                     timeout,
                     bookmark_interval: shared.bookmark_interval,
+                    as_table,
                 };
                 let rx = watches::start(&api.store, req, shared.shutdown.clone(), &shared.tasks);
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -499,6 +505,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 .map(AsRef::as_ref)
                 .filter(|o| labels.matches(o) && fields.matches(o))
                 .collect();
+            if let Some(version) = as_table {
+                return ok(table::table(res, &items, Some(rv), version));
+            }
             ok(json!({
                 "kind": res.list_kind(),
                 "apiVersion": res.api_version(),
@@ -506,7 +515,15 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 "items": items,
             }))
         }
-        (Method::GET, Some(name)) => ok(api.get(res, ns.as_deref(), &name)?),
+        (Method::GET, Some(name)) => {
+            let obj = api.get(res, ns.as_deref(), &name)?;
+            match as_table {
+                Some(version) if part == Part::Main => {
+                    ok(table::table(res, &[&obj], None, version))
+                }
+                _ => ok(obj),
+            }
+        }
         (Method::POST, None) if part == Part::Main => {
             let obj = parse_body(true)?;
             let created = blocking(move || api.create(res, ns.as_deref(), obj, write)).await?;

@@ -26,6 +26,8 @@ pub struct WatchRequest {
     pub send_initial_events: bool,
     pub timeout: Option<Duration>,
     pub bookmark_interval: Duration,
+    /// Events carry one-row Tables of this `meta.k8s.io` version (`kubectl get -w`).
+    pub as_table: Option<&'static str>,
 }
 
 impl WatchRequest {
@@ -52,6 +54,18 @@ impl WatchRequest {
                 Some((EventType::Deleted, Arc::new(gone)))
             }
             (_, false, false) => None,
+        }
+    }
+}
+
+impl WatchRequest {
+    fn event(&self, kind: &str, object: &Value) -> Bytes {
+        match self.as_table {
+            Some(version) => line(
+                kind,
+                &crate::table::table(self.resource, &[object], None, version),
+            ),
+            None => line(kind, object),
         }
     }
 }
@@ -103,13 +117,13 @@ pub fn start(
             mut rx,
         } = sub;
         for object in initial.iter().filter(|o| req.matches(o)) {
-            if tx.send(line("ADDED", object)).await.is_err() {
+            if tx.send(req.event("ADDED", object)).await.is_err() {
                 return;
             }
         }
         for event in &backlog {
             if let Some((kind, object)) = req.translate(event)
-                && tx.send(line(kind.as_str(), &object)).await.is_err()
+                && tx.send(req.event(kind.as_str(), &object)).await.is_err()
             {
                 return;
             }
@@ -142,7 +156,7 @@ pub fn start(
                         }
                         last_rv = event.rv;
                         if let Some((kind, object)) = req.translate(&event)
-                            && tx.send(line(kind.as_str(), &object)).await.is_err()
+                            && tx.send(req.event(kind.as_str(), &object)).await.is_err()
                         {
                             return;
                         }

@@ -227,6 +227,35 @@ stringData: {token: abc}
     let svc: serde_json::Value = serde_json::from_str(&svc)?;
     assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    // Server-side printing: kubectl's table columns.
+    let table = s
+        .kubectl(&["get", "svc", "-n", "shop", "-o", "wide"])
+        .await?;
+    let mut rows = table.lines();
+    let header: Vec<&str> = rows.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    let row: Vec<&str> = rows.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        &row[..5],
+        ["web", "ClusterIP", "10.96.0.1", "<none>", "80/TCP"]
+    );
+    assert_eq!(row[6], "app=web");
+    let pods = s.kubectl(&["get", "pods", "-n", "shop"]).await?;
+    assert!(
+        pods.starts_with("NAME") && pods.contains("web-1   0/1     Pending"),
+        "{pods}"
+    );
     let secret = s
         .kubectl(&[
             "get",
