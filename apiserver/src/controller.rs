@@ -9,7 +9,7 @@
 //! Service, the deletion of a managed slice its Service. A reconcile is one store transaction
 //! that writes only what differs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -136,7 +136,7 @@ pub fn desired_slices<'a>(
     let Some(spec) = service.spec.as_ref() else {
         return Vec::new();
     };
-    if selector(service).is_none() {
+    if selector(service).is_none() || spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -237,31 +237,91 @@ pub fn desired_slices<'a>(
     out
 }
 
-fn managed_by_us(slice: &Value, service: &str) -> bool {
-    let labels = &slice["metadata"]["labels"];
-    labels[LABEL_MANAGED_BY] == MANAGED_BY && labels[LABEL_SERVICE_NAME] == service
+/// One namespace's Pods and managed slices, indexed so that reconciling a Service costs the
+/// Pods it could select and the slices it owns, not everything in the namespace.
+struct NamespaceIndex<'v> {
+    pods: Vec<&'v Arc<Value>>,
+    /// (label key, value) -> positions in `pods`.
+    by_label: HashMap<(&'v str, &'v str), Vec<usize>>,
+    /// service name -> its managed slices.
+    slices: HashMap<&'v str, Vec<(&'v String, &'v Arc<Value>)>>,
+}
+
+impl<'v> NamespaceIndex<'v> {
+    fn build(view: &'v View<'_>, ns: &str) -> Self {
+        let pods: Vec<&Arc<Value>> = view
+            .list(&prefix(PODS.plural, Some(ns)))
+            .map(|(_, p)| p)
+            .collect();
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            for (k, v) in p["metadata"]["labels"].as_object().into_iter().flatten() {
+                if let Some(v) = v.as_str() {
+                    by_label.entry((k.as_str(), v)).or_default().push(i);
+                }
+            }
+        }
+        let mut slices: HashMap<&str, Vec<(&String, &Arc<Value>)>> = HashMap::new();
+        for (k, s) in view.list(&prefix(ENDPOINTSLICES.plural, Some(ns))) {
+            let labels = &s["metadata"]["labels"];
+            if labels[LABEL_MANAGED_BY] == MANAGED_BY
+                && let Some(service) = labels[LABEL_SERVICE_NAME].as_str()
+            {
+                slices.entry(service).or_default().push((k, s));
+            }
+        }
+        Self {
+            pods,
+            by_label,
+            slices,
+        }
+    }
+
+    /// The Pods the selector picks: the smallest candidate set of one of its pairs, filtered
+    /// by all of them.
+    fn selected(&self, selector: &BTreeMap<String, String>) -> Vec<Pod> {
+        let Some(candidates) = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())
+        else {
+            return Vec::new();
+        };
+        candidates
+            .iter()
+            .map(|&i| self.pods[i])
+            .filter(|p| {
+                let labels = &p["metadata"]["labels"];
+                selector
+                    .iter()
+                    .all(|(k, v)| labels[k.as_str()].as_str() == Some(v.as_str()))
+            })
+            .filter_map(|p| serde_json::from_value((**p).clone()).ok())
+            .collect()
+    }
 }
 
 /// The store changes that bring the Service's slices to what they should be.
-fn reconcile(view: &View<'_>, ns: &str, name: &str, trigger: &str) -> Vec<Change> {
-    let existing: Vec<(&String, &Arc<Value>)> = view
-        .list(&prefix(ENDPOINTSLICES.plural, Some(ns)))
-        .filter(|(_, s)| managed_by_us(s, name))
-        .collect();
+fn reconcile(
+    view: &View<'_>,
+    index: &NamespaceIndex<'_>,
+    ns: &str,
+    name: &str,
+    trigger: &str,
+) -> Vec<Change> {
+    let existing: Vec<(&String, &Arc<Value>)> = index.slices.get(name).cloned().unwrap_or_default();
     let service_value = view.get(&key(SERVICES.plural, ns, name));
     let service: Option<Service> =
         service_value.and_then(|v| serde_json::from_value((**v).clone()).ok());
     let desired = match &service {
         Some(svc) => {
-            let pods: Vec<Pod> = view
-                .list(&prefix(PODS.plural, Some(ns)))
-                .filter(|(_, p)| {
-                    let labels: Option<BTreeMap<String, String>> =
-                        serde_json::from_value(p["metadata"]["labels"].clone()).ok();
-                    selects(svc, labels.as_ref())
-                })
-                .filter_map(|(_, p)| serde_json::from_value((**p).clone()).ok())
-                .collect();
+            let pods = selector(svc)
+                .map(|sel| index.selected(sel))
+                .unwrap_or_default();
             let zone_of = |node: &str| {
                 view.get(&key(NODES.plural, "", node))
                     .and_then(|n| n["metadata"]["labels"][LABEL_ZONE].as_str())
@@ -314,10 +374,7 @@ fn reconcile(view: &View<'_>, ns: &str, name: &str, trigger: &str) -> Vec<Change
         "controller": true,
         "blockOwnerDeletion": true,
     }]);
-    let mut taken: BTreeSet<String> = view
-        .list(&prefix(ENDPOINTSLICES.plural, Some(ns)))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
     for (current, d) in pending {
         let endpoints = serde_json::to_value(&d.endpoints).unwrap_or_default();
         let ports = serde_json::to_value(&d.ports).unwrap_or_default();
@@ -350,7 +407,7 @@ fn reconcile(view: &View<'_>, ns: &str, name: &str, trigger: &str) -> Vec<Change
                 let (slice_name, k) = loop {
                     let n = format!("{name}-{}", crate::rest::random_suffix(5));
                     let k = key(ENDPOINTSLICES.plural, ns, &n);
-                    if taken.insert(k.clone()) {
+                    if view.get(&k).is_none() && taken.insert(k.clone()) {
                         break (n, k);
                     }
                 };
@@ -397,19 +454,23 @@ fn affected(api: &Api, event: &crate::store::Event) -> Option<Vec<(String, Strin
     match plural {
         "services" => Some(vec![(ns.to_owned(), name.to_owned())]),
         "pods" => {
-            let labels = |v: &Value| -> Option<BTreeMap<String, String>> {
-                serde_json::from_value(v["metadata"]["labels"].clone()).ok()
+            let matches = |svc: &Value, pod: Option<&Value>| {
+                let Some(pod) = pod else { return false };
+                let labels = &pod["metadata"]["labels"];
+                svc["spec"]["type"] != "ExternalName"
+                    && svc["spec"]["selector"].as_object().is_some_and(|sel| {
+                        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    })
             };
-            let now = labels(&event.object);
-            let before = event.prev.as_deref().and_then(labels);
             let (_, services) = api.store.list(&prefix(SERVICES.plural, Some(ns)));
             Some(
                 services
                     .iter()
-                    .filter_map(|s| serde_json::from_value::<Service>((**s).clone()).ok())
-                    .filter(|s| selects(s, now.as_ref()) || selects(s, before.as_ref()))
-                    .filter_map(|s| s.metadata.name)
-                    .map(|n| (ns.to_owned(), n))
+                    .filter(|s| {
+                        matches(s, Some(&event.object)) || matches(s, event.prev.as_deref())
+                    })
+                    .filter_map(|s| s["metadata"]["name"].as_str())
+                    .map(|n| (ns.to_owned(), n.to_owned()))
                     .collect(),
             )
         }
@@ -453,11 +514,21 @@ fn all_services(api: &Api) -> BTreeSet<(String, String)> {
 
 async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>) {
     let trigger = time::format(time::now());
+    let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (ns, name) in dirty {
+        by_namespace.entry(ns).or_default().push(name);
+    }
     let api = api.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        for (ns, name) in dirty {
-            api.store
-                .transact(|view| Ok(reconcile(view, &ns, &name, &trigger)))?;
+        // One transaction (one fsync) per namespace.
+        for (ns, names) in by_namespace {
+            api.store.transact(|view| {
+                let index = NamespaceIndex::build(view, &ns);
+                Ok(names
+                    .iter()
+                    .flat_map(|name| reconcile(view, &index, &ns, name, &trigger))
+                    .collect())
+            })?;
         }
         Ok(())
     })

@@ -117,6 +117,10 @@ fn dual_stack_publish_not_ready_and_placeholder() {
             endpoints: vec![]
         }]
     );
+    let external = service(
+        json!({"type": "ExternalName", "externalName": "x.invalid", "selector": {"app": "web"}}),
+    );
+    assert!(desired_slices(&external, &pods, |_| None).is_empty());
     let manual = service(json!({"ports": [{"port": 80}]}));
     assert!(desired_slices(&manual, &pods, |_| None).is_empty());
 }
