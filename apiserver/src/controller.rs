@@ -379,61 +379,58 @@ fn reconcile(
         let endpoints = serde_json::to_value(&d.endpoints).unwrap_or_default();
         let ports = serde_json::to_value(&d.ports).unwrap_or_default();
         let labels = Value::Object(labels.clone());
-        match current {
-            Some((k, cur)) => {
-                if cur["addressType"] == d.address_type
-                    && cur["endpoints"] == endpoints
-                    && cur["ports"] == ports
-                    && cur["metadata"]["labels"] == labels
-                    && cur["metadata"]["ownerReferences"] == owner
-                {
-                    continue;
-                }
-                let mut obj = (*cur).clone();
-                obj["endpoints"] = endpoints;
-                obj["ports"] = ports;
-                obj["metadata"]["labels"] = labels;
-                obj["metadata"]["ownerReferences"] = owner.clone();
-                obj["metadata"]["annotations"][ANNOTATION_TRIGGER_TIME] = json!(trigger);
-                if let Some(g) = obj["metadata"]["generation"].as_i64() {
-                    obj["metadata"]["generation"] = json!(g + 1);
-                }
-                changes.push(Change::Put {
-                    key: k,
-                    object: obj,
-                });
+        if let Some((k, cur)) = current {
+            if cur["addressType"] == d.address_type
+                && cur["endpoints"] == endpoints
+                && cur["ports"] == ports
+                && cur["metadata"]["labels"] == labels
+                && cur["metadata"]["ownerReferences"] == owner
+            {
+                continue;
             }
-            None => {
-                let (slice_name, k) = loop {
-                    let n = format!("{name}-{}", crate::rest::random_suffix(5));
-                    let k = key(ENDPOINTSLICES.plural, ns, &n);
-                    if view.get(&k).is_none() && taken.insert(k.clone()) {
-                        break (n, k);
-                    }
-                };
-                let obj = json!({
-                    "kind": ENDPOINTSLICES.kind,
-                    "apiVersion": ENDPOINTSLICES.api_version(),
-                    "metadata": {
-                        "name": slice_name,
-                        "generateName": format!("{name}-"),
-                        "namespace": ns,
-                        "uid": crate::rest::uid(),
-                        "creationTimestamp": trigger,
-                        "generation": 1,
-                        "labels": labels,
-                        "annotations": {ANNOTATION_TRIGGER_TIME: trigger},
-                        "ownerReferences": owner,
-                    },
-                    "addressType": d.address_type,
-                    "endpoints": endpoints,
-                    "ports": ports,
-                });
-                changes.push(Change::Put {
-                    key: k,
-                    object: obj,
-                });
+            let mut obj = (*cur).clone();
+            obj["endpoints"] = endpoints;
+            obj["ports"] = ports;
+            obj["metadata"]["labels"] = labels;
+            obj["metadata"]["ownerReferences"] = owner.clone();
+            obj["metadata"]["annotations"][ANNOTATION_TRIGGER_TIME] = json!(trigger);
+            if let Some(g) = obj["metadata"]["generation"].as_i64() {
+                obj["metadata"]["generation"] = json!(g + 1);
             }
+            changes.push(Change::Put {
+                key: k,
+                object: obj,
+            });
+        } else {
+            let (slice_name, k) = loop {
+                let n = format!("{name}-{}", crate::rest::random_suffix(5));
+                let k = key(ENDPOINTSLICES.plural, ns, &n);
+                if view.get(&k).is_none() && taken.insert(k.clone()) {
+                    break (n, k);
+                }
+            };
+            let obj = json!({
+                "kind": ENDPOINTSLICES.kind,
+                "apiVersion": ENDPOINTSLICES.api_version(),
+                "metadata": {
+                    "name": slice_name,
+                    "generateName": format!("{name}-"),
+                    "namespace": ns,
+                    "uid": crate::rest::uid(),
+                    "creationTimestamp": trigger,
+                    "generation": 1,
+                    "labels": labels,
+                    "annotations": {ANNOTATION_TRIGGER_TIME: trigger},
+                    "ownerReferences": owner,
+                },
+                "addressType": d.address_type,
+                "endpoints": endpoints,
+                "ports": ports,
+            });
+            changes.push(Change::Put {
+                key: k,
+                object: obj,
+            });
         }
     }
     changes.extend(

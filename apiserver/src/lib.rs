@@ -2,12 +2,40 @@
 //!
 //! It owns: durable storage of namespaces, nodes, pods, services, endpointslices and secrets
 //! (redb, with resourceVersions that keep increasing across restarts), the REST verbs kubectl
-//! and client-go use (get, list, watch, create, update, patch, delete), discovery, ClusterIP and
-//! NodePort allocation, validation with Kubernetes-style `Status` errors, graceful Pod deletion
+//! and client-go use (get, list, watch, create, update, patch, delete), discovery, `ClusterIP` and
+//! `NodePort` allocation, validation with Kubernetes-style `Status` errors, graceful Pod deletion
 //! and the `EndpointSlice` controller. It serves HTTPS with a self-signed CA made on first start
 //! and bearer-token authentication, and writes a kubeconfig for clients.
 //!
 //! It never does what the node daemon does: no scheduling, no kubelet, no packet path.
+//!
+//! Embedding it (the daemon, or `switchyard apiserver`):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), switchyard_apiserver::ApiServerError> {
+//! use switchyard_apiserver::ApiServerConfig;
+//! let config = ApiServerConfig {
+//!     data_dir: "/var/lib/switchyard/apiserver".into(),
+//!     ..ApiServerConfig::default()
+//! };
+//! let server = switchyard_apiserver::start(config).await?;
+//! println!("kubectl --kubeconfig {}", server.kubeconfig_path().display());
+//! // ... later:
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Files in `data_dir`: `store.redb` (every object), `pki/ca.crt` and `pki/ca.key` (the CA,
+//! made once), `token` (made once unless the config gives one), `kubeconfig` (rewritten on
+//! every start, since the port may change).
+//!
+//! Where it differs from a real API server, on purpose: a Pod's `status` given at creation is
+//! kept (there is no kubelet to report it, so a user or test sets it); watch history lives in
+//! memory, so after a restart a watch from an older resourceVersion gets 410 Expired and the
+//! client relists; `fieldValidation=Warn` is treated like `Ignore`; there is no admission
+//! chain, RBAC (one token is all-powerful), protobuf, server-side apply, `limit`/`continue`
+//! paging (a list is returned whole) or garbage collector beyond Namespace contents and the
+//! controller's own slices.
 #![forbid(unsafe_code)]
 
 mod controller;
@@ -44,7 +72,7 @@ pub struct ApiServerConfig {
     /// Service CIDRs, at most one per address family (`10.96.0.0/16`, `fd00:96::/108`); the
     /// first is the primary family.
     pub service_cluster_ip_range: Vec<String>,
-    /// The NodePort range, inclusive.
+    /// The `NodePort` range, inclusive.
     pub service_node_port_range: (u16, u16),
     /// The bearer token clients must present; `None` makes one on first start (kept in
     /// `data_dir/token`).
@@ -66,7 +94,7 @@ impl Default for ApiServerConfig {
             service_cluster_ip_range: vec!["10.96.0.0/16".to_owned(), "fd00:96::/108".to_owned()],
             service_node_port_range: (30000, 32767),
             token: None,
-            bookmark_interval: Duration::from_secs(60),
+            bookmark_interval: Duration::from_mins(1),
             watch_history: 10_000,
             endpointslice_controller: true,
         }

@@ -1,4 +1,4 @@
-//! Service CIDRs and the ClusterIP and NodePort allocators over them.
+//! Service CIDRs and the `ClusterIP` and `NodePort` allocators over them.
 
 use std::collections::HashSet;
 use std::net::IpAddr;

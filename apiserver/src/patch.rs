@@ -37,6 +37,10 @@ enum ListStrategy {
 
 /// The patch merge keys of the served kinds, by field path (list indices left out); from the
 /// `patchStrategy`/`patchMergeKey` tags of the Kubernetes types.
+#[allow(
+    clippy::match_same_arms,
+    reason = "one arm per field reads as the table of the Kubernetes tags"
+)]
 fn list_strategy(path: &[&str]) -> ListStrategy {
     use ListStrategy::{MergeKey, Replace, Set};
     let last = path.last().copied().unwrap_or_default();
@@ -201,13 +205,12 @@ fn merge_list<'p>(
                     }
                     continue;
                 }
-                match pos {
-                    Some(pos) => strategic_at(&mut list[pos], item, path)?,
-                    None => {
-                        let mut fresh = Value::Null;
-                        strategic_at(&mut fresh, item, path)?;
-                        list.push(fresh);
-                    }
+                if let Some(pos) = pos {
+                    strategic_at(&mut list[pos], item, path)?
+                } else {
+                    let mut fresh = Value::Null;
+                    strategic_at(&mut fresh, item, path)?;
+                    list.push(fresh);
                 }
             }
             *current = Value::Array(list);

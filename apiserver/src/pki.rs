@@ -73,16 +73,16 @@ fn ca_params() -> CertificateParams {
 pub fn load_or_create(dir: &Path, bind: SocketAddr) -> Result<Pki, ApiServerError> {
     let ca_cert_path = dir.join("ca.crt");
     let ca_key_path = dir.join("ca.key");
-    let (ca_pem, ca_key) = match (read(&ca_cert_path)?, read(&ca_key_path)?) {
-        (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
-        _ => {
+    let (ca_pem, ca_key) =
+        if let (Some(cert), Some(key)) = (read(&ca_cert_path)?, read(&ca_key_path)?) {
+            (cert, KeyPair::from_pem(&key)?)
+        } else {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
             write(&ca_key_path, &key.serialize_pem(), true)?;
             write(&ca_cert_path, &cert.pem(), false)?;
             (cert.pem(), key)
-        }
-    };
+        };
     // The issuer is rebuilt from the same parameters and key, which is all a signature needs.
     let issuer = Issuer::new(ca_params(), ca_key);
 

@@ -427,11 +427,11 @@ impl Api {
             let mut new = (**old).clone();
             let result = match kind {
                 PatchType::Merge => {
-                    if !body.is_object() {
-                        Err("a merge patch must be a JSON object".to_owned())
-                    } else {
+                    if body.is_object() {
                         patch::merge(&mut new, body);
                         Ok(())
+                    } else {
+                        Err("a merge patch must be a JSON object".to_owned())
                     }
                 }
                 PatchType::Strategic => {

@@ -1,5 +1,5 @@
 //! What the real API server does to these kinds on the way in: defaults, validation (with
-//! field causes), and ClusterIP and NodePort allocation for Services.
+//! field causes), and `ClusterIP` and `NodePort` allocation for Services.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -147,10 +147,7 @@ pub fn apply_defaults(res: &Resource, obj: &mut Value) {
             obj.as_object_mut().and_then(|o| o.remove("stringData"))
         {
             for (k, v) in strings {
-                let text = v
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string());
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
                 obj["data"][k] = json!(crate::pki::base64(text.as_bytes()));
             }
         }
@@ -461,7 +458,7 @@ fn family_of(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
-/// Allocates (or checks) the Service's ClusterIPs and NodePorts against every other Service.
+/// Allocates (or checks) the Service's `ClusterIPs` and `NodePorts` against every other Service.
 /// `old` is the stored Service on update: what it had allocated is kept.
 pub fn allocate_service(
     view: &View<'_>,
@@ -637,14 +634,14 @@ pub fn allocate_service(
     if families.is_empty() {
         families.extend(ranges.service.first().map(|c| c.family().to_owned()));
     }
-    if policy != "SingleStack" {
+    if policy == "SingleStack" {
+        families.truncate(1);
+    } else {
         for c in &ranges.service {
             if !families.iter().any(|f| f == c.family()) {
                 families.push(c.family().to_owned());
             }
         }
-    } else {
-        families.truncate(1);
     }
     for (i, f) in families.iter().enumerate() {
         if ranges.family(f).is_none() {

@@ -142,7 +142,7 @@ pub fn start(
                 return;
             }
         }
-        let timeout = tokio::time::sleep(req.timeout.unwrap_or(Duration::from_secs(3600 * 24 * 365)));
+        let timeout = tokio::time::sleep(req.timeout.unwrap_or(Duration::from_hours(8760)));
         tokio::pin!(timeout);
         let mut ticker = tokio::time::interval(req.bookmark_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

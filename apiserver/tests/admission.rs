@@ -1,5 +1,5 @@
-//! What the server does to objects on the way in: validation with Status bodies, ClusterIP and
-//! NodePort allocation, immutability.
+//! What the server does to objects on the way in: validation with Status bodies, `ClusterIP` and
+//! `NodePort` allocation, immutability.
 
 mod common;
 

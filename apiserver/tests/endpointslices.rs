@@ -1,4 +1,4 @@
-//! The EndpointSlice controller: a user who creates only Pods and a Service gets slices.
+//! The `EndpointSlice` controller: a user who creates only Pods and a Service gets slices.
 
 mod common;
 

@@ -46,10 +46,7 @@ async fn pods_are_deleted_gracefully() -> anyhow::Result<()> {
     let e = w.next_change(T).await?;
     assert_eq!(e["type"], "DELETED");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1000),
-        "removed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(1), "removed after {waited:?}");
     assert_eq!(c.get(&format!("{PODS}/slow")).await?.status, 404);
 
     // A second delete with a shorter grace period shortens it; 0 removes at once.

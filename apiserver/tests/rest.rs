@@ -174,7 +174,7 @@ async fn crud_for_every_kind_with_the_rust_client() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_get_delete() -> anyhow::Result<()> {
     let mut s = Server::start("kubectl").await?;
-    let manifest = r#"
+    let manifest = r"
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -207,7 +207,7 @@ metadata:
   name: token
   namespace: shop
 stringData: {token: abc}
-"#;
+";
     let path = s.dir.0.join("manifest.yaml");
     std::fs::write(&path, manifest)?;
     let out = s.kubectl(&["create", "-f", path.to_str().unwrap()]).await?;
