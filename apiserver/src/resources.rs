@@ -126,14 +126,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
     {
-        resources.push(json!({
+        let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": VERBS,
             "shortNames": r.short_names,
-        }));
+        });
+        // `kubectl get all` means the kinds in the "all" category.
+        if r.plural == PODS.plural || r.plural == SERVICES.plural {
+            entry["categories"] = json!(["all"]);
+        }
+        resources.push(entry);
         if r.status {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),

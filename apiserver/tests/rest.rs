@@ -279,6 +279,25 @@ stringData: {token: abc}
         ])
         .await?;
     assert!(!slices.contains("error"), "{slices}");
+    let all = s
+        .kubectl(&["get", "all", "-n", "shop", "-o", "name"])
+        .await?;
+    assert_eq!(
+        all.lines().collect::<Vec<_>>(),
+        ["pod/web-1", "service/web"],
+        "{all}"
+    );
+    let kinds = s.kubectl(&["api-resources", "-o", "name"]).await?;
+    for kind in [
+        "pods",
+        "services",
+        "endpointslices.discovery.k8s.io",
+        "secrets",
+        "nodes",
+        "namespaces",
+    ] {
+        assert!(kinds.lines().any(|l| l == kind), "{kind} in {kinds}");
+    }
 
     let (ok, _, err) = s
         .kubectl_output(&["get", "pod", "nope", "-n", "shop"], None)
@@ -306,6 +325,12 @@ stringData: {token: abc}
         .kubectl(&["get", "pods,secrets", "-n", "shop", "-o", "name"])
         .await?;
     assert_eq!(left.trim(), "", "{left}");
+    let out = s.kubectl(&["delete", "namespace", "shop"]).await?;
+    assert!(out.contains("namespace \"shop\" deleted"), "{out}");
+    let (ok, _, err) = s
+        .kubectl_output(&["get", "svc", "web", "-n", "shop"], None)
+        .await?;
+    assert!(!ok && err.contains("not found"), "{err}");
     s.stop().await;
     Ok(())
 }
