@@ -34,6 +34,8 @@ pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-t
 const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// As kube-controller-manager's default `--max-endpoints-per-slice`.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// How long the controller lets changes gather before it reconciles them.
+const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One slice the controller wants.
 #[derive(Clone, Debug, PartialEq)]
@@ -557,7 +559,12 @@ pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
             Err(broadcast::error::RecvError::Closed) => {}
         };
         note(first);
-        // Take everything already queued, so a burst is one pass.
+        // Let a burst gather (a little latency for far fewer transactions, each of them an
+        // fsync), then take everything queued, so the burst is one pass.
+        tokio::select! {
+            () = tokio::time::sleep(BATCH_DELAY) => {}
+            _ = shutdown.changed() => return,
+        }
         loop {
             match rx.try_recv() {
                 Ok(e) => note(Ok(e)),
