@@ -61,8 +61,9 @@ use std::time::Duration;
 pub use error::ApiServerError;
 pub use server::RunningApiServer;
 
-/// How the API server is run. Built once (from the CLI) and passed down.
-#[derive(Clone, Debug)]
+/// How the API server is run. Built once (from the CLI) and passed down. (`Debug` leaves the
+/// token out, so a logged config gives nothing away.)
+#[derive(Clone)]
 pub struct ApiServerConfig {
     /// Where the database, the PKI (CA, serving certificate), the token and the kubeconfig live.
     pub data_dir: PathBuf,
@@ -84,6 +85,21 @@ pub struct ApiServerConfig {
     pub watch_history: usize,
     /// Whether the `EndpointSlice` controller runs.
     pub endpointslice_controller: bool,
+}
+
+impl std::fmt::Debug for ApiServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("bind_address", &self.bind_address)
+            .field("service_cluster_ip_range", &self.service_cluster_ip_range)
+            .field("service_node_port_range", &self.service_node_port_range)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("bookmark_interval", &self.bookmark_interval)
+            .field("watch_history", &self.watch_history)
+            .field("endpointslice_controller", &self.endpointslice_controller)
+            .finish()
+    }
 }
 
 impl Default for ApiServerConfig {
@@ -115,4 +131,20 @@ pub async fn run(
 /// Starts the API server in this process and returns once it accepts connections.
 pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, ApiServerError> {
     server::start(config).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_leaves_the_token_out() {
+        let config = super::ApiServerConfig {
+            token: Some("s3cret".to_owned()),
+            ..super::ApiServerConfig::default()
+        };
+        let text = format!("{config:?}");
+        assert!(
+            !text.contains("s3cret") && text.contains("<redacted>"),
+            "{text}"
+        );
+    }
 }
