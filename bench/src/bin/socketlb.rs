@@ -1,6 +1,6 @@
 //! `socketlb`: switchyard's eBPF socket-level load balancing against
 //! kube-proxy's iptables and nftables rule shapes, at 10 to 50,000
-//! Services: connection setup through a ClusterIP, and the time to program
+//! Services: connection setup through a `ClusterIP`, and the time to program
 //! and change the rules. Needs root. Writes `<out>/<date>-socketlb.md` and
 //! `.json`. See `bench/README.md`.
 

@@ -345,7 +345,7 @@ impl SizeBench<'_> {
             // runs, so it is made rare. Changes are applied as they come.
             sync_period: "1h".to_owned(),
             // /healthz answers 200 after the first full sync.
-            ready_timeout: Duration::from_secs(60)
+            ready_timeout: Duration::from_mins(1)
                 + Duration::from_millis(10)
                     * u32::try_from(self.cluster.services).unwrap_or(u32::MAX),
             ..DaemonConfig::default()
