@@ -82,27 +82,40 @@ impl Loader {
             .with_context(|| format!("spawn {}", argv.join(" ")))?;
         let mut stdin = child.stdin.take().context("stdin pipe")?;
         let mut stderr = child.stderr.take().context("stderr pipe")?;
-        let (written, err_text) = std::thread::scope(|scope| {
+        let deadline = start + self.timeout;
+        // The input is written from a thread of its own: a loader that reads
+        // slowly blocks the writer, never the clock that may kill it.
+        let (written, err_text, status) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut buf = String::new();
                 let _ = stderr.read_to_string(&mut buf);
                 buf
             });
-            let written = stdin.write_all(text.as_bytes());
-            drop(stdin);
-            (written, reader.join().unwrap_or_default())
+            let writer = scope.spawn(move || {
+                let written = stdin.write_all(text.as_bytes());
+                drop(stdin);
+                written
+            });
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Ok(Some(status)),
+                    Ok(None) => {}
+                    Err(error) => break Err(error),
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Ok(None);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+            (written, reader.join().unwrap_or_default(), status)
         });
-        let deadline = start + self.timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if std::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} killed after {:?}", argv.join(" "), self.timeout);
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        let Some(status) = status? else {
+            bail!("{} killed after {:?}", argv.join(" "), self.timeout);
         };
         let elapsed = start.elapsed();
         if !status.success() {
@@ -141,4 +154,40 @@ pub fn in_netns<T: Send>(
             .join()
             .map_err(|_| anyhow::anyhow!("the loader thread panicked"))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_types, reason = "measures the test's own wall time")]
+    fn a_loader_that_stops_reading_is_killed_at_the_deadline() {
+        let loader = Loader {
+            timeout: Duration::from_millis(300),
+        };
+        // Far more than a pipe holds, to a program that never reads it.
+        let text = "x".repeat(8 << 20);
+        let start = std::time::Instant::now();
+        let error = loader
+            .run(&["sh", "-c", "exec sleep 10"], &text)
+            .expect_err("the loader must be killed");
+        assert!(format!("{error:#}").contains("killed after"), "{error:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_failing_loader_reports_its_stderr() {
+        let loader = Loader {
+            timeout: Duration::from_secs(10),
+        };
+        let error = loader
+            .run(&["sh", "-c", "echo bad line 3 >&2; exit 2"], "input")
+            .expect_err("exit 2 is a failure");
+        assert!(format!("{error:#}").contains("bad line 3"), "{error:#}");
+    }
 }
