@@ -147,6 +147,20 @@ fn main() -> Result<()> {
             if !status.success() {
                 bail!("the comparison benchmark failed");
             }
+            step(
+                "socket-level LB: switchyard eBPF against kube-proxy's iptables and nftables rule shapes",
+            );
+            let status = Command::new(root.join("target/release/socketlb"))
+                .args(["--no-build", "--out"])
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .env("POD_SERVER_BIN", root.join("target/release/pod-server"))
+                .status()
+                .context("cannot run the socket-LB benchmark")?;
+            if !status.success() {
+                bail!("the socket-LB benchmark failed");
+            }
             Ok(())
         }
     }
