@@ -322,6 +322,11 @@ fn collect_paths(event: notify::Result<notify::Event>, paths: &mut BTreeSet<Path
             if event.need_rescan() {
                 return true;
             }
+            // Opening or reading a file is no change; without this, the source's own reads of
+            // a file (inotify reports opens) would trigger the next reload, forever.
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return false;
+            }
             paths.extend(event.paths);
             false
         }
