@@ -68,18 +68,8 @@ impl IncrementalTable {
         let old: Vec<Frontend> = self.frontends_of.remove(key).unwrap_or_default();
         let mut new = Vec::with_capacity(outcome.entries.len());
         for entry in outcome.entries {
-            if let Some(owner) = self.table.get(&entry.frontend).map(|e| &e.service)
-                && owner != key
-            {
-                warnings.push(Warning {
-                    kind: "Service",
-                    object: key.clone(),
-                    message: format!(
-                        "frontend {} is already served by service {owner}; skipped",
-                        entry.frontend
-                    ),
-                    invalid: true,
-                });
+            if let Some(warning) = self.table.claimed_by_other(&entry) {
+                warnings.push(warning);
                 continue;
             }
             new.push(entry.frontend);

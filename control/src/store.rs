@@ -205,15 +205,6 @@ impl Store {
         self.nodes.get(name)
     }
 
-    pub fn get(&self, kind: Kind, key: &ObjectKey) -> Option<Object> {
-        match kind {
-            Kind::Service => self.services.get(key).cloned().map(Object::Service),
-            Kind::EndpointSlice => self.slices.get(key).cloned().map(Object::EndpointSlice),
-            Kind::Pod => self.pods.get(key).cloned().map(Object::Pod),
-            Kind::Node => self.nodes.get(&key.name).cloned().map(Object::Node),
-        }
-    }
-
     /// Adds or replaces an object; returns the Services it can affect.
     pub fn upsert(&mut self, object: Object) -> (Affected, ChangeCounts) {
         let key = object.key();

@@ -207,6 +207,21 @@ impl ServiceTable {
     pub fn remove(&mut self, frontend: &Frontend) -> Option<ServiceEntry> {
         self.entries.remove(frontend)
     }
+
+    /// The warning for `entry` when another Service already holds its frontend (the first
+    /// one keeps it: the API server would never have allowed the second).
+    pub fn claimed_by_other(&self, entry: &ServiceEntry) -> Option<Warning> {
+        let owner = &self.get(&entry.frontend)?.service;
+        (*owner != entry.service).then(|| Warning {
+            kind: "Service",
+            object: entry.service.clone(),
+            message: format!(
+                "frontend {} is already served by service {owner}; skipped",
+                entry.frontend
+            ),
+            invalid: true,
+        })
+    }
 }
 
 impl FromIterator<ServiceEntry> for ServiceTable {
@@ -278,21 +293,12 @@ pub fn insert_unclaimed(
     entry: ServiceEntry,
     warnings: &mut Vec<Warning>,
 ) {
-    if let Some(existing) = table.get(&entry.frontend)
-        && existing.service != entry.service
-    {
-        warnings.push(Warning {
-            kind: "Service",
-            object: entry.service.clone(),
-            message: format!(
-                "frontend {} is already served by service {}; skipped",
-                entry.frontend, existing.service
-            ),
-            invalid: true,
-        });
-        return;
+    match table.claimed_by_other(&entry) {
+        Some(warning) => warnings.push(warning),
+        None => {
+            table.insert(entry);
+        }
     }
-    table.insert(entry);
 }
 
 /// Computes the frontends of one Service from the store.
