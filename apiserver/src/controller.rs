@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
@@ -511,8 +512,11 @@ fn all_services(api: &Api) -> BTreeSet<(String, String)> {
     out
 }
 
-async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>) {
-    let trigger = time::format(time::now());
+/// Reconciles the slices of `dirty`; `since` is when the oldest change behind them happened,
+/// written to the slices' trigger-time annotation (kube-proxy measures its network
+/// programming latency from it).
+async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>, since: SystemTime) {
+    let trigger = time::format_nanos(since);
     let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (ns, name) in dirty {
         by_namespace.entry(ns).or_default().push(name);
@@ -542,12 +546,13 @@ async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>) {
 /// Runs until shutdown.
 pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
     let mut rx = api.store.subscribe_all();
-    reconcile_all(&api, all_services(&api)).await;
+    reconcile_all(&api, all_services(&api), time::now()).await;
     loop {
         let first = tokio::select! {
             r = rx.recv() => r,
             _ = shutdown.changed() => return,
         };
+        let since = time::now();
         let mut dirty = BTreeSet::new();
         let mut resync = false;
         let mut note = |r: Result<Arc<crate::store::Event>, broadcast::error::RecvError>| match r {
@@ -578,7 +583,7 @@ pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
             dirty = all_services(&api);
         }
         if !dirty.is_empty() {
-            reconcile_all(&api, dirty).await;
+            reconcile_all(&api, dirty, since).await;
         }
     }
 }

@@ -20,6 +20,12 @@ pub fn format(t: SystemTime) -> String {
     )
 }
 
+/// Formats a time with nanoseconds, as Kubernetes writes `RFC3339Nano` timestamps (the
+/// EndpointSlice trigger time).
+pub fn format_nanos(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z`; anything else is `None`.
 pub fn parse(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::daemon::DaemonConfig;
+use crate::daemon::{DaemonConfig, Source};
 use crate::datapath::ebpf::EbpfConfig;
 use crate::datapath::userspace::UserspaceConfig;
+use crate::source::cluster::ClusterConnection;
 
 /// switchyard: a Kubernetes service proxy (a kube-proxy replacement).
 #[derive(Debug, Parser)]
@@ -115,9 +116,23 @@ fn duration(value: &str) -> Result<Duration, String> {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Folder of Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML) to serve;
-    /// watched for changes.
-    #[arg(long, value_name = "DIR")]
-    pub manifests: PathBuf,
+    /// watched for changes. Used when no API server is configured.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "master"])]
+    pub manifests: Option<PathBuf>,
+
+    /// Watch the API server of this kubeconfig (its current context).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The API server's URL; overrides the kubeconfig's server (as kube-proxy's `--master`).
+    /// Alone, it is used without credentials.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+
+    /// Also watch Pods and derive EndpointSlices for Services with a selector that have none
+    /// (for API servers without an EndpointSlice controller).
+    #[arg(long)]
+    pub derive_endpoint_slices: bool,
 
     /// This node's name, as in its Node object (default: the host name).
     #[arg(long, value_name = "NAME")]
@@ -252,7 +267,16 @@ impl RunArgs {
         });
         DaemonConfig {
             node_name: node_name.trim().to_ascii_lowercase(),
-            manifests: self.manifests.clone(),
+            source: match &self.manifests {
+                Some(dir) => Source::Manifests(dir.clone()),
+                None => Source::Cluster {
+                    connection: ClusterConnection {
+                        kubeconfig: self.kubeconfig.clone(),
+                        master: self.master.clone(),
+                    },
+                    derive_endpoint_slices: self.derive_endpoint_slices,
+                },
+            },
             metrics_bind_address: self.metrics_bind_address,
             healthz_bind_address: self.healthz_bind_address,
             sync_period: self.sync_period,

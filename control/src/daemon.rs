@@ -17,13 +17,15 @@ use crate::datapath::{Datapath, Status};
 use crate::http::{self, AdminState, Endpoints};
 use crate::metrics::Metrics;
 use crate::model::NodeContext;
+use crate::source::cluster::{self, ClusterConfig, ClusterConnection, ClusterError};
 use crate::source::manifests::{self, ManifestConfig};
 
 /// Everything `switchyard run` was told.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub node_name: String,
-    pub manifests: PathBuf,
+    /// Where Services and their endpoints come from.
+    pub source: Source,
     pub metrics_bind_address: SocketAddr,
     pub healthz_bind_address: SocketAddr,
     pub sync_period: Duration,
@@ -32,6 +34,24 @@ pub struct DaemonConfig {
     pub mode: ProxyMode,
     pub userspace: UserspaceConfig,
     pub ebpf: EbpfConfig,
+}
+
+/// Where the daemon reads Services and their endpoints.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A folder of manifests, watched.
+    Manifests(PathBuf),
+    /// An API server's watches.
+    Cluster {
+        connection: ClusterConnection,
+        derive_endpoint_slices: bool,
+    },
+}
+
+/// A source ready to run.
+enum Feed {
+    Manifests(PathBuf),
+    Cluster(kube::Client, ClusterConfig),
 }
 
 /// Why the daemon could not start.
@@ -50,15 +70,32 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and cleans up.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
-    if !config.manifests.is_dir() {
-        return Err(crate::source::SourceError::NotADirectory(config.manifests.clone()).into());
-    }
+    let feed = match &config.source {
+        Source::Manifests(dir) => {
+            if !dir.is_dir() {
+                return Err(crate::source::SourceError::NotADirectory(dir.clone()).into());
+            }
+            Feed::Manifests(dir.clone())
+        }
+        Source::Cluster {
+            connection,
+            derive_endpoint_slices,
+        } => Feed::Cluster(
+            connection.client().await?,
+            ClusterConfig {
+                node_name: config.node_name.clone(),
+                derive_endpoint_slices: *derive_endpoint_slices,
+            },
+        ),
+    };
     let mode = match config.mode {
         ProxyMode::Auto => match switchyard_ebpf::probe() {
             Ok(()) => {
@@ -77,17 +114,18 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if mode == ProxyMode::Ebpf {
         let datapath = EbpfDatapath::new(&config.ebpf)?;
         let status: Status = datapath.status();
-        serve(config, datapath, status, "ebpf").await
+        serve(config, feed, datapath, status, "ebpf").await
     } else {
         let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
         let status: Status = Arc::new(userspace::UserspaceStatus(datapath.proxy()));
-        serve(config, datapath, status, "userspace").await
+        serve(config, feed, datapath, status, "userspace").await
     }
 }
 
 /// Runs the controller over `datapath` with the sources, endpoints and signals.
 async fn serve<D: Datapath>(
     config: DaemonConfig,
+    feed: Feed,
     datapath: D,
     status: Status,
     proxy_mode: &'static str,
@@ -137,23 +175,32 @@ async fn serve<D: Datapath>(
     });
 
     let (events, receiver) = mpsc::channel(1024);
-    let source_config = ManifestConfig {
-        dir: config.manifests.clone(),
-        rescan_period: config.sync_period,
-    };
     let (source_metrics, source_cancel) = (Arc::clone(&metrics), cancel.clone());
-    let source = tokio::spawn(async move {
-        let result =
-            manifests::run(source_config, events, source_metrics, source_cancel.clone()).await;
-        if result.is_err() {
-            source_cancel.cancel(); // nothing can reach the datapath any more: stop
+    let source = match feed {
+        Feed::Cluster(client, cluster) => tokio::spawn(async move {
+            cluster::run(client, cluster, events, source_metrics, source_cancel).await;
+            Ok(())
+        }),
+        Feed::Manifests(dir) => {
+            let source_config = ManifestConfig {
+                dir,
+                rescan_period: config.sync_period,
+            };
+            tokio::spawn(async move {
+                let result =
+                    manifests::run(source_config, events, source_metrics, source_cancel.clone())
+                        .await;
+                if result.is_err() {
+                    source_cancel.cancel(); // nothing can reach the datapath any more: stop
+                }
+                result
+            })
         }
-        result
-    });
+    };
 
     tracing::info!(
         node = %config.node_name,
-        manifests = %config.manifests.display(),
+        source = %describe(&config.source),
         metrics = %config.metrics_bind_address,
         healthz = %config.healthz_bind_address,
         mode = proxy_mode,
@@ -178,4 +225,16 @@ async fn serve<D: Datapath>(
     }
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+/// The source, for the start line.
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Manifests(dir) => format!("manifests {}", dir.display()),
+        Source::Cluster { connection, .. } => match (&connection.kubeconfig, &connection.master) {
+            (Some(path), _) => format!("API server of kubeconfig {}", path.display()),
+            (None, Some(master)) => format!("API server {master}"),
+            (None, None) => "API server (in-cluster)".to_owned(),
+        },
+    }
 }

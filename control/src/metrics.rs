@@ -26,6 +26,7 @@ pub struct Metrics {
     pub datapath_errors: IntCounter,
     pub map_full: IntCounterVec,
     pub repairs: IntCounter,
+    pub watch_errors: IntCounterVec,
     pub services: IntGauge,
     pub frontends: IntGauge,
 }
@@ -105,6 +106,14 @@ impl Metrics {
                 "Differences between the wanted and the programmed datapath state that were repaired",
             )
             .expect("valid metric"),
+            watch_errors: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_api_watch_errors_total",
+                    "Failed lists and watches of the API server (each retried with backoff; the datapath keeps its state), by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             services: IntGauge::new("switchyard_services", "Services programmed")
                 .expect("valid metric"),
             frontends: IntGauge::new("switchyard_frontends", "Frontends programmed")
@@ -123,6 +132,7 @@ impl Metrics {
         register(Box::new(metrics.datapath_errors.clone()));
         register(Box::new(metrics.map_full.clone()));
         register(Box::new(metrics.repairs.clone()));
+        register(Box::new(metrics.watch_errors.clone()));
         register(Box::new(metrics.services.clone()));
         register(Box::new(metrics.frontends.clone()));
         register(Box::new(DatapathCollector::new(status)));

@@ -89,6 +89,9 @@ pub struct DaemonConfig {
     pub shutdown_grace: String,
     /// `--sync-period`.
     pub sync_period: String,
+    /// `--kubeconfig`: watch this API server instead of the manifest folder
+    /// (the folder given to [`Daemon::start`] is then not passed).
+    pub kubeconfig: Option<PathBuf>,
     /// More arguments after these.
     pub extra_args: Vec<String>,
     /// Extra environment variables (`RUST_LOG` is `info` unless set here).
@@ -107,6 +110,7 @@ impl Default for DaemonConfig {
             healthz_bind: "0.0.0.0:10256".to_owned(),
             shutdown_grace: "5s".to_owned(),
             sync_period: "30s".to_owned(),
+            kubeconfig: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(20),
@@ -293,8 +297,13 @@ impl Daemon {
         argv.extend(config.env.iter().map(|(k, v)| format!("{k}={v}").into()));
         argv.push(bin.into());
         argv.push("run".into());
-        argv.push("--manifests".into());
-        argv.push(manifests.into());
+        if let Some(kubeconfig) = &config.kubeconfig {
+            argv.push("--kubeconfig".into());
+            argv.push(kubeconfig.into());
+        } else {
+            argv.push("--manifests".into());
+            argv.push(manifests.into());
+        }
         for (flag, value) in [
             ("--hostname-override", &config.hostname),
             ("--proxy-mode", &config.proxy_mode),
@@ -376,12 +385,21 @@ impl Daemon {
     /// Waits until `/healthz` answers 200; fails with the log if the daemon
     /// exits or `timeout` passes.
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        // An exit ends the wait at once (an error inside the poll would be retried).
+        let mut exited = None;
         let result = poll_until("switchyard /healthz to answer 200", timeout, || {
             if let Some(status) = self.process.try_wait()? {
-                bail!("switchyard exited ({status}) before it was healthy");
+                exited = Some(status);
+                return Ok(Some(()));
             }
             Ok((self.healthz().map(|(code, _)| code).ok() == Some(200)).then_some(()))
         });
+        if let Some(status) = exited {
+            bail!(
+                "switchyard exited ({status}) before it was healthy\n--- switchyard log ---\n{}",
+                self.log()
+            );
+        }
         if let Err(error) = result {
             bail!("{error:#}\n--- switchyard log ---\n{}", self.log());
         }

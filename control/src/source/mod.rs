@@ -1,6 +1,8 @@
-//! Sources of Kubernetes objects. Each sends [`SourceEvent`]s to the controller: a batch of
+//! Sources of Kubernetes objects: an API server's watches ([`cluster`]) or a folder of manifests
+//! ([`manifests`]). Each sends [`SourceEvent`]s to the controller: a batch of
 //! changes, and once its initial list is delivered, [`SourceEvent::Synced`].
 
+pub mod cluster;
 pub mod manifests;
 
 use std::path::PathBuf;
