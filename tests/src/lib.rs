@@ -44,6 +44,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod manifests;
 pub mod metrics;
@@ -54,6 +55,7 @@ pub mod scratch;
 pub mod topology;
 pub mod yaml;
 
+pub use cluster::{ApiServer, Cluster, ClusterPod, Kubectl, ensure_kubectl};
 pub use daemon::{Daemon, DaemonConfig, EbpfPaths, Mode};
 pub use manifests::Manifests;
 pub use netns::{Netns, Process, require_root, unique_prefix};
