@@ -516,31 +516,43 @@ fn all_services(api: &Api) -> BTreeSet<(String, String)> {
 /// written to the slices' trigger-time annotation (kube-proxy measures its network
 /// programming latency from it).
 async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>, since: SystemTime) {
-    let trigger = time::format_nanos(since);
-    let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (ns, name) in dirty {
-        by_namespace.entry(ns).or_default().push(name);
-    }
     let api = api.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        // One transaction (one fsync) per namespace.
-        for (ns, names) in by_namespace {
-            api.store.transact(|view| {
-                let index = NamespaceIndex::build(view, &ns);
-                Ok(names
-                    .iter()
-                    .flat_map(|name| reconcile(view, &index, &ns, name, &trigger))
-                    .collect())
-            })?;
-        }
-        Ok(())
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || reconcile_services(&api, dirty, since)).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "endpointslice controller: writing slices failed"),
         Err(e) => warn!(error = %e, "endpointslice controller: task failed"),
     }
+}
+
+/// Reconciles the slices of `dirty` now, one transaction (one fsync) per namespace. Blocking.
+fn reconcile_services(
+    api: &Api,
+    dirty: BTreeSet<(String, String)>,
+    since: SystemTime,
+) -> Result<(), ApiError> {
+    let trigger = time::format_nanos(since);
+    let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (ns, name) in dirty {
+        by_namespace.entry(ns).or_default().push(name);
+    }
+    for (ns, names) in by_namespace {
+        api.store.transact(|view| {
+            let index = NamespaceIndex::build(view, &ns);
+            Ok(names
+                .iter()
+                .flat_map(|name| reconcile(view, &index, &ns, name, &trigger))
+                .collect())
+        })?;
+    }
+    Ok(())
+}
+
+/// Brings every Service's slices up to date now, in the caller's thread (the controller would
+/// do the same a moment later): a writer that needs the slices to exist when it returns, such
+/// as the daemon's first load of its manifest folder, calls this. Blocking.
+pub fn reconcile_everything(api: &Api) -> Result<(), ApiError> {
+    reconcile_services(api, all_services(api), time::now())
 }
 
 /// Runs until shutdown.

@@ -113,6 +113,11 @@ impl ApiError {
         self
     }
 
+    /// The human-readable message (as in the `Status` body).
+    pub fn message(&self) -> &str {
+        &self.info.message
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -40,6 +40,7 @@
 
 mod controller;
 mod error;
+mod managed;
 mod net;
 mod patch;
 mod pki;
@@ -59,7 +60,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::ApiServerError;
-pub use server::RunningApiServer;
+pub use managed::{ANNOTATION_MANIFESTS, ManifestObject, ManifestRef, ManifestReport};
+pub use server::{ApiHandle, RunningApiServer};
 
 /// How the API server is run. Built once (from the CLI) and passed down. (`Debug` leaves the
 /// token out, so a logged config gives nothing away.)

@@ -1,6 +1,5 @@
 //! Service CIDRs and the `ClusterIP` and `NodePort` allocators over them.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use crate::ApiServerError;
@@ -83,22 +82,22 @@ impl Cidr {
     }
 
     /// The lowest usable address not in `used`.
-    pub fn allocate(self, used: &HashSet<IpAddr>) -> Option<IpAddr> {
+    pub fn allocate(self, used: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
         let size = 1u128 << (self.bits() - self.prefix);
         let last = if self.is_ipv4() { size - 1 } else { size };
         (1..last)
             .map(|off| from_u128(to_u128(self.base) + off, self.is_ipv4()))
-            .find(|ip| !used.contains(ip))
+            .find(|ip| !used(*ip))
     }
 
     /// Why `ip` may not be requested, if it may not.
-    pub fn check(self, ip: IpAddr, used: &HashSet<IpAddr>) -> Result<(), String> {
+    pub fn check(self, ip: IpAddr, used: impl Fn(IpAddr) -> bool) -> Result<(), String> {
         if !self.usable(ip) {
             return Err(format!(
                 "provided IP is not in the valid range. The range of valid IPs is {self}"
             ));
         }
-        if used.contains(&ip) {
+        if used(ip) {
             return Err("provided IP is already allocated".to_owned());
         }
         Ok(())
@@ -127,30 +126,35 @@ impl Ranges {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn parses_and_allocates_lowest_free() {
         let c = Cidr::parse("10.96.0.0/30").unwrap();
         let mut used = HashSet::new();
-        let a = c.allocate(&used).unwrap();
+        let a = c.allocate(|ip| used.contains(&ip)).unwrap();
         assert_eq!(a.to_string(), "10.96.0.1");
         used.insert(a);
-        let b = c.allocate(&used).unwrap();
+        let b = c.allocate(|ip| used.contains(&ip)).unwrap();
         assert_eq!(b.to_string(), "10.96.0.2");
         used.insert(b);
         // .3 is the broadcast address.
-        assert_eq!(c.allocate(&used), None);
-        assert!(c.check("10.96.0.3".parse().unwrap(), &used).is_err());
-        assert!(c.check("10.97.0.1".parse().unwrap(), &used).is_err());
+        assert_eq!(c.allocate(|ip| used.contains(&ip)), None);
+        assert!(
+            c.check("10.96.0.3".parse().unwrap(), |ip| used.contains(&ip))
+                .is_err()
+        );
+        assert!(
+            c.check("10.97.0.1".parse().unwrap(), |ip| used.contains(&ip))
+                .is_err()
+        );
         assert_eq!(
-            c.check("10.96.0.1".parse().unwrap(), &used).unwrap_err(),
+            c.check("10.96.0.1".parse().unwrap(), |ip| used.contains(&ip))
+                .unwrap_err(),
             "provided IP is already allocated"
         );
         let v6 = Cidr::parse("fd00:96::/108").unwrap();
-        assert_eq!(
-            v6.allocate(&HashSet::new()).unwrap().to_string(),
-            "fd00:96::1"
-        );
+        assert_eq!(v6.allocate(|_| false).unwrap().to_string(), "fd00:96::1");
         assert!(v6.contains("fd00:96::f:ffff".parse().unwrap()));
         assert!(!v6.contains("fd00:96::10:0".parse().unwrap()));
         for bad in [

@@ -10,7 +10,7 @@ use crate::error::{ApiError, Cause};
 use crate::net::Ranges;
 use crate::patch;
 use crate::resources::{self, NAMESPACES, PODS, Resource, SERVICES};
-use crate::store::{Change, Store, View, key, prefix};
+use crate::store::{Change, Commit, Store, View, key, prefix};
 use crate::time;
 use crate::validation;
 
@@ -34,6 +34,20 @@ pub enum PatchType {
 pub struct WriteOptions {
     pub strict: bool,
     pub dry_run: bool,
+    /// Commit lazily ([`Commit::Lazy`]): for bulk writes that are repeated after a crash.
+    pub lazy: bool,
+}
+
+impl WriteOptions {
+    fn commit(self) -> Commit {
+        if self.dry_run {
+            Commit::DryRun
+        } else if self.lazy {
+            Commit::Lazy
+        } else {
+            Commit::Durable
+        }
+    }
 }
 
 /// The result of a delete: the object as returned to the client, and, for a graceful Pod
@@ -126,6 +140,11 @@ impl Api {
         Ok(known)
     }
 
+    /// [`Api::check_body`] for a manifest object (unknown fields dropped).
+    pub(crate) fn check_manifest_body(res: &Resource, obj: &Value) -> Result<Value, ApiError> {
+        Self::check_body(res, obj, false)
+    }
+
     /// Defaults, validation and allocation for the object about to be stored.
     fn admit(
         &self,
@@ -154,7 +173,23 @@ impl Api {
         obj: Value,
         opts: WriteOptions,
     ) -> Result<Value, ApiError> {
-        let mut obj = Self::check_body(res, &obj, opts.strict)?;
+        let (k, ns, name, obj) = Self::prepare_create(res, ns, &obj, opts)?;
+        let out = self.store.transact_with(opts.commit(), |view| {
+            self.create_in(view, res, &k, &ns, &name, obj)
+        })?;
+        first(out)
+    }
+
+    /// The part of a create done before its transaction: the body checked, the name (or a
+    /// generated one), namespace, uid and timestamps set. Returns the key, namespace, name and
+    /// object.
+    pub(crate) fn prepare_create(
+        res: &'static Resource,
+        ns: Option<&str>,
+        obj: &Value,
+        opts: WriteOptions,
+    ) -> Result<(String, String, String, Value), ApiError> {
+        let mut obj = Self::check_body(res, obj, opts.strict)?;
         obj["kind"] = json!(res.kind);
         obj["apiVersion"] = json!(res.api_version());
         if !obj["metadata"].is_object() {
@@ -226,32 +261,45 @@ impl Api {
             meta["generation"] = json!(1);
         }
         let k = key(res.plural, &ns, &name);
-        let out = self.store.transact_with(opts.dry_run, |view| {
-            if view.get(&k).is_some() {
-                return Err(ApiError::already_exists(res.group, res.plural, &name));
-            }
-            if res.namespaced && view.get(&key(NAMESPACES.plural, "", &ns)).is_none() {
-                return Err(ApiError::not_found("", NAMESPACES.plural, &ns));
-            }
-            if res.namespaced
-                && view
-                    .get(&key(NAMESPACES.plural, "", &ns))
-                    .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null())
-            {
-                return Err(ApiError::forbidden(
-                    res.group,
-                    res.plural,
-                    &name,
-                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
-                ));
-            }
-            self.admit(res, view, &k, &mut obj, None)?;
-            Ok(vec![Change::Put {
-                key: k.clone(),
-                object: obj,
-            }])
-        })?;
-        first(out)
+        Ok((k, ns, name, obj))
+    }
+
+    /// The part of a create done in its transaction: it must not exist, its namespace must,
+    /// and admission (defaults, validation, allocation) passes. Returns the change to store.
+    pub(crate) fn create_in(
+        &self,
+        view: &View<'_>,
+        res: &'static Resource,
+        k: &str,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+    ) -> Result<Vec<Change>, ApiError> {
+        if view.get(k).is_some() {
+            return Err(ApiError::already_exists(res.group, res.plural, name));
+        }
+        if res.namespaced && view.get(&key(NAMESPACES.plural, "", ns)).is_none() {
+            return Err(ApiError::not_found("", NAMESPACES.plural, ns));
+        }
+        if res.namespaced
+            && view
+                .get(&key(NAMESPACES.plural, "", ns))
+                .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null())
+        {
+            return Err(ApiError::forbidden(
+                res.group,
+                res.plural,
+                name,
+                &format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            ));
+        }
+        self.admit(res, view, k, &mut obj, None)?;
+        Ok(vec![Change::Put {
+            key: k.to_owned(),
+            object: obj,
+        }])
     }
 
     /// Builds the object to store from the stored one and what the client sent, for the part
@@ -303,7 +351,7 @@ impl Api {
 
     /// Stores `new` over the object at `k`, as an update of `part`, checking a resourceVersion
     /// precondition when `new` carries one. A write that changes nothing stores nothing.
-    fn write_over(
+    pub(crate) fn write_over(
         &self,
         res: &'static Resource,
         view: &View<'_>,
@@ -386,7 +434,7 @@ impl Api {
             ));
         }
         let k = Self::item_key(res, ns, name);
-        let out = self.store.transact_with(opts.dry_run, |view| {
+        let out = self.store.transact_with(opts.commit(), |view| {
             self.write_over(res, view, &k, name, new, part)
         })?;
         self.current_or(out, &k, res, name)
@@ -420,7 +468,7 @@ impl Api {
         opts: WriteOptions,
     ) -> Result<Value, ApiError> {
         let k = Self::item_key(res, ns, name);
-        let out = self.store.transact_with(opts.dry_run, |view| {
+        let out = self.store.transact_with(opts.commit(), |view| {
             let old = view
                 .get(&k)
                 .ok_or_else(|| ApiError::not_found(res.group, res.plural, name))?;
@@ -481,11 +529,12 @@ impl Api {
         name: &str,
         grace: Option<i64>,
         precondition: (Option<String>, Option<String>),
-        dry_run: bool,
+        opts: WriteOptions,
     ) -> Result<Deleted, ApiError> {
+        let dry_run = opts.dry_run;
         let k = Self::item_key(res, ns, name);
         let mut remove_after = None;
-        let out = self.store.transact_with(dry_run, |view| {
+        let out = self.store.transact_with(opts.commit(), |view| {
             let old = view
                 .get(&k)
                 .ok_or_else(|| ApiError::not_found(res.group, res.plural, name))?;
@@ -624,7 +673,7 @@ impl Api {
 }
 
 /// The changes that remove an object (and, for a Namespace, everything in it).
-fn delete_changes(res: &Resource, view: &View<'_>, k: &str, name: &str) -> Vec<Change> {
+pub(crate) fn delete_changes(res: &Resource, view: &View<'_>, k: &str, name: &str) -> Vec<Change> {
     let mut changes = Vec::new();
     if res.plural == NAMESPACES.plural {
         for r in resources::ALL.into_iter().filter(|r| r.namespaced) {

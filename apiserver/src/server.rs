@@ -35,6 +35,7 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 /// An API server running in this process.
 pub struct RunningApiServer {
     local_addr: SocketAddr,
+    endpointslice_controller: bool,
     kubeconfig: PathBuf,
     ca_pem: String,
     token: String,
@@ -69,6 +70,15 @@ impl RunningApiServer {
     pub fn token(&self) -> &str {
         &self.token
     }
+    /// A handle for in-process writers (the daemon's manifest loader). Drop it before
+    /// [`RunningApiServer::shutdown`].
+    pub fn handle(&self) -> ApiHandle {
+        ApiHandle {
+            api: Arc::clone(&self.api),
+            derive_slices: self.endpointslice_controller,
+        }
+    }
+
     /// Stops accepting, ends every connection, watch and controller, and closes the database.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -81,6 +91,42 @@ impl RunningApiServer {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// In-process access to a running API server's objects.
+#[derive(Clone)]
+pub struct ApiHandle {
+    api: Arc<Api>,
+    derive_slices: bool,
+}
+
+impl std::fmt::Debug for ApiHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiHandle").finish_non_exhaustive()
+    }
+}
+
+impl ApiHandle {
+    /// Loads objects of manifest folder `folder` (see [`crate::ManifestObject`]): writes
+    /// `objects`, deletes `deletes`, and with `full` also every object from the folder that
+    /// `objects` does not hold.
+    pub async fn apply_manifests(
+        &self,
+        folder: String,
+        objects: Vec<crate::ManifestObject>,
+        deletes: Vec<crate::ManifestRef>,
+        full: bool,
+    ) -> crate::ManifestReport {
+        let (api, derive) = (Arc::clone(&self.api), self.derive_slices);
+        tokio::task::spawn_blocking(move || {
+            api.apply_manifests(&folder, objects, &deletes, full, derive)
+        })
+        .await
+        .unwrap_or_else(|error| crate::ManifestReport {
+            errors: vec![format!("applying manifests failed: {error}")],
+            ..crate::ManifestReport::default()
+        })
     }
 }
 
@@ -184,6 +230,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, ApiServe
     info!(%local_addr, kubeconfig = %kubeconfig.display(), "API server serving");
     Ok(RunningApiServer {
         local_addr,
+        endpointslice_controller: config.endpointslice_controller,
         kubeconfig,
         ca_pem: pki.ca_pem,
         token,
@@ -454,6 +501,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let write = WriteOptions {
         strict: query.get("fieldValidation") == Some("Strict"),
         dry_run: query.get("dryRun").is_some_and(|d| !d.is_empty()),
+        lazy: false,
     };
     match (method, name) {
         (Method::GET, None) if part == Part::Main => {
@@ -561,9 +609,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     .map(str::to_owned),
             );
             let api2 = api.clone();
-            let deleted =
-                blocking(move || api2.delete(res, ns.as_deref(), &name, grace, pre, dry_run))
-                    .await?;
+            let deleted = blocking(move || {
+                let opts = WriteOptions { dry_run, ..write };
+                api2.delete(res, ns.as_deref(), &name, grace, pre, opts)
+            })
+            .await?;
             if let Some(after) = deleted.remove_after {
                 let meta = &deleted.object["metadata"];
                 if let (Some(n), Some(ns), Some(uid)) = (
@@ -599,14 +649,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 let ns = item["metadata"]["namespace"].as_str().map(str::to_owned);
                 let api2 = api.clone();
                 match blocking(move || {
-                    api2.delete(
-                        res,
-                        ns.as_deref(),
-                        &name,
-                        grace,
-                        (None, None),
-                        write.dry_run,
-                    )
+                    api2.delete(res, ns.as_deref(), &name, grace, (None, None), write)
                 })
                 .await
                 {

@@ -7,7 +7,8 @@
 //! restart a watch from an older resourceVersion gets 410 Expired and relists, as with a real
 //! API server whose watch cache was reset.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,6 +67,18 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
+/// How a transaction is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Durable when the call returns (an fsync): what every client write gets.
+    Durable,
+    /// Visible at once but durable only with the next durable commit or [`Store::flush`]: for
+    /// bulk writes of objects that are written again after a crash (a manifest folder).
+    Lazy,
+    /// Not committed at all.
+    DryRun,
+}
+
 /// A change a transaction asks for.
 #[derive(Debug)]
 pub enum Change {
@@ -73,20 +86,145 @@ pub enum Change {
     Delete { key: String },
 }
 
-/// Read access inside a transaction.
+/// Objects written (`Some`) or deleted (`None`) earlier in the same transaction.
+pub type Overlay = BTreeMap<String, Option<Arc<Value>>>;
+
+/// Read access inside a transaction; with an overlay, what the transaction already wrote.
 pub struct View<'a> {
     objects: &'a BTreeMap<String, Arc<Value>>,
+    allocations: &'a Allocations,
+    overlay: Option<&'a Overlay>,
 }
 
-impl View<'_> {
+const SERVICES_PREFIX: &str = "services/";
+
+fn service_ips(service: &Value) -> impl Iterator<Item = IpAddr> + '_ {
+    service["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str()?.parse().ok())
+}
+
+fn service_node_ports(service: &Value) -> impl Iterator<Item = u64> + '_ {
+    service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["nodePort"].as_u64())
+}
+
+/// The ClusterIPs and NodePorts Services hold, by the key of the Service holding each: what
+/// allocation checks against, without reading every Service.
+#[derive(Default)]
+pub struct Allocations {
+    ips: HashMap<IpAddr, String>,
+    node_ports: HashMap<u64, String>,
+}
+
+impl Allocations {
+    fn add(&mut self, key: &str, service: &Value) {
+        for ip in service_ips(service) {
+            self.ips.insert(ip, key.to_owned());
+        }
+        for port in service_node_ports(service) {
+            self.node_ports.insert(port, key.to_owned());
+        }
+    }
+
+    fn remove(&mut self, key: &str, service: &Value) {
+        for ip in service_ips(service) {
+            if self.ips.get(&ip).is_some_and(|k| k == key) {
+                self.ips.remove(&ip);
+            }
+        }
+        for port in service_node_ports(service) {
+            if self.node_ports.get(&port).is_some_and(|k| k == key) {
+                self.node_ports.remove(&port);
+            }
+        }
+    }
+
+    /// Updates the index for a change of the object at `key`.
+    fn change(&mut self, key: &str, before: Option<&Value>, after: Option<&Value>) {
+        if !key.starts_with(SERVICES_PREFIX) {
+            return;
+        }
+        if let Some(before) = before {
+            self.remove(key, before);
+        }
+        if let Some(after) = after {
+            self.add(key, after);
+        }
+    }
+}
+
+impl<'a> View<'a> {
     pub fn get(&self, key: &str) -> Option<&Arc<Value>> {
+        if let Some(written) = self.overlay.and_then(|o| o.get(key)) {
+            return written.as_ref();
+        }
         self.objects.get(key)
     }
     pub fn list(&self, prefix: &str) -> impl Iterator<Item = (&String, &Arc<Value>)> {
-        let prefix = prefix.to_owned();
-        self.objects
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
+        let overlay = self.overlay;
+        let base = {
+            let prefix = prefix.to_owned();
+            self.objects
+                .range(prefix.clone()..)
+                .take_while(move |(k, _)| k.starts_with(&prefix))
+                .filter(move |(k, _)| overlay.is_none_or(|o| !o.contains_key(*k)))
+        };
+        let written = {
+            let prefix = prefix.to_owned();
+            overlay.into_iter().flat_map(move |o| {
+                let prefix = prefix.clone();
+                o.range(prefix.clone()..)
+                    .take_while(move |(k, _)| k.starts_with(&prefix))
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+            })
+        };
+        base.chain(written)
+    }
+    /// This view with `overlay` (the transaction's own writes so far) on top.
+    pub fn with_overlay<'b>(&self, overlay: &'b Overlay) -> View<'b>
+    where
+        'a: 'b,
+    {
+        View {
+            objects: self.objects,
+            allocations: self.allocations,
+            overlay: Some(overlay),
+        }
+    }
+
+    /// Whether a Service other than `except` (a key) holds ClusterIP `ip`.
+    pub fn ip_in_use(&self, ip: IpAddr, except: &str) -> bool {
+        self.in_use(self.allocations.ips.get(&ip), except, |s| {
+            service_ips(s).any(|i| i == ip)
+        })
+    }
+
+    /// Whether a Service other than `except` (a key) holds NodePort `port`.
+    pub fn node_port_in_use(&self, port: u64, except: &str) -> bool {
+        self.in_use(self.allocations.node_ports.get(&port), except, |s| {
+            service_node_ports(s).any(|p| p == port)
+        })
+    }
+
+    fn in_use(&self, owner: Option<&String>, except: &str, holds: impl Fn(&Value) -> bool) -> bool {
+        let overlay = self.overlay;
+        let rewritten = |k: &str| overlay.is_some_and(|o| o.contains_key(k));
+        // The committed owner, unless this transaction rewrote it...
+        if owner.is_some_and(|k| k != except && !rewritten(k)) {
+            return true;
+        }
+        // ...and the Services this transaction wrote.
+        overlay.is_some_and(|o| {
+            o.range(SERVICES_PREFIX.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(SERVICES_PREFIX))
+                .any(|(k, v)| k != except && v.as_deref().is_some_and(&holds))
+        })
     }
 }
 
@@ -110,6 +248,7 @@ pub struct Expired {
 struct Inner {
     db: Database,
     objects: BTreeMap<String, Arc<Value>>,
+    allocations: Allocations,
     rv: u64,
     history: VecDeque<Arc<Event>>,
     /// Every change after this resourceVersion is in `history`.
@@ -159,10 +298,18 @@ impl Store {
         }
         txn.commit().map_err(|e| db_err(e.into()))?;
         let (events, _) = broadcast::channel(4096);
+        let mut allocations = Allocations::default();
+        for (key, object) in objects.range(SERVICES_PREFIX.to_owned()..) {
+            if !key.starts_with(SERVICES_PREFIX) {
+                break;
+            }
+            allocations.add(key, object);
+        }
         Ok(Self {
             inner: Mutex::new(Inner {
                 db,
                 objects,
+                allocations,
                 rv,
                 history: VecDeque::new(),
                 floor: rv,
@@ -185,6 +332,8 @@ impl Store {
         let inner = self.inner.lock();
         let view = View {
             objects: &inner.objects,
+            allocations: &inner.allocations,
+            overlay: None,
         };
         let items = view.list(prefix).map(|(_, v)| v.clone()).collect();
         (inner.rv, items)
@@ -204,6 +353,8 @@ impl Store {
             None => {
                 let view = View {
                     objects: &inner.objects,
+                    allocations: &inner.allocations,
+                    overlay: None,
                 };
                 Ok(Subscription {
                     initial: view.list(prefix).map(|(_, v)| v.clone()).collect(),
@@ -230,6 +381,14 @@ impl Store {
         }
     }
 
+    /// Makes every lazy commit so far durable.
+    pub fn flush(&self) -> Result<(), ApiError> {
+        let inner = self.inner.lock();
+        let txn = inner.db.begin_write().map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
     /// Runs `f` against the current objects and commits the changes it returns, atomically and
     /// durably; returns the stored objects (for a deletion, the deleted one). Blocking: call it
     /// from `spawn_blocking`.
@@ -237,18 +396,21 @@ impl Store {
     where
         F: FnOnce(&View<'_>) -> Result<Vec<Change>, ApiError>,
     {
-        self.transact_with(false, f)
+        self.transact_with(Commit::Durable, f)
     }
 
-    /// [`Store::transact`], or with `dry_run` everything but the commit: the objects returned
-    /// are what would have been stored (or deleted).
-    pub fn transact_with<F>(&self, dry_run: bool, f: F) -> Result<Vec<Arc<Value>>, ApiError>
+    /// [`Store::transact`] with the given kind of commit: with [`Commit::DryRun`] everything but
+    /// the commit (the objects returned are what would have been stored or deleted).
+    pub fn transact_with<F>(&self, commit: Commit, f: F) -> Result<Vec<Arc<Value>>, ApiError>
     where
         F: FnOnce(&View<'_>) -> Result<Vec<Change>, ApiError>,
     {
+        let dry_run = commit == Commit::DryRun;
         let mut inner = self.inner.lock();
         let changes = f(&View {
             objects: &inner.objects,
+            allocations: &inner.allocations,
+            overlay: None,
         })?;
         if changes.is_empty() {
             return Ok(Vec::new());
@@ -264,7 +426,11 @@ impl Store {
         }
         let mut rv = inner.rv;
         let mut events = Vec::with_capacity(changes.len());
-        let txn = inner.db.begin_write().map_err(redb::Error::from)?;
+        let mut txn = inner.db.begin_write().map_err(redb::Error::from)?;
+        if commit == Commit::Lazy {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| ApiError::internal(format!("lazy commit: {e}")))?;
+        }
         {
             let mut table = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
             for change in changes {
@@ -320,11 +486,19 @@ impl Store {
             match event.kind {
                 EventType::Deleted => {
                     inner.objects.remove(&event.key);
+                    inner
+                        .allocations
+                        .change(&event.key, event.prev.as_deref(), None);
                 }
                 _ => {
                     inner
                         .objects
                         .insert(event.key.clone(), event.object.clone());
+                    inner.allocations.change(
+                        &event.key,
+                        event.prev.as_deref(),
+                        Some(&event.object),
+                    );
                 }
             }
             out.push(event.object.clone());

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::error::Cause;
 use crate::net::Ranges;
 use crate::resources::{ENDPOINTSLICES, NAMESPACES, PODS, Resource, SECRETS, SERVICES};
-use crate::store::{View, prefix};
+use crate::store::View;
 
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
@@ -468,24 +468,9 @@ pub fn allocate_service(
     ranges: &Ranges,
 ) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let mut used_ips = HashSet::new();
-    let mut used_ports = HashSet::new();
-    let all = prefix(SERVICES.plural, None);
-    for (k, svc) in view.list(&all) {
-        if k == key {
-            continue;
-        }
-        for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten() {
-            if let Some(ip) = ip.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-                used_ips.insert(ip);
-            }
-        }
-        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
-            if let Some(n) = p["nodePort"].as_u64() {
-                used_ports.insert(n);
-            }
-        }
-    }
+    // What every other Service holds, from the store's index (not a scan of every Service).
+    let used_ips = |ip: IpAddr| view.ip_in_use(ip, key);
+    let used_port = |n: u64| view.node_port_in_use(n, key);
     let spec = &mut obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_owned();
 
@@ -519,7 +504,7 @@ pub fn allocate_service(
                                 ranges.node_ports.0, ranges.node_ports.1
                             ),
                         ));
-                    } else if used_ports.contains(&n) {
+                    } else if used_port(n) {
                         causes.push(Cause::invalid(
                             field,
                             format!("Invalid value: {n}: provided port is already allocated"),
@@ -553,7 +538,7 @@ pub fn allocate_service(
                 if p["nodePort"].is_null() {
                     let free = (ranges.node_ports.0..=ranges.node_ports.1)
                         .map(u64::from)
-                        .find(|n| !used_ports.contains(n) && !mine.contains(n));
+                        .find(|n| !used_port(*n) && !mine.contains(n));
                     match free {
                         Some(n) => {
                             mine.insert(n);
@@ -678,7 +663,7 @@ pub fn allocate_service(
                     });
                     if own {
                         ips.push(ip.to_string());
-                    } else if let Err(why) = cidr.check(ip, &used_ips) {
+                    } else if let Err(why) = cidr.check(ip, used_ips) {
                         causes.push(Cause::invalid(
                             format!("spec.clusterIPs[{i}]"),
                             format!("Invalid value: {:?}: {why}", ip.to_string()),
@@ -694,7 +679,7 @@ pub fn allocate_service(
                         requested[i]
                     ),
                 )),
-                None => match cidr.allocate(&used_ips) {
+                None => match cidr.allocate(used_ips) {
                     Some(ip) => ips.push(ip.to_string()),
                     None => causes.push(Cause::invalid(
                         "spec.clusterIPs",

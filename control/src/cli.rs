@@ -115,10 +115,30 @@ fn duration(value: &str) -> Result<Duration, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Folder of Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML) to serve;
-    /// watched for changes. Used when no API server is configured.
+    /// Folder of Kubernetes manifests (*.yaml, *.yml, *.json; multi-document YAML) loaded into
+    /// the embedded API server and followed: a changed file updates its objects, a removed
+    /// file or document deletes them.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "master"])]
     pub manifests: Option<PathBuf>,
+
+    /// Embedded API server (used when no --kubeconfig, --master or in-cluster environment is
+    /// given): where its database, certificates, token and kubeconfig (`DIR/kubeconfig`) live.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/switchyard")]
+    pub data_dir: PathBuf,
+
+    /// Embedded API server: the address it serves HTTPS on, for kubectl and other clients.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:6443")]
+    pub apiserver_bind_address: SocketAddr,
+
+    /// Embedded API server: Service CIDRs ClusterIPs are allocated from, at most one per
+    /// family.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR[,CIDR]",
+        default_value = "10.96.0.0/16,fd00:96::/108"
+    )]
+    pub service_cluster_ip_range: Vec<String>,
 
     /// Watch the API server of this kubeconfig (its current context).
     #[arg(long, value_name = "PATH")]
@@ -267,15 +287,27 @@ impl RunArgs {
         });
         DaemonConfig {
             node_name: node_name.trim().to_ascii_lowercase(),
-            source: match &self.manifests {
-                Some(dir) => Source::Manifests(dir.clone()),
-                None => Source::Cluster {
-                    connection: ClusterConnection {
-                        kubeconfig: self.kubeconfig.clone(),
-                        master: self.master.clone(),
-                    },
-                    derive_endpoint_slices: self.derive_endpoint_slices,
-                },
+            source: {
+                let connection = ClusterConnection {
+                    kubeconfig: self.kubeconfig.clone(),
+                    master: self.master.clone(),
+                };
+                if connection.is_configured() {
+                    Source::Cluster {
+                        connection,
+                        derive_endpoint_slices: self.derive_endpoint_slices,
+                    }
+                } else {
+                    Source::Embedded {
+                        apiserver: switchyard_apiserver::ApiServerConfig {
+                            data_dir: self.data_dir.clone(),
+                            bind_address: self.apiserver_bind_address,
+                            service_cluster_ip_range: self.service_cluster_ip_range.clone(),
+                            ..switchyard_apiserver::ApiServerConfig::default()
+                        },
+                        manifests: self.manifests.clone(),
+                    }
+                }
             },
             metrics_bind_address: self.metrics_bind_address,
             healthz_bind_address: self.healthz_bind_address,

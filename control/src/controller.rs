@@ -213,16 +213,35 @@ impl<D: Datapath> Controller<D> {
             return;
         }
         let applied = self.datapath.apply(diff).await;
-        for (frontend, error) in &applied.failed {
+        // One line per failed frontend, up to a few; a full map fails every further write, so
+        // the rest are counted in one line.
+        const LOGGED: usize = 10;
+        for (frontend, error) in applied.failed.iter().take(LOGGED) {
             tracing::error!(%frontend, %error, "cannot program frontend; retrying at the next sync");
-            self.metrics.datapath_errors.inc();
         }
+        if applied.failed.len() > LOGGED {
+            tracing::error!(
+                more = applied.failed.len() - LOGGED,
+                "more frontends could not be programmed; retrying at the next sync"
+            );
+        }
+        self.metrics
+            .datapath_errors
+            .inc_by(applied.failed.len() as u64);
+        let mut full: BTreeMap<&str, u64> = BTreeMap::new();
         for map in &applied.full_maps {
+            *full.entry(map).or_default() += 1;
+        }
+        for (map, writes) in full {
             tracing::error!(
                 map,
-                "eBPF map is full: raise its size (and run `switchyard cleanup` to resize pinned maps)"
+                refused_writes = writes,
+                "eBPF map is full: raise its size (--bpf-max-*; run `switchyard cleanup` to resize pinned maps)"
             );
-            self.metrics.map_full.with_label_values(&[map]).inc();
+            self.metrics
+                .map_full
+                .with_label_values(&[map])
+                .inc_by(writes);
         }
         self.metrics
             .services

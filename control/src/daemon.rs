@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::NodeContext;
 use crate::source::cluster::{self, ClusterConfig, ClusterConnection, ClusterError};
 use crate::source::manifests::{self, ManifestConfig};
+use switchyard_apiserver::{ApiServerConfig, RunningApiServer};
 
 /// Everything `switchyard run` was told.
 #[derive(Clone, Debug)]
@@ -36,22 +37,28 @@ pub struct DaemonConfig {
     pub ebpf: EbpfConfig,
 }
 
-/// Where the daemon reads Services and their endpoints.
+/// Where the daemon reads Services and their endpoints: always an API server's watches.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// A folder of manifests, watched.
-    Manifests(PathBuf),
-    /// An API server's watches.
+    /// A cluster's API server.
     Cluster {
         connection: ClusterConnection,
         derive_endpoint_slices: bool,
     },
+    /// The embedded API server, started in this process, with a manifest folder loaded into
+    /// it and followed.
+    Embedded {
+        apiserver: ApiServerConfig,
+        manifests: Option<PathBuf>,
+    },
 }
 
-/// A source ready to run.
-enum Feed {
-    Manifests(PathBuf),
-    Cluster(kube::Client, ClusterConfig),
+/// A source ready to run: the client to watch with, and the embedded API server if it is
+/// ours to run.
+struct Feed {
+    client: kube::Client,
+    cluster: ClusterConfig,
+    embedded: Option<(RunningApiServer, Option<PathBuf>)>,
 }
 
 /// Why the daemon could not start.
@@ -72,29 +79,56 @@ pub enum DaemonError {
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error("cannot start the embedded API server: {0}")]
+    ApiServer(#[from] switchyard_apiserver::ApiServerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and cleans up.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let cluster = ClusterConfig {
+        node_name: config.node_name.clone(),
+        derive_endpoint_slices: false,
+    };
     let feed = match &config.source {
-        Source::Manifests(dir) => {
-            if !dir.is_dir() {
-                return Err(crate::source::SourceError::NotADirectory(dir.clone()).into());
-            }
-            Feed::Manifests(dir.clone())
-        }
         Source::Cluster {
             connection,
             derive_endpoint_slices,
-        } => Feed::Cluster(
-            connection.client().await?,
-            ClusterConfig {
-                node_name: config.node_name.clone(),
+        } => Feed {
+            client: connection.client().await?,
+            cluster: ClusterConfig {
                 derive_endpoint_slices: *derive_endpoint_slices,
+                ..cluster
             },
-        ),
+            embedded: None,
+        },
+        Source::Embedded {
+            apiserver,
+            manifests,
+        } => {
+            if let Some(dir) = manifests
+                && !dir.is_dir()
+            {
+                return Err(crate::source::SourceError::NotADirectory(dir.clone()).into());
+            }
+            let server = switchyard_apiserver::start(apiserver.clone()).await?;
+            tracing::info!(
+                address = %server.local_addr(),
+                kubeconfig = %server.kubeconfig_path().display(),
+                "embedded API server serving; kubectl --kubeconfig {}",
+                server.kubeconfig_path().display()
+            );
+            let connection = ClusterConnection {
+                kubeconfig: Some(server.kubeconfig_path().to_owned()),
+                master: None,
+            };
+            Feed {
+                client: connection.client().await?,
+                cluster,
+                embedded: Some((server, manifests.clone())),
+            }
+        }
     };
     let mode = match config.mode {
         ProxyMode::Auto => match switchyard_ebpf::probe() {
@@ -175,28 +209,45 @@ async fn serve<D: Datapath>(
     });
 
     let (events, receiver) = mpsc::channel(1024);
-    let (source_metrics, source_cancel) = (Arc::clone(&metrics), cancel.clone());
-    let source = match feed {
-        Feed::Cluster(client, cluster) => tokio::spawn(async move {
-            cluster::run(client, cluster, events, source_metrics, source_cancel).await;
-            Ok(())
-        }),
-        Feed::Manifests(dir) => {
-            let source_config = ManifestConfig {
-                dir,
-                rescan_period: config.sync_period,
-            };
-            tokio::spawn(async move {
-                let result =
-                    manifests::run(source_config, events, source_metrics, source_cancel.clone())
-                        .await;
-                if result.is_err() {
-                    source_cancel.cancel(); // nothing can reach the datapath any more: stop
-                }
-                result
-            })
+    let Feed {
+        client,
+        cluster,
+        embedded,
+    } = feed;
+    let (server, manifests) = embedded.unzip();
+    let loader = match (&server, manifests.flatten()) {
+        (Some(server), Some(dir)) => {
+            let (loaded, on_loaded) = tokio::sync::oneshot::channel();
+            let loader = tokio::spawn(manifests::load_into(
+                ManifestConfig {
+                    dir,
+                    rescan_period: config.sync_period,
+                },
+                server.handle(),
+                Arc::clone(&metrics),
+                cancel.clone(),
+                loaded,
+            ));
+            // The first view holds the whole folder.
+            tokio::select! {
+                result = on_loaded => if result.is_err() {
+                    cancel.cancel();
+                    return match loader.await {
+                        Ok(Err(error)) => Err(error.into()),
+                        _ => Ok(()),
+                    };
+                },
+                () = cancel.cancelled() => {}
+            }
+            Some(loader)
         }
+        _ => None,
     };
+    let source_metrics = Arc::clone(&metrics);
+    let source_cancel = cancel.clone();
+    let source = tokio::spawn(async move {
+        cluster::run(client, cluster, events, source_metrics, source_cancel).await;
+    });
 
     tracing::info!(
         node = %config.node_name,
@@ -220,9 +271,15 @@ async fn serve<D: Datapath>(
     );
     controller.run(receiver, cancel.clone()).await;
     cancel.cancel();
-    if let Ok(Err(error)) = source.await {
-        return Err(error.into());
+    let _ = source.await;
+    let loaded = match loader {
+        Some(loader) => loader.await.unwrap_or(Ok(())),
+        None => Ok(()),
+    };
+    if let Some(server) = server {
+        server.shutdown().await;
     }
+    loaded?;
     tracing::info!("switchyard stopped");
     Ok(())
 }
@@ -230,7 +287,11 @@ async fn serve<D: Datapath>(
 /// The source, for the start line.
 fn describe(source: &Source) -> String {
     match source {
-        Source::Manifests(dir) => format!("manifests {}", dir.display()),
+        Source::Embedded {
+            manifests: Some(dir),
+            ..
+        } => format!("embedded API server, manifests {}", dir.display()),
+        Source::Embedded { .. } => "embedded API server".to_owned(),
         Source::Cluster { connection, .. } => match (&connection.kubeconfig, &connection.master) {
             (Some(path), _) => format!("API server of kubeconfig {}", path.display()),
             (None, Some(master)) => format!("API server {master}"),

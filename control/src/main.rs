@@ -12,7 +12,10 @@ fn init_logging(verbosity: u8, format: LogFormat) {
         2 | 3 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // kube's client logs each failed request as an error; switchyard logs the failed watch
+    // itself, once, with what it does about it.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},kube_client::client::builder=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

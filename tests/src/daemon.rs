@@ -92,6 +92,9 @@ pub struct DaemonConfig {
     /// `--kubeconfig`: watch this API server instead of the manifest folder
     /// (the folder given to [`Daemon::start`] is then not passed).
     pub kubeconfig: Option<PathBuf>,
+    /// `--data-dir` of the embedded API server (default: `switchyard-data` in
+    /// the log folder, kept across [`Daemon::restart`]).
+    pub data_dir: Option<PathBuf>,
     /// More arguments after these.
     pub extra_args: Vec<String>,
     /// Extra environment variables (`RUST_LOG` is `info` unless set here).
@@ -111,6 +114,7 @@ impl Default for DaemonConfig {
             shutdown_grace: "5s".to_owned(),
             sync_period: "30s".to_owned(),
             kubeconfig: None,
+            data_dir: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(20),
@@ -303,6 +307,14 @@ impl Daemon {
         } else {
             argv.push("--manifests".into());
             argv.push(manifests.into());
+            argv.push("--data-dir".into());
+            argv.push(
+                config
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| log_dir.join("switchyard-data"))
+                    .into(),
+            );
         }
         for (flag, value) in [
             ("--hostname-override", &config.hostname),

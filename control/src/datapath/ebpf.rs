@@ -490,6 +490,10 @@ impl Datapath for EbpfDatapath {
         // Backends a frontend stops using or draining: their sockets are closed below unless
         // another frontend still uses or drains them.
         let mut left: BTreeSet<(SocketAddr, Proto)> = BTreeSet::new();
+        // After a failed write the view is read back from the kernel, once at the end: when a
+        // map is full, every further write fails too, and reading back after each of them
+        // made a sync quadratic in the table's size.
+        let mut failed_writes = false;
         for entry in diff.added.iter().chain(&diff.changed) {
             let before = self.members(&entry.frontend);
             match self.program(entry) {
@@ -510,7 +514,7 @@ impl Datapath for EbpfDatapath {
                         applied.full_maps.push(map);
                     }
                     applied.failed.push((entry.frontend, error.to_string()));
-                    self.recover("update");
+                    failed_writes = true;
                 }
             }
         }
@@ -525,9 +529,12 @@ impl Datapath for EbpfDatapath {
                 }
                 Err(error) => {
                     applied.failed.push((*frontend, error.to_string()));
-                    self.recover("removal");
+                    failed_writes = true;
                 }
             }
+        }
+        if failed_writes {
+            self.recover("update");
         }
         let gone: Vec<(SocketAddr, Proto)> = left
             .into_iter()

@@ -1,5 +1,7 @@
 //! The manifest folder source: every `*.yaml`, `*.yml` and `*.json` file in a folder, read as
-//! the manifests a user would `kubectl apply`, and watched for changes.
+//! the manifests a user would `kubectl apply`, and watched for changes. [`load_into`] loads the
+//! folder into the embedded API server and keeps it there as the folder changes (the daemon
+//! then watches the API server like any cluster's).
 //!
 //! A document that does not parse or is not valid is rejected with one log line naming the
 //! file, the document and the field; the objects the file held before stay in force, so a bad
@@ -311,6 +313,98 @@ pub async fn run(
                 };
                 send(&events, &metrics, changes, observed).await;
             }
+        }
+    }
+}
+
+/// Loads the folder into the embedded API server and follows it until cancelled: the first
+/// complete read replaces every object that came from the folder before (so the folder's
+/// objects follow it across restarts), then each change writes or deletes what it touched.
+/// `loaded` fires once the first read is in the API server. Objects the API server refuses are
+/// logged, one line each, and counted in `switchyard_invalid_objects_total`.
+pub async fn load_into(
+    config: ManifestConfig,
+    api: switchyard_apiserver::ApiHandle,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    loaded: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), super::SourceError> {
+    let folder = std::fs::canonicalize(&config.dir)
+        .unwrap_or_else(|_| config.dir.clone())
+        .display()
+        .to_string();
+    let (events, mut changes) = mpsc::channel(16);
+    let reader = tokio::spawn(run(config, events, Arc::clone(&metrics), cancel));
+    let mut initial = Vec::new();
+    let mut loaded = Some(loaded);
+    while let Some(event) = changes.recv().await {
+        let (upserts, deletes, full) = match event {
+            SourceEvent::Changes {
+                upserts, deletes, ..
+            } if loaded.is_some() => {
+                // Part of the first read: held until it is complete.
+                initial.extend(upserts);
+                drop(deletes);
+                continue;
+            }
+            SourceEvent::Changes {
+                upserts, deletes, ..
+            } => (upserts, deletes, false),
+            SourceEvent::Synced => (std::mem::take(&mut initial), Vec::new(), true),
+        };
+        let objects = upserts.iter().filter_map(to_manifest_object).collect();
+        let deletes = deletes
+            .into_iter()
+            .map(|(kind, key)| switchyard_apiserver::ManifestRef {
+                kind: kind.as_str().to_owned(),
+                namespace: key.namespace,
+                name: key.name,
+            })
+            .collect();
+        let report = api
+            .apply_manifests(folder.clone(), objects, deletes, full)
+            .await;
+        for error in &report.errors {
+            tracing::warn!("the API server refused a manifest object: {error}; skipped");
+            let kind = error.split(' ').next().unwrap_or("Unknown");
+            metrics.invalid_object(match kind {
+                "Service" | "EndpointSlice" | "Pod" | "Node" => kind,
+                _ => "Unknown",
+            });
+        }
+        if full {
+            tracing::info!(
+                written = report.written,
+                deleted = report.deleted,
+                refused = report.errors.len(),
+                "manifest folder loaded into the API server"
+            );
+            if let Some(loaded) = loaded.take() {
+                let _ = loaded.send(());
+            }
+        } else {
+            tracing::debug!(
+                written = report.written,
+                deleted = report.deleted,
+                "manifest change written to the API server"
+            );
+        }
+    }
+    reader.await.unwrap_or(Ok(()))
+}
+
+fn to_manifest_object(object: &Object) -> Option<switchyard_apiserver::ManifestObject> {
+    let value = match object {
+        Object::Service(o) => serde_json::to_value(o),
+        Object::EndpointSlice(o) => serde_json::to_value(o),
+        Object::Pod(o) => serde_json::to_value(o),
+        Object::Node(o) => serde_json::to_value(o),
+    };
+    match value {
+        Ok(value) => Some(switchyard_apiserver::ManifestObject(value)),
+        Err(error) => {
+            tracing::warn!(object = %object.describe(), %error, "cannot encode a manifest object; skipped");
+            None
         }
     }
 }
