@@ -40,12 +40,14 @@ pub const BUILD: [Need; 4] = [
 ];
 
 /// What the demo and the tests run: `ip` and `sysctl` for namespaces, curl and python3 as
-/// clients.
-pub const RUN: [Need; 4] = [
+/// clients, kubectl against the API server (Debian's `kubernetes-client` when no kubectl is
+/// on PATH).
+pub const RUN: [Need; 5] = [
     command("ip", "iproute2"),
     command("sysctl", "procps"),
     command("curl", "curl"),
     command("python3", "python3"),
+    command("kubectl", "kubernetes-client"),
 ];
 
 /// What the benchmarks run besides: `HAProxy`, `taskset`, `iptables` and `nft`.

@@ -1,0 +1,367 @@
+//! Kubernetes for real: three node daemons in three node namespaces watch one API server
+//! (`switchyard apiserver`, in the network namespace), and kubectl is the only client that
+//! writes to it. Services and Pods created with kubectl are reachable through the ClusterIP
+//! from a client on every node; scaling the pods changes every node's rotation within a
+//! second; the API server killed with SIGKILL in the middle of writes loses no acknowledged
+//! write, and the nodes' traffic never stops.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use switchyard_tests::cluster::ClusterPod;
+use switchyard_tests::{ApiServer, Cluster, Daemon, Mode, client, metrics, objects, poll_until};
+
+const VIP: &str = "10.96.0.10";
+const NODES: usize = 3;
+/// A change reaches every node's datapath within this (the issue's bar).
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// A Pod object for pod `pod` of the cluster: on its node, ready, label `app=web`.
+fn pod_object(cluster: &Cluster, pod: &ClusterPod) -> Value {
+    let ips: Vec<IpAddr> = pod.ips();
+    objects::Pod::new(&pod.name())
+        .node(Some(&cluster.node_name(pod.node())))
+        .ips(&ips)
+        .label("app", "web")
+        .port("http", 8080)
+        .to_value()
+}
+
+fn web_service() -> Value {
+    objects::Service::new("web")
+        .cluster_ips(&[VIP])
+        .selector("app", "web")
+        .port(objects::ServicePort::tcp("http", 80, 8080))
+        .to_value()
+}
+
+/// Starts one eBPF-mode daemon per node, all watching `api`.
+fn start_daemons(cluster: &Cluster, api: &ApiServer) -> Result<Vec<Daemon>> {
+    (0..cluster.node_count())
+        .map(|i| {
+            let config = cluster.daemon_config(i, Mode::Ebpf, &api.kubeconfig())?;
+            cluster.start_daemon(i, &config)
+        })
+        .collect()
+}
+
+/// The pods answering `n` fresh connections to the VIP from client `i` (failures included as
+/// errors).
+fn rotation(cluster: &Cluster, i: usize, n: usize) -> Result<BTreeSet<String>> {
+    Ok(client::curl_many(cluster.client(i), &format!("http://{VIP}/"), n)?
+        .into_iter()
+        .collect())
+}
+
+/// Waits until every node's rotation is exactly `want`; returns how long it took.
+fn wait_rotation(
+    cluster: &Cluster,
+    daemons: &[Daemon],
+    want: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    for (i, daemon) in daemons.iter().enumerate() {
+        let left = timeout.saturating_sub(started.elapsed());
+        daemon.with_log(poll_until(
+            &format!("node {i}'s rotation to be {want:?}"),
+            left.max(Duration::from_millis(100)),
+            || {
+                // Enough requests that a missing pod is noticed (6 pods: P(miss) < 1e-5).
+                let seen = rotation(cluster, i, 8 * want.len().max(1))?;
+                Ok((&seen == want).then_some(()))
+            },
+        ))?;
+    }
+    Ok(started.elapsed())
+}
+
+#[test]
+fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
+    let mut cluster = Cluster::new(NODES, 2)?;
+    cluster.start_pod_servers()?;
+    let api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let kubectl = api.kubectl();
+    let daemons = start_daemons(&cluster, &api)?;
+
+    // A watch that records every Pod event, as an operator would run it.
+    let watch_log = cluster.scratch_dir().join("kubectl-get-w.log");
+    let watch = kubectl.spawn(
+        &["get", "pods", "-w", "--output-watch-events"],
+        &watch_log,
+    )?;
+
+    // Create: the Service and four of the six pods.
+    kubectl.create_json(&web_service())?;
+    let pods: Vec<&ClusterPod> = cluster.pods().collect();
+    for pod in &pods[..4] {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let svc = kubectl.get_json(&["get", "service", "web"])?;
+    ensure!(
+        svc["spec"]["clusterIP"] == VIP,
+        "kubectl get service: {svc}"
+    );
+    let mut want: BTreeSet<String> = pods[..4].iter().map(|p| p.name()).collect();
+    wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
+
+    // The EndpointSlice the API server derived, as kubectl lists it.
+    let slices = kubectl.get_json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ])?;
+    let endpoints: usize = slices["items"]
+        .as_array()
+        .context("a list")?
+        .iter()
+        .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+        .sum();
+    // A single-stack (IPv4) Service: one endpoint per pod, IPv4 only.
+    ensure!(endpoints == 4, "endpoints in the slices: {slices}");
+    ensure!(
+        slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["addressType"] == "IPv4"),
+        "slices of another family: {slices}"
+    );
+
+    // Scale up: two more pods reach every node's rotation within a second.
+    for pod in &pods[4..] {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    want.extend(pods[4..].iter().map(|p| p.name()));
+    // The budget: the second the change may take, and the checks of three nodes (48
+    // connections each) made one after another.
+    let took = wait_rotation(&cluster, &daemons, &want, PROPAGATION * 3)?;
+    eprintln!("scale up to 6 pods reached all {NODES} nodes in {took:?}");
+
+    // Scale down: deleting a pod (gracefully: it is terminating) takes it out of every
+    // node's rotation for new connections.
+    kubectl.run(&["delete", "pod", &pods[0].name(), "--wait=false"])?;
+    kubectl.run(&["delete", "pod", &pods[3].name(), "--grace-period=0", "--force"])?;
+    want.remove(&pods[0].name());
+    want.remove(&pods[3].name());
+    let took = wait_rotation(&cluster, &daemons, &want, PROPAGATION * 3)?;
+    eprintln!("scale down to 4 pods reached all {NODES} nodes in {took:?}");
+
+    // Patch: a pod relabelled out of the selector leaves the rotation.
+    kubectl.run(&[
+        "patch",
+        "pod",
+        &pods[1].name(),
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"app":"other"}}}"#,
+    ])?;
+    want.remove(&pods[1].name());
+    wait_rotation(&cluster, &daemons, &want, PROPAGATION * 3)?;
+    let patched = kubectl.get_json(&["get", "pod", &pods[1].name()])?;
+    ensure!(
+        patched["metadata"]["labels"]["app"] == "other",
+        "patched pod: {patched}"
+    );
+
+    // Delete the Service: every node refuses at once.
+    kubectl.run(&["delete", "service", "web"])?;
+    for (i, daemon) in daemons.iter().enumerate() {
+        daemon.with_log(poll_until(
+            &format!("node {i} to stop serving {VIP}"),
+            Duration::from_secs(3),
+            || {
+                let results =
+                    client::curl_many_results(cluster.client(i), &format!("http://{VIP}/"), 1)?;
+                Ok(results[0].is_err().then_some(()))
+            },
+        ))?;
+    }
+
+    // The watch saw the pods come and go: `EVENT NAME READY STATUS ...` lines.
+    drop(watch);
+    let seen = std::fs::read_to_string(&watch_log)?;
+    let events: Vec<(String, String)> = seen
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.to_owned()))
+        })
+        .collect();
+    let count = |event: &str, pod: &ClusterPod| {
+        let name = pod.name();
+        events.iter().filter(|(e, n)| e == event && *n == name).count()
+    };
+    for pod in &pods {
+        // A watch that starts from a list: every pod appears once as ADDED, not repeated.
+        ensure!(
+            count("ADDED", pod) == 1,
+            "kubectl get -w showed {} added {} times:\n{seen}",
+            pod.name(),
+            count("ADDED", pod)
+        );
+    }
+    ensure!(
+        count("DELETED", pods[3]) == 1,
+        "kubectl get -w did not show the forced deletion once:\n{seen}"
+    );
+    ensure!(
+        count("MODIFIED", pods[0]) >= 1,
+        "kubectl get -w did not show the graceful deletion:\n{seen}"
+    );
+    Ok(())
+}
+
+#[test]
+fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never_stops()
+-> Result<()> {
+    let mut cluster = Cluster::new(NODES, 1)?;
+    cluster.start_pod_servers()?;
+    let mut api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let kubectl = api.kubectl().clone();
+    kubectl.create_json(&web_service())?;
+    let pods: Vec<&ClusterPod> = cluster.pods().collect();
+    for pod in &pods {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let daemons = start_daemons(&cluster, &api)?;
+    let all: BTreeSet<String> = pods.iter().map(|p| p.name()).collect();
+    wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
+
+    // Clients on every node connect in a loop for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for i in 0..NODES {
+        let client = cluster.client(i).clone();
+        let stop = Arc::clone(&stop);
+        loops.push(std::thread::spawn(move || -> Result<(usize, usize)> {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                for result in client::curl_many_results(&client, &format!("http://{VIP}/"), 5)? {
+                    match result {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            Ok((ok, failed))
+        }));
+    }
+
+    // A writer creates Services through kubectl; the ones kubectl saw acknowledged are kept.
+    let acknowledged = Arc::new(parking_lot_free::Acked::default());
+    let writing = Arc::new(AtomicBool::new(true));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let kubectl = kubectl.clone();
+        let acknowledged = Arc::clone(&acknowledged);
+        let writing = Arc::clone(&writing);
+        let attempts = Arc::clone(&attempts);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while writing.load(Ordering::SeqCst) {
+                n += 1;
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let name = format!("svc-{n}");
+                let service = objects::Service::new(&name)
+                    .port(objects::ServicePort::tcp("http", 80, 8080))
+                    .to_value();
+                if kubectl.create_json(&service).is_ok() {
+                    acknowledged.push(name);
+                }
+            }
+        })
+    };
+    poll_until("some writes to be acknowledged", Duration::from_secs(20), || {
+        Ok((acknowledged.len() >= 5).then_some(()))
+    })?;
+    api.kill()?;
+    let killed_after = acknowledged.len();
+    std::thread::sleep(Duration::from_secs(2));
+    // Down: traffic keeps flowing on the last good state (checked by the loops), and the
+    // daemons count failed watches.
+    api.restart()?;
+    poll_until("writes to succeed again", Duration::from_secs(20), || {
+        Ok((acknowledged.len() > killed_after + 3).then_some(()))
+    })?;
+    writing.store(false, Ordering::SeqCst);
+    writer.join().expect("the writer thread does not panic");
+
+    // Every acknowledged write is there.
+    let listed = kubectl.get_json(&["get", "services"])?;
+    let names: BTreeSet<String> = listed["items"]
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let acked = acknowledged.all();
+    let missing: Vec<&String> = acked.iter().filter(|n| !names.contains(*n)).collect();
+    ensure!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes are missing after the crash: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    eprintln!(
+        "{} writes attempted, {} acknowledged ({killed_after} before the kill), all present",
+        attempts.load(Ordering::SeqCst),
+        acked.len()
+    );
+
+    // The daemons reconnected: a change after the restart reaches every node.
+    kubectl.run(&["delete", "pod", &pods[0].name(), "--grace-period=0", "--force"])?;
+    let mut want = all.clone();
+    want.remove(&pods[0].name());
+    wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
+
+    stop.store(true, Ordering::SeqCst);
+    let mut total = (0, 0);
+    for (i, handle) in loops.into_iter().enumerate() {
+        let (ok, failed) = handle.join().expect("a client loop does not panic")?;
+        eprintln!("node {i}: {ok} connections succeeded, {failed} failed");
+        total = (total.0 + ok, total.1 + failed);
+    }
+    ensure!(total.0 > 0, "the client loops made no connection");
+    ensure!(
+        total.1 == 0,
+        "{} of {} connections failed while the API server was down",
+        total.1,
+        total.0 + total.1
+    );
+    for (i, daemon) in daemons.iter().enumerate() {
+        let samples = metrics::parse(&daemon.metrics()?);
+        let errors = metrics::sum(&samples, "switchyard_api_watch_errors_total", &[]);
+        ensure!(
+            errors > 0.0,
+            "node {i} never saw its watches fail while the API server was down"
+        );
+    }
+    Ok(())
+}
+
+/// A list shared between threads (the harness allows std's locks).
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Acked(Mutex<Vec<String>>);
+
+    impl Acked {
+        pub fn push(&self, name: String) {
+            self.0.lock().expect("not poisoned").push(name);
+        }
+        pub fn len(&self) -> usize {
+            self.0.lock().expect("not poisoned").len()
+        }
+        pub fn all(&self) -> Vec<String> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+}
