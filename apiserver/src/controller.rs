@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
@@ -240,55 +241,166 @@ pub fn desired_slices<'a>(
     out
 }
 
-/// One namespace's Pods and managed slices, indexed so that reconciling a Service costs the
-/// Pods it could select and the slices it owns, not everything in the namespace.
-struct NamespaceIndex<'v> {
-    pods: Vec<&'v Arc<Value>>,
-    /// (label key, value) -> positions in `pods`.
-    by_label: HashMap<(&'v str, &'v str), Vec<usize>>,
-    /// service name -> its managed slices.
-    slices: HashMap<&'v str, Vec<(&'v String, &'v Arc<Value>)>>,
+/// What the controller looks Pods, slices and Services up by, kept up to date from the store's
+/// events (rebuilt when it misses some), so a change costs what it touches, not a scan of its
+/// namespace.
+#[derive(Default)]
+pub(crate) struct Index {
+    /// (namespace, label key, label value) -> names of the Pods with that label.
+    pods: HashMap<(String, String, String), BTreeSet<String>>,
+    /// (namespace, Service name) -> names of the slices managed for it.
+    slices: HashMap<(String, String), BTreeSet<String>>,
+    /// (namespace, key, value) -> names of the Services whose selector's first pair it is.
+    services: HashMap<(String, String, String), BTreeSet<String>>,
 }
 
-impl<'v> NamespaceIndex<'v> {
-    fn build(view: &'v View<'_>, ns: &str) -> Self {
-        let pods: Vec<&Arc<Value>> = view
-            .list(&prefix(PODS.plural, Some(ns)))
-            .map(|(_, p)| p)
-            .collect();
-        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-        for (i, p) in pods.iter().enumerate() {
-            for (k, v) in p["metadata"]["labels"].as_object().into_iter().flatten() {
-                if let Some(v) = v.as_str() {
-                    by_label.entry((k.as_str(), v)).or_default().push(i);
+fn labels_of(object: &Value) -> impl Iterator<Item = (&str, &str)> {
+    object["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+}
+
+fn first_selector_pair(service: &Value) -> Option<(&str, &str)> {
+    let (k, v) = service["spec"]["selector"].as_object()?.iter().next()?;
+    Some((k.as_str(), v.as_str()?))
+}
+
+impl Index {
+    /// The index of everything in the store now.
+    pub(crate) fn build(api: &Api) -> Index {
+        let mut index = Index::default();
+        for plural in [PODS.plural, ENDPOINTSLICES.plural, SERVICES.plural] {
+            let (_, objects) = api.store.list(&prefix(plural, None));
+            for object in objects {
+                index.add(plural, &object);
+            }
+        }
+        index
+    }
+
+    /// Follows one change of the store (idempotent; events must come in order).
+    pub(crate) fn apply(&mut self, event: &crate::store::Event) {
+        let plural = event.key.split('/').next().unwrap_or("");
+        if let Some(prev) = &event.prev {
+            self.remove(plural, prev);
+        }
+        if event.kind != EventType::Deleted {
+            self.add(plural, &event.object);
+        }
+    }
+
+    fn entries(plural: &str, object: &Value) -> Vec<(u8, (String, String, String), String)> {
+        let meta = &object["metadata"];
+        let ns = meta["namespace"].as_str().unwrap_or("").to_owned();
+        let name = meta["name"].as_str().unwrap_or("").to_owned();
+        match plural {
+            "pods" => labels_of(object)
+                .map(|(k, v)| (0, (ns.clone(), k.to_owned(), v.to_owned()), name.clone()))
+                .collect(),
+            "endpointslices" => {
+                let labels = &meta["labels"];
+                match labels[LABEL_SERVICE_NAME].as_str() {
+                    Some(service) if labels[LABEL_MANAGED_BY] == MANAGED_BY => {
+                        vec![(1, (ns, service.to_owned(), String::new()), name)]
+                    }
+                    _ => Vec::new(),
                 }
             }
+            "services" => first_selector_pair(object)
+                .map(|(k, v)| (2, (ns, k.to_owned(), v.to_owned()), name))
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
         }
-        let mut slices: HashMap<&str, Vec<(&String, &Arc<Value>)>> = HashMap::new();
-        for (k, s) in view.list(&prefix(ENDPOINTSLICES.plural, Some(ns))) {
-            let labels = &s["metadata"]["labels"];
-            if labels[LABEL_MANAGED_BY] == MANAGED_BY
-                && let Some(service) = labels[LABEL_SERVICE_NAME].as_str()
-            {
-                slices.entry(service).or_default().push((k, s));
+    }
+
+    fn add(&mut self, plural: &str, object: &Value) {
+        for (which, (ns, a, b), name) in Self::entries(plural, object) {
+            match which {
+                0 => self.pods.entry((ns, a, b)).or_default().insert(name),
+                1 => self.slices.entry((ns, a)).or_default().insert(name),
+                _ => self.services.entry((ns, a, b)).or_default().insert(name),
+            };
+        }
+    }
+
+    fn remove(&mut self, plural: &str, object: &Value) {
+        for (which, (ns, a, b), name) in Self::entries(plural, object) {
+            match which {
+                0 => remove_from(&mut self.pods, (ns, a, b), &name),
+                1 => remove_from(&mut self.slices, (ns, a), &name),
+                _ => remove_from(&mut self.services, (ns, a, b), &name),
             }
         }
-        Self {
-            pods,
-            by_label,
-            slices,
+    }
+
+    /// Services in `ns` that may select a Pod with these labels (their selector's first pair
+    /// is among them); the caller checks the whole selector.
+    fn services_for_labels<'a>(
+        &'a self,
+        ns: &'a str,
+        labels: impl Iterator<Item = (&'a str, &'a str)> + 'a,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        labels.flat_map(move |(k, v)| {
+            self.services
+                .get(&(ns.to_owned(), k.to_owned(), v.to_owned()))
+                .into_iter()
+                .flatten()
+        })
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, BTreeSet<String>>,
+    key: K,
+    name: &str,
+) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(name);
+        if set.is_empty() {
+            map.remove(&key);
         }
+    }
+}
+
+/// A namespace's view through the index, for one reconcile pass.
+struct Lookup<'a, 'v> {
+    view: &'a View<'v>,
+    index: &'a Index,
+    ns: &'a str,
+}
+
+impl Lookup<'_, '_> {
+    /// The managed slices of Service `name`, as (key, object).
+    fn slices(&self, name: &str) -> Vec<(String, Arc<Value>)> {
+        self.index
+            .slices
+            .get(&(self.ns.to_owned(), name.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| {
+                let k = key(ENDPOINTSLICES.plural, self.ns, slice);
+                let object = self.view.get(&k)?.clone();
+                let labels = &object["metadata"]["labels"];
+                (labels[LABEL_MANAGED_BY] == MANAGED_BY && labels[LABEL_SERVICE_NAME] == name)
+                    .then_some((k, object))
+            })
+            .collect()
     }
 
     /// The Pods the selector picks: the smallest candidate set of one of its pairs, filtered
     /// by all of them.
     fn selected(&self, selector: &BTreeMap<String, String>) -> Vec<Pod> {
+        let empty = BTreeSet::new();
         let Some(candidates) = selector
             .iter()
             .map(|(k, v)| {
-                self.by_label
-                    .get(&(k.as_str(), v.as_str()))
-                    .map_or(&[][..], Vec::as_slice)
+                self.index
+                    .pods
+                    .get(&(self.ns.to_owned(), k.clone(), v.clone()))
+                    .unwrap_or(&empty)
             })
             .min_by_key(|c| c.len())
         else {
@@ -296,7 +408,7 @@ impl<'v> NamespaceIndex<'v> {
         };
         candidates
             .iter()
-            .map(|&i| self.pods[i])
+            .filter_map(|name| self.view.get(&key(PODS.plural, self.ns, name)))
             .filter(|p| {
                 let labels = &p["metadata"]["labels"];
                 selector
@@ -311,12 +423,12 @@ impl<'v> NamespaceIndex<'v> {
 /// The store changes that bring the Service's slices to what they should be.
 fn reconcile(
     view: &View<'_>,
-    index: &NamespaceIndex<'_>,
+    index: &Lookup<'_, '_>,
     ns: &str,
     name: &str,
     trigger: &str,
 ) -> Vec<Change> {
-    let existing: Vec<(&String, &Arc<Value>)> = index.slices.get(name).cloned().unwrap_or_default();
+    let existing: Vec<(String, Arc<Value>)> = index.slices(name);
     let service_value = view.get(&key(SERVICES.plural, ns, name));
     let service: Option<Service> =
         service_value.and_then(|v| serde_json::from_value((**v).clone()).ok());
@@ -337,7 +449,7 @@ fn reconcile(
 
     // Pair desired slices with existing ones of the same address type (same ports first), so
     // a change rewrites slices in place rather than replacing them.
-    let mut free: Vec<(&String, &Arc<Value>)> = existing;
+    let mut free: Vec<(String, Arc<Value>)> = existing;
     let mut changes = Vec::new();
     let mut pending = Vec::new();
     for d in &desired {
@@ -352,7 +464,7 @@ fn reconcile(
         match pick {
             Some(i) => {
                 let (k, current) = free.remove(i);
-                pending.push((Some((k.clone(), current.clone())), d));
+                pending.push((Some((k, current)), d));
             }
             None => pending.push((None, d)),
         }
@@ -360,7 +472,7 @@ fn reconcile(
     let Some(svc_value) = service_value else {
         return free
             .into_iter()
-            .map(|(k, _)| Change::Delete { key: k.clone() })
+            .map(|(k, _)| Change::Delete { key: k })
             .collect();
     };
     let mut labels = svc_value["metadata"]["labels"]
@@ -436,15 +548,16 @@ fn reconcile(
             });
         }
     }
-    changes.extend(
-        free.into_iter()
-            .map(|(k, _)| Change::Delete { key: k.clone() }),
-    );
+    changes.extend(free.into_iter().map(|(k, _)| Change::Delete { key: k }));
     changes
 }
 
 /// The Services a change concerns, as (namespace, name); `None` means every Service.
-fn affected(api: &Api, event: &crate::store::Event) -> Option<Vec<(String, String)>> {
+fn affected(
+    api: &Api,
+    index: &Index,
+    event: &crate::store::Event,
+) -> Option<Vec<(String, String)>> {
     let mut parts = event.key.splitn(3, '/');
     let (plural, ns, name) = (
         parts.next().unwrap_or(""),
@@ -462,15 +575,28 @@ fn affected(api: &Api, event: &crate::store::Event) -> Option<Vec<(String, Strin
                         !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
                     })
             };
-            let (_, services) = api.store.list(&prefix(SERVICES.plural, Some(ns)));
+            // Candidates from the index (by the pod's labels, before and after), then checked.
+            let candidates: BTreeSet<&String> = index
+                .services_for_labels(ns, labels_of(&event.object))
+                .chain(
+                    event
+                        .prev
+                        .iter()
+                        .flat_map(|prev| index.services_for_labels(ns, labels_of(prev))),
+                )
+                .collect();
             Some(
-                services
-                    .iter()
-                    .filter(|s| {
-                        matches(s, Some(&event.object)) || matches(s, event.prev.as_deref())
+                candidates
+                    .into_iter()
+                    .filter(|svc| {
+                        api.store
+                            .get(&key(SERVICES.plural, ns, svc))
+                            .is_some_and(|s| {
+                                matches(&s, Some(&event.object))
+                                    || matches(&s, event.prev.as_deref())
+                            })
                     })
-                    .filter_map(|s| s["metadata"]["name"].as_str())
-                    .map(|n| (ns.to_owned(), n.to_owned()))
+                    .map(|svc| (ns.to_owned(), svc.clone()))
                     .collect(),
             )
         }
@@ -515,9 +641,16 @@ fn all_services(api: &Api) -> BTreeSet<(String, String)> {
 /// Reconciles the slices of `dirty`; `since` is when the oldest change behind them happened,
 /// written to the slices' trigger-time annotation (kube-proxy measures its network
 /// programming latency from it).
-async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>, since: SystemTime) {
-    let api = api.clone();
-    let result = tokio::task::spawn_blocking(move || reconcile_services(&api, dirty, since)).await;
+async fn reconcile_all(
+    api: &Arc<Api>,
+    index: &Arc<Mutex<Index>>,
+    dirty: BTreeSet<(String, String)>,
+    since: SystemTime,
+) {
+    let (api, index) = (api.clone(), index.clone());
+    let result =
+        tokio::task::spawn_blocking(move || reconcile_services(&api, &index.lock(), dirty, since))
+            .await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "endpointslice controller: writing slices failed"),
@@ -528,6 +661,7 @@ async fn reconcile_all(api: &Arc<Api>, dirty: BTreeSet<(String, String)>, since:
 /// Reconciles the slices of `dirty` now, one transaction (one fsync) per namespace. Blocking.
 fn reconcile_services(
     api: &Api,
+    index: &Index,
     dirty: BTreeSet<(String, String)>,
     since: SystemTime,
 ) -> Result<(), ApiError> {
@@ -538,10 +672,14 @@ fn reconcile_services(
     }
     for (ns, names) in by_namespace {
         api.store.transact(|view| {
-            let index = NamespaceIndex::build(view, &ns);
+            let lookup = Lookup {
+                view,
+                index,
+                ns: &ns,
+            };
             Ok(names
                 .iter()
-                .flat_map(|name| reconcile(view, &index, &ns, name, &trigger))
+                .flat_map(|name| reconcile(view, &lookup, &ns, name, &trigger))
                 .collect())
         })?;
     }
@@ -552,13 +690,17 @@ fn reconcile_services(
 /// do the same a moment later): a writer that needs the slices to exist when it returns, such
 /// as the daemon's first load of its manifest folder, calls this. Blocking.
 pub fn reconcile_everything(api: &Api) -> Result<(), ApiError> {
-    reconcile_services(api, all_services(api), time::now())
+    let index = Index::build(api);
+    reconcile_services(api, &index, all_services(api), time::now())
 }
 
 /// Runs until shutdown.
 pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
     let mut rx = api.store.subscribe_all();
-    reconcile_all(&api, all_services(&api), time::now()).await;
+    // Built after subscribing: a change in between is in both, and applying it again is
+    // harmless.
+    let index = Arc::new(Mutex::new(Index::build(&api)));
+    reconcile_all(&api, &index, all_services(&api), time::now()).await;
     loop {
         let first = tokio::select! {
             r = rx.recv() => r,
@@ -566,13 +708,17 @@ pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
         };
         let since = time::now();
         let mut dirty = BTreeSet::new();
-        let mut resync = false;
+        let (mut everything, mut lagged) = (false, false);
         let mut note = |r: Result<Arc<crate::store::Event>, broadcast::error::RecvError>| match r {
-            Ok(event) => match affected(&api, &event) {
-                Some(list) => dirty.extend(list),
-                None => resync = true,
-            },
-            Err(broadcast::error::RecvError::Lagged(_)) => resync = true,
+            Ok(event) => {
+                let mut index = index.lock();
+                index.apply(&event);
+                match affected(&api, &index, &event) {
+                    Some(list) => dirty.extend(list),
+                    None => everything = true,
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
             Err(broadcast::error::RecvError::Closed) => {}
         };
         note(first);
@@ -591,11 +737,15 @@ pub async fn run(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
                 Err(_) => break,
             }
         }
-        if resync {
+        if lagged {
+            // Events were missed: the index is rebuilt from the store.
+            *index.lock() = Index::build(&api);
+        }
+        if lagged || everything {
             dirty = all_services(&api);
         }
         if !dirty.is_empty() {
-            reconcile_all(&api, dirty, since).await;
+            reconcile_all(&api, &index, dirty, since).await;
         }
     }
 }

@@ -176,3 +176,88 @@ fn selects_needs_a_non_empty_selector() {
     assert!(!selects(&service(json!({"selector": {}})), Some(&labels)));
     assert!(!selects(&service(json!({})), Some(&labels)));
 }
+
+fn event(key: &str, object: Value, prev: Option<Value>, kind: EventType) -> crate::store::Event {
+    crate::store::Event {
+        rv: 1,
+        key: key.to_owned(),
+        kind,
+        object: Arc::new(object),
+        prev: prev.map(Arc::new),
+    }
+}
+
+#[test]
+fn the_index_follows_pods_slices_and_services() {
+    let mut index = Index::default();
+    let pod_a = json!({"metadata": {"name": "a", "namespace": "default", "labels": {"app": "web", "tier": "x"}}});
+    let svc = json!({"metadata": {"name": "web", "namespace": "default"},
+                     "spec": {"selector": {"app": "web", "tier": "x"}}});
+    let slice = json!({"metadata": {"name": "web-1", "namespace": "default",
+        "labels": {LABEL_SERVICE_NAME: "web", LABEL_MANAGED_BY: MANAGED_BY}}});
+    let user_slice = json!({"metadata": {"name": "mine", "namespace": "default",
+        "labels": {LABEL_SERVICE_NAME: "web"}}});
+    index.apply(&event(
+        "pods/default/a",
+        pod_a.clone(),
+        None,
+        EventType::Added,
+    ));
+    index.apply(&event("services/default/web", svc, None, EventType::Added));
+    index.apply(&event(
+        "endpointslices/default/web-1",
+        slice,
+        None,
+        EventType::Added,
+    ));
+    index.apply(&event(
+        "endpointslices/default/mine",
+        user_slice,
+        None,
+        EventType::Added,
+    ));
+
+    let key3 = |k: &str, v: &str| ("default".to_owned(), k.to_owned(), v.to_owned());
+    assert!(index.pods[&key3("app", "web")].contains("a"));
+    assert!(index.pods[&key3("tier", "x")].contains("a"));
+    // Only managed slices are the controller's.
+    assert_eq!(
+        index.slices[&("default".to_owned(), "web".to_owned())],
+        BTreeSet::from(["web-1".to_owned()])
+    );
+    // The Service is found from a pod label that is its selector's first pair.
+    let found: Vec<&String> = index
+        .services_for_labels("default", labels_of(&pod_a))
+        .collect();
+    assert_eq!(found, ["web"]);
+    // Another namespace finds nothing.
+    assert_eq!(
+        index
+            .services_for_labels("other", labels_of(&pod_a))
+            .count(),
+        0
+    );
+
+    // Relabelled: the old pair is gone, the new one is there; applying twice changes nothing.
+    let relabelled =
+        json!({"metadata": {"name": "a", "namespace": "default", "labels": {"app": "db"}}});
+    for _ in 0..2 {
+        index.apply(&event(
+            "pods/default/a",
+            relabelled.clone(),
+            Some(pod_a.clone()),
+            EventType::Modified,
+        ));
+    }
+    assert!(!index.pods.contains_key(&key3("app", "web")));
+    assert!(!index.pods.contains_key(&key3("tier", "x")));
+    assert!(index.pods[&key3("app", "db")].contains("a"));
+    // Deleted: nothing left of it.
+    index.apply(&event(
+        "pods/default/a",
+        relabelled.clone(),
+        Some(relabelled),
+        EventType::Deleted,
+    ));
+    assert!(index.pods.is_empty());
+}
