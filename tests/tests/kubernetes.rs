@@ -53,9 +53,11 @@ fn start_daemons(cluster: &Cluster, api: &ApiServer) -> Result<Vec<Daemon>> {
 /// The pods answering `n` fresh connections to the VIP from client `i` (failures included as
 /// errors).
 fn rotation(cluster: &Cluster, i: usize, n: usize) -> Result<BTreeSet<String>> {
-    Ok(client::curl_many(cluster.client(i), &format!("http://{VIP}/"), n)?
-        .into_iter()
-        .collect())
+    Ok(
+        client::curl_many(cluster.client(i), &format!("http://{VIP}/"), n)?
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// Waits until every node's rotation is exactly `want`; returns how long it took.
@@ -91,10 +93,7 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
 
     // A watch that records every Pod event, as an operator would run it.
     let watch_log = cluster.scratch_dir().join("kubectl-get-w.log");
-    let watch = kubectl.spawn(
-        &["get", "pods", "-w", "--output-watch-events"],
-        &watch_log,
-    )?;
+    let watch = kubectl.spawn(&["get", "pods", "-w", "--output-watch-events"], &watch_log)?;
 
     // Create: the Service and four of the six pods.
     kubectl.create_json(&web_service())?;
@@ -147,7 +146,13 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
     // Scale down: deleting a pod (gracefully: it is terminating) takes it out of every
     // node's rotation for new connections.
     kubectl.run(&["delete", "pod", &pods[0].name(), "--wait=false"])?;
-    kubectl.run(&["delete", "pod", &pods[3].name(), "--grace-period=0", "--force"])?;
+    kubectl.run(&[
+        "delete",
+        "pod",
+        &pods[3].name(),
+        "--grace-period=0",
+        "--force",
+    ])?;
     want.remove(&pods[0].name());
     want.remove(&pods[3].name());
     let took = wait_rotation(&cluster, &daemons, &want, PROPAGATION * 3)?;
@@ -196,7 +201,10 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
         .collect();
     let count = |event: &str, pod: &ClusterPod| {
         let name = pod.name();
-        events.iter().filter(|(e, n)| e == event && *n == name).count()
+        events
+            .iter()
+            .filter(|(e, n)| e == event && *n == name)
+            .count()
     };
     for pod in &pods {
         // A watch that starts from a list: every pod appears once as ADDED, not repeated.
@@ -278,9 +286,11 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
             }
         })
     };
-    poll_until("some writes to be acknowledged", Duration::from_secs(20), || {
-        Ok((acknowledged.len() >= 5).then_some(()))
-    })?;
+    poll_until(
+        "some writes to be acknowledged",
+        Duration::from_secs(20),
+        || Ok((acknowledged.len() >= 5).then_some(())),
+    )?;
     api.kill()?;
     let killed_after = acknowledged.len();
     std::thread::sleep(Duration::from_secs(2));
@@ -316,7 +326,13 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
     );
 
     // The daemons reconnected: a change after the restart reaches every node.
-    kubectl.run(&["delete", "pod", &pods[0].name(), "--grace-period=0", "--force"])?;
+    kubectl.run(&[
+        "delete",
+        "pod",
+        &pods[0].name(),
+        "--grace-period=0",
+        "--force",
+    ])?;
     let mut want = all.clone();
     want.remove(&pods[0].name());
     wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
