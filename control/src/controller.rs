@@ -87,6 +87,9 @@ pub struct Controller<D: Datapath> {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     synced: bool,
+    /// Whether the first complete view has been programmed (and the datapath checked against
+    /// it, which removes what an earlier instance left that is no longer wanted).
+    programmed: bool,
     pending: Affected,
     pending_since: Option<Instant>,
 }
@@ -107,6 +110,7 @@ impl<D: Datapath> Controller<D> {
             metrics,
             health,
             synced: false,
+            programmed: false,
             pending: Affected::default(),
             pending_since: None,
         }
@@ -129,6 +133,13 @@ impl<D: Datapath> Controller<D> {
                     }
                     if self.synced && !self.pending.is_empty() {
                         self.sync_changes().await;
+                        if !self.programmed {
+                            // The datapath may hold what a previous instance programmed (pinned
+                            // eBPF maps): what the first view no longer has goes now, not at
+                            // the first periodic check.
+                            self.programmed = true;
+                            self.full_sync().await;
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -404,6 +415,9 @@ mod tests {
             assert_eq!(diffs[0].added.len(), 2);
         }
         assert!(health.is_healthy());
+        // ...and checked against the datapath at once (a previous instance may have left
+        // frontends that are no longer wanted).
+        assert_eq!(*recorder.verified.lock(), 1);
 
         // A change to one Service is a diff of its frontend alone.
         tx.send(changes(vec![service("a", "10.96.0.3")]))
@@ -426,7 +440,7 @@ mod tests {
         // The periodic sync verifies the datapath.
         tokio::time::advance(Duration::from_secs(31)).await;
         settle().await;
-        assert_eq!(*recorder.verified.lock(), 1);
+        assert_eq!(*recorder.verified.lock(), 2);
 
         cancel.cancel();
         task.await.unwrap();

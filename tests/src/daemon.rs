@@ -308,13 +308,7 @@ impl Daemon {
             argv.push("--manifests".into());
             argv.push(manifests.into());
             argv.push("--data-dir".into());
-            argv.push(
-                config
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(|| log_dir.join("switchyard-data"))
-                    .into(),
-            );
+            argv.push(data_dir(config, log_dir).into());
         }
         for (flag, value) in [
             ("--hostname-override", &config.hostname),
@@ -392,6 +386,15 @@ impl Daemon {
         }
         self.cleaned = true;
         Ok(())
+    }
+
+    /// The kubeconfig of the daemon's embedded API server
+    /// (`<data dir>/kubeconfig`), or `None` when it watches another one.
+    pub fn embedded_kubeconfig(&self) -> Option<PathBuf> {
+        self.config
+            .kubeconfig
+            .is_none()
+            .then(|| data_dir(&self.config, &self.log_dir).join("kubeconfig"))
     }
 
     /// Waits until `/healthz` answers 200; fails with the log if the daemon
@@ -611,4 +614,12 @@ impl Drop for Daemon {
             eprintln!("{error:#}");
         }
     }
+}
+
+/// `--data-dir` of a daemon with this configuration logging to `log_dir`.
+fn data_dir(config: &DaemonConfig, log_dir: &Path) -> PathBuf {
+    config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| log_dir.join("switchyard-data"))
 }

@@ -60,6 +60,7 @@ in_both_modes!(
     metrics_and_cli_describe_the_service,
     deleted_service_frees_its_vip,
     sigterm_exits_zero,
+    manifest_objects_follow_the_folder_and_kubectl_objects_stay,
 );
 
 /// The daemon promises file changes reach the datapath within 200 ms; the
@@ -847,4 +848,72 @@ fn attached_programs(cgroup: &std::path::Path) -> Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The manifest folder is loaded into the daemon's embedded API server: its objects carry the
+/// folder's annotation and follow the folder (live and across a restart), while an object
+/// created with kubectl through the same API server stays.
+fn manifest_objects_follow_the_folder_and_kubectl_objects_stay(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let extra = Service::new("extra")
+        .cluster_ips(&["10.96.0.30"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-extra.yaml", &[extra.to_value()])?;
+    let mut daemon = topo.start_daemon_mode(&manifests, mode)?;
+    let kubeconfig = daemon
+        .embedded_kubeconfig()
+        .context("the daemon runs an embedded API server")?;
+    let kubectl = switchyard_tests::Kubectl::new(topo.node(), kubeconfig)?;
+    let result = (|| {
+        wait_served(&topo, WEB_URL)?;
+        wait_served(&topo, "http://10.96.0.30/")?;
+        let from_folder = kubectl.get_json(&["get", "service", "extra"])?;
+        ensure!(
+            from_folder["metadata"]["annotations"]["switchyard.io/manifests"].is_string(),
+            "a manifest's object names its folder: {from_folder}"
+        );
+        // An object of another client, through the same API server.
+        kubectl.create_json(
+            &Service::new("by-kubectl")
+                .cluster_ips(&["10.96.0.40"])
+                .selector("app", "web")
+                .port(ServicePort::tcp("http", 80, 8080))
+                .to_value(),
+        )?;
+        wait_served(&topo, "http://10.96.0.40/")?;
+
+        // Live: a removed file deletes its object.
+        manifests.remove("pod-web-1.yaml")?;
+        wait_only(&topo, WEB_URL, &["web-0"])?;
+        poll_until("Pod web-1 to be deleted", PICKUP, || {
+            Ok(kubectl.run(&["get", "pod", "web-1"]).is_err().then_some(()))
+        })?;
+
+        // Across a restart: a file removed while the daemon was down deletes its objects.
+        let status = daemon.terminate(Duration::from_secs(15))?;
+        ensure!(status.success(), "switchyard exited with {status}");
+        manifests.remove("svc-extra.yaml")?;
+        daemon.restart()?;
+        wait_served(&topo, WEB_URL)?;
+        ensure!(
+            kubectl.run(&["get", "service", "extra"]).is_err(),
+            "Service extra outlived its file"
+        );
+        poll_until("10.96.0.30 to refuse", PICKUP, || {
+            Ok(
+                client::curl_many_results(topo.client(), "http://10.96.0.30/", 1)?
+                    .remove(0)
+                    .is_err()
+                    .then_some(()),
+            )
+        })?;
+        // ...and the kubectl-made Service is still there and served.
+        kubectl.get_json(&["get", "service", "by-kubectl"])?;
+        wait_served(&topo, "http://10.96.0.40/")?;
+        Ok(())
+    })();
+    daemon.with_log(result)
 }

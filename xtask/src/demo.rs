@@ -147,6 +147,48 @@ pub fn inner() -> Result<()> {
     let out = daemon.cli(&["services"])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
+    if let Some(kubeconfig) = daemon.embedded_kubeconfig() {
+        let kubeconfig = kubeconfig.display().to_string();
+        let kubectl = |args: &[&str]| -> Result<String> {
+            let mut argv = vec!["kubectl", "--kubeconfig", kubeconfig.as_str()];
+            argv.extend_from_slice(args);
+            topo.node().run(argv)
+        };
+        step(
+            "kubectl against the daemon's embedded API server (the manifests were loaded into it)",
+        );
+        println!("    $ kubectl --kubeconfig {kubeconfig} get services,endpointslices");
+        for line in kubectl(&["get", "services,endpointslices"])?.lines() {
+            println!("    {line}");
+        }
+        step(
+            "a Service created with kubectl (no manifest) is served at once: 10.96.0.12 -> app=web",
+        );
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "made-with-kubectl", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.12", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        });
+        let file = manifests
+            .path()
+            .parent()
+            .unwrap_or(manifests.path())
+            .join("made-with-kubectl.json");
+        std::fs::write(&file, service.to_string())?;
+        let file = file.display().to_string();
+        println!(
+            "    {}",
+            kubectl(&["create", "--validate=false", "-f", &file])?.trim()
+        );
+        let names = switchyard_tests::poll_until(
+            "the new Service to answer",
+            Duration::from_secs(5),
+            || Ok(client::curl_many(client, "http://10.96.0.12/", 30).ok()),
+        )?;
+        bar(&client::tally(&names), names.len());
+    }
+
     step("a few of its metrics (kube-proxy's names and switchyard's own)");
     let metrics = daemon.metrics()?;
     for line in metrics.lines().filter(|l| {
