@@ -591,9 +591,16 @@ pub fn allocate_service(
         }
     }
     let headless = requested.first().is_some_and(|s| s == "None");
+    // As the real server infers it: two IPs or two families ask for dual stack.
+    let two = |field: &str| spec[field].as_array().is_some_and(|a| a.len() == 2);
+    let inferred = if two("clusterIPs") || two("ipFamilies") {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     let policy = spec["ipFamilyPolicy"]
         .as_str()
-        .unwrap_or("SingleStack")
+        .unwrap_or(inferred)
         .to_owned();
     if !["SingleStack", "PreferDualStack", "RequireDualStack"].contains(&policy.as_str()) {
         causes.push(Cause::not_supported(

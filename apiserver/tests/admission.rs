@@ -176,6 +176,19 @@ async fn cluster_ips_are_allocated_checked_and_kept() -> anyhow::Result<()> {
         .await?
         .body;
     assert_eq!(b["spec"]["clusterIPs"], json!(["10.96.5.5"]));
+    // Two IPs and no policy: dual stack is inferred, as the real server does.
+    let inferred = c
+        .post(
+            SVCS,
+            &svc(
+                "inferred",
+                json!({"ports": ports, "clusterIP": "10.96.6.6", "clusterIPs": ["10.96.6.6", "fd00:96::66"]}),
+            ),
+        )
+        .await?;
+    assert_eq!(inferred.status, 201, "{}", inferred.body);
+    assert_eq!(inferred.body["spec"]["ipFamilyPolicy"], "RequireDualStack");
+    assert_eq!(inferred.body["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
     let r = c
         .post(
             SVCS,
