@@ -555,6 +555,10 @@ impl Datapath for EbpfDatapath {
                 ));
             }
         }
+        // As in `apply`: after failed writes the maps are read back once, at the end (a full
+        // map fails every write), and a few failures are logged one by one, the rest counted.
+        const LOGGED: usize = 10;
+        let mut failed = 0;
         for entry in want.entries() {
             if self.is_programmed(entry) {
                 continue;
@@ -565,10 +569,21 @@ impl Datapath for EbpfDatapath {
                     entry.frontend
                 )),
                 Err(error) => {
-                    tracing::warn!(frontend = %entry.frontend, %error, "cannot program frontend");
-                    self.recover("repair");
+                    failed += 1;
+                    if failed <= LOGGED {
+                        tracing::warn!(frontend = %entry.frontend, %error, "cannot program frontend");
+                    }
                 }
             }
+        }
+        if failed > 0 {
+            if failed > LOGGED {
+                tracing::warn!(
+                    more = failed - LOGGED,
+                    "more frontends could not be programmed"
+                );
+            }
+            self.recover("repair");
         }
         let extra: Vec<Frontend> = self
             .view
