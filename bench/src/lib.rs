@@ -12,6 +12,11 @@
 //! shapes ([`kube_proxy`], loaded by [`rule_loader`]) on a synthetic cluster
 //! of up to 50,000 Services ([`cluster`]).
 //!
+//! The API-server benchmark (binary `apiwatch`, module [`apiwatch`]) loads
+//! 10,000 Services with 10 Pods each through the embedded API server into a
+//! three-node cluster and times how long the node daemons take to program
+//! them, and how long a one-Pod change takes to reach every node.
+//!
 //! What it never does: pass or fail (it measures), or send traffic anywhere
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
@@ -19,6 +24,7 @@
 // "HAProxy" is a product name in prose, not code to put in backticks.
 #![allow(clippy::doc_markdown)]
 
+pub mod apiwatch;
 pub mod binaries;
 pub mod cluster;
 pub mod cpu;
