@@ -67,6 +67,9 @@ pub struct Event {
     pub prev: Option<Arc<Value>>,
 }
 
+/// Changes queued for each subscriber (watch, controller) before a slow one lags.
+const EVENT_BUFFER: usize = 4096;
+
 /// How a transaction is committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Commit {
@@ -270,6 +273,15 @@ pub fn object_rv(object: &Value) -> u64 {
 
 impl Store {
     pub fn open(path: &Path, history_len: usize) -> Result<Self, ApiServerError> {
+        Self::open_with(path, history_len, EVENT_BUFFER)
+    }
+
+    /// [`Store::open`] with `buffer` changes queued for each subscriber before a slow one lags.
+    pub fn open_with(
+        path: &Path,
+        history_len: usize,
+        buffer: usize,
+    ) -> Result<Self, ApiServerError> {
         let db_err = |source: redb::Error| ApiServerError::Database {
             path: path.to_owned(),
             source,
@@ -297,7 +309,7 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| db_err(e.into()))?;
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(buffer.max(1));
         let mut allocations = Allocations::default();
         for (key, object) in objects.range(SERVICES_PREFIX.to_owned()..) {
             if !key.starts_with(SERVICES_PREFIX) {
@@ -517,7 +529,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

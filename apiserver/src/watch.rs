@@ -87,7 +87,7 @@ fn bookmark(res: &Resource, rv: u64) -> Bytes {
 /// Starts a watch; its events arrive on the returned channel, which closes when the watch
 /// ends. A resourceVersion older than the history gives one ERROR event with 410 Expired.
 pub fn start(
-    store: &Store,
+    store: &Arc<Store>,
     req: WatchRequest,
     mut shutdown: watch::Receiver<bool>,
     tasks: &tokio_util::task::TaskTracker,
@@ -109,6 +109,7 @@ pub fn start(
             return rx;
         }
     };
+    let store = Arc::clone(store);
     tasks.spawn(async move {
         let Subscription {
             initial,
@@ -161,9 +162,30 @@ pub fn start(
                             return;
                         }
                     }
-                    // Too slow to keep up: end the watch; the client resumes from the last
-                    // resourceVersion it saw.
-                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return,
+                    // Too slow to keep up with every change of the store (a burst of another
+                    // kind's writes, say): pick up again from the history, after the last
+                    // change this watch took, so the client notices nothing. Only when the
+                    // history no longer reaches back that far does the watch end (the client
+                    // resumes, gets 410 and relists).
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let Ok(sub) = store.subscribe(&req.prefix, Some(last_rv)) else {
+                            return;
+                        };
+                        for event in &sub.backlog {
+                            if event.rv <= last_rv {
+                                continue;
+                            }
+                            last_rv = event.rv;
+                            if let Some((kind, object)) = req.translate(event)
+                                && tx.send(req.event(kind.as_str(), &object)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        last_rv = last_rv.max(sub.rv);
+                        rx = sub.rx;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = ticker.tick(), if req.bookmarks => {
                     if tx.send(bookmark(req.resource, last_rv)).await.is_err() {
@@ -177,4 +199,66 @@ pub fn start(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::PODS;
+    use crate::store::{Change, tests::tempdir};
+
+    #[tokio::test]
+    async fn a_watch_that_lags_behind_picks_up_from_the_history() {
+        let dir = tempdir();
+        // Subscribers lag after 8 queued changes; the history keeps 10,000.
+        let store = Arc::new(Store::open_with(&dir.0.join("db.redb"), 10_000, 8).unwrap());
+        let req = WatchRequest {
+            resource: &PODS,
+            prefix: "pods/".to_owned(),
+            from: Some(store.resource_version()),
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+            bookmarks: false,
+            send_initial_events: false,
+            timeout: None,
+            bookmark_interval: Duration::from_secs(60),
+            as_table: None,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let tasks = tokio_util::task::TaskTracker::new();
+        let mut rx = start(&store, req, shutdown, &tasks);
+        // Nobody reads while 1,000 changes are made: the watch's own queue (256) fills, it
+        // stops taking changes, and falls far behind the store's.
+        const N: usize = 1000;
+        for i in 0..N {
+            store
+                .transact(|_| {
+                    Ok(vec![Change::Put {
+                        key: format!("pods/default/p{i}"),
+                        object: json!({"metadata": {"name": format!("p{i}"), "namespace": "default"}}),
+                    }])
+                })
+                .unwrap();
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut seen = Vec::new();
+        while seen.len() < N {
+            let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the watch keeps delivering")
+                .expect("the watch does not end");
+            let event: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(event["type"], "ADDED", "{event}");
+            seen.push(
+                event["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let want: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+        assert_eq!(seen, want, "every change once, in order");
+    }
 }
