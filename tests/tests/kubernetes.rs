@@ -4,6 +4,7 @@
 //! from a client on every node; scaling the pods changes every node's rotation within a
 //! second; the API server killed with SIGKILL in the middle of writes loses no acknowledged
 //! write, and the nodes' traffic never stops.
+#![allow(clippy::disallowed_types)] // synchronous tests: std's clock and locks are the right ones
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -263,7 +264,7 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
     }
 
     // A writer creates Services through kubectl; the ones kubectl saw acknowledged are kept.
-    let acknowledged = Arc::new(parking_lot_free::Acked::default());
+    let acknowledged = Arc::new(shared::Acked::default());
     let writing = Arc::new(AtomicBool::new(true));
     let attempts = Arc::new(AtomicUsize::new(0));
     let writer = {
@@ -362,8 +363,8 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
     Ok(())
 }
 
-/// A list shared between threads (the harness allows std's locks).
-mod parking_lot_free {
+/// The names a writer thread saw acknowledged, read by the test.
+mod shared {
     use std::sync::Mutex;
 
     #[derive(Default)]
