@@ -161,6 +161,20 @@ fn main() -> Result<()> {
             if !status.success() {
                 bail!("the socket-LB benchmark failed");
             }
+            step(
+                "the Kubernetes watch path: 10,000 Services x 10 Pods through the API server, then one-Pod changes",
+            );
+            let status = Command::new(root.join("target/release/apiwatch"))
+                .arg("--out")
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .env("POD_SERVER_BIN", root.join("target/release/pod-server"))
+                .status()
+                .context("cannot run the API watch benchmark")?;
+            if !status.success() {
+                bail!("the API watch benchmark failed");
+            }
             Ok(())
         }
     }
