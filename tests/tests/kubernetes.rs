@@ -95,6 +95,11 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
     // A watch that records every Pod event, as an operator would run it.
     let watch_log = cluster.scratch_dir().join("kubectl-get-w.log");
     let watch = kubectl.spawn(&["get", "pods", "-w", "--output-watch-events"], &watch_log)?;
+    let services_log = cluster.scratch_dir().join("kubectl-get-services-w.log");
+    let services_watch = kubectl.spawn(
+        &["get", "services", "-w", "--output-watch-events"],
+        &services_log,
+    )?;
 
     // Create: the Service and four of the six pods.
     kubectl.create_json(&web_service())?;
@@ -176,6 +181,88 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
         "patched pod: {patched}"
     );
 
+    // Patch a Service (strategic merge, kubectl's default): a label; it keeps serving.
+    kubectl.run(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"metadata":{"labels":{"team":"payments"}}}"#,
+    ])?;
+    let patched = kubectl.get_json(&["get", "service", "web"])?;
+    ensure!(
+        patched["metadata"]["labels"]["team"] == "payments",
+        "patched service: {patched}"
+    );
+    wait_rotation(&cluster, &daemons, &want, PROPAGATION * 3)?;
+
+    // A Service without a selector and an EndpointSlice written with kubectl: created, got,
+    // patched (its endpoint turns not ready, so every node refuses) and deleted.
+    let manual_vip = "10.96.0.20";
+    let backend = cluster.pod(2, 0);
+    kubectl.create_json(
+        &objects::Service::new("manual")
+            .cluster_ips(&[manual_vip])
+            .port(objects::ServicePort::tcp("http", 80, 8080))
+            .to_value(),
+    )?;
+    kubectl.create_json(
+        &objects::EndpointSlice::new("manual-1", "manual")
+            .port("http", 8080, "TCP")
+            .endpoint(
+                objects::Endpoint::new(backend.ipv4().into())
+                    .node(Some(&cluster.node_name(backend.node()))),
+            )
+            .to_value(),
+    )?;
+    let slice = kubectl.get_json(&["get", "endpointslice", "manual-1"])?;
+    ensure!(
+        slice["endpoints"][0]["addresses"][0] == backend.ipv4().to_string(),
+        "kubectl get endpointslice: {slice}"
+    );
+    let manual_answers = |i: usize| -> Result<Option<bool>> {
+        let results =
+            client::curl_many_results(cluster.client(i), &format!("http://{manual_vip}/"), 1)?;
+        Ok(Some(
+            results[0]
+                .as_ref()
+                .is_ok_and(|name| *name == backend.name()),
+        ))
+    };
+    for (i, daemon) in daemons.iter().enumerate() {
+        daemon.with_log(poll_until(
+            &format!("node {i} to serve {manual_vip} from the kubectl-made slice"),
+            Duration::from_secs(3),
+            || Ok(manual_answers(i)?.filter(|ok| *ok).map(|_| ())),
+        ))?;
+    }
+    kubectl.run(&[
+        "patch",
+        "endpointslice",
+        "manual-1",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/endpoints/0/conditions/ready","value":false}]"#,
+    ])?;
+    for (i, daemon) in daemons.iter().enumerate() {
+        daemon.with_log(poll_until(
+            &format!("node {i} to refuse {manual_vip} once its endpoint is not ready"),
+            Duration::from_secs(3),
+            || Ok(manual_answers(i)?.filter(|ok| !*ok).map(|_| ())),
+        ))?;
+    }
+    kubectl.run(&["delete", "endpointslice", "manual-1"])?;
+    kubectl.run(&["delete", "service", "manual"])?;
+    let left = kubectl.get_json(&["get", "endpointslices"])?;
+    ensure!(
+        left["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["metadata"]["name"] != "manual-1"),
+        "the deleted slice is still listed: {left}"
+    );
+
     // Delete the Service: every node refuses at once.
     kubectl.run(&["delete", "service", "web"])?;
     for (i, daemon) in daemons.iter().enumerate() {
@@ -189,6 +276,25 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
             },
         ))?;
     }
+
+    // The Services watch saw web added, patched and deleted.
+    let shows = |text: &str, event: &str| {
+        text.lines()
+            .any(|l| l.split_whitespace().take(2).eq([event, "web"]))
+    };
+    let services_seen = poll_until(
+        "kubectl get services -w to show web added, modified and deleted",
+        Duration::from_secs(5),
+        || {
+            let text = std::fs::read_to_string(&services_log)?;
+            Ok(["ADDED", "MODIFIED", "DELETED"]
+                .iter()
+                .all(|e| shows(&text, e))
+                .then_some(text))
+        },
+    );
+    drop(services_watch);
+    services_seen.with_context(|| std::fs::read_to_string(&services_log).unwrap_or_default())?;
 
     // The watch saw the pods come and go: `EVENT NAME READY STATUS ...` lines.
     drop(watch);
