@@ -77,7 +77,7 @@ use crate::daemon::{BPFFS, Daemon, DaemonConfig, EbpfPaths, Mode, cleanup_ebpf, 
 use crate::netns::{Netns, Process, require_root, unique_prefix};
 use crate::poll::poll_until;
 use crate::scratch::ScratchDir;
-use crate::topology::{POD_HTTP_PORT, PodServerConfig, pod_server_bin};
+use crate::topology::{POD_HTTP_PORT, PodLink, PodServerConfig, link_pod, pod_server_bin};
 
 /// The bridge's address in the network namespace (IPv4): where the API
 /// server listens.
@@ -419,77 +419,17 @@ impl Cluster {
     }
 
     fn link_pod(&self, i: usize, j: usize) -> Result<()> {
-        let node = &self.nodes[i];
         let pod = &self.pods[i][j];
-        let link = pod.node_link();
-        let gateway4 = format!("10.244.{i}.1");
-        let gateway6 = format!("fd00:244:{:x}::1", node_group(i)?);
-        node.run([
-            "ip",
-            "link",
-            "add",
-            &link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.ns.name(),
-        ])?;
-        node.run(["ip", "addr", "add", &format!("{gateway4}/32"), "dev", &link])?;
-        node.run([
-            "ip",
-            "addr",
-            "add",
-            &format!("{gateway6}/128"),
-            "dev",
-            &link,
-            "nodad",
-        ])?;
-        node.run(["ip", "link", "set", &link, "up"])?;
-        let ipv4 = pod.ipv4.to_string();
-        let ipv6 = pod.ipv6.to_string();
-        node.run([
-            "ip",
-            "route",
-            "add",
-            &format!("{ipv4}/32"),
-            "dev",
-            &link,
-            "src",
-            &gateway4,
-        ])?;
-        node.run([
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{ipv6}/128"),
-            "dev",
-            &link,
-            "src",
-            &gateway6,
-        ])?;
-        let ns = &pod.ns;
-        ns.run(["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-        ns.run([
-            "ip",
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ns.run(["ip", "link", "set", "eth0", "up"])?;
-        ns.run([
-            "ip", "route", "add", "default", "via", &gateway4, "dev", "eth0",
-        ])?;
-        ns.run([
-            "ip", "-6", "route", "add", "default", "via", &gateway6, "dev", "eth0",
-        ])?;
-        Ok(())
+        let octet = u8::try_from(i).context("node index out of range")?;
+        link_pod(&PodLink {
+            node: &self.nodes[i],
+            pod: &pod.ns,
+            link: &pod.node_link(),
+            ipv4: pod.ipv4,
+            ipv6: pod.ipv6,
+            gateway4: Ipv4Addr::new(10, 244, octet, 1),
+            gateway6: Ipv6Addr::new(0xfd00, 0x244, node_group(i)?, 0, 0, 0, 0, 1),
+        })
     }
 
     /// On node `i`: every other node's pod and client CIDRs via that node's

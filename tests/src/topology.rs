@@ -269,81 +269,15 @@ impl Topology {
     }
 
     fn link_pod(&self, pod: &PodNs) -> Result<()> {
-        let node = &self.node;
-        let link = pod.node_link.as_str();
-        node.run([
-            "ip",
-            "link",
-            "add",
-            link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.ns.name(),
-        ])?;
-        node.run(["ip", "addr", "add", "10.244.0.1/32", "dev", link])?;
-        node.run(["ip", "addr", "add", "fd00:244::1/128", "dev", link, "nodad"])?;
-        node.run(["ip", "link", "set", link, "up"])?;
-        let ipv4 = pod.ipv4.to_string();
-        let ipv6 = pod.ipv6.to_string();
-        node.run([
-            "ip",
-            "route",
-            "add",
-            &format!("{ipv4}/32"),
-            "dev",
-            link,
-            "src",
-            "10.244.0.1",
-        ])?;
-        node.run([
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{ipv6}/128"),
-            "dev",
-            link,
-            "src",
-            "fd00:244::1",
-        ])?;
-        let ns = &pod.ns;
-        ns.run(["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-        ns.run([
-            "ip",
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ns.run(["ip", "link", "set", "eth0", "up"])?;
-        ns.run([
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.0.1",
-            "dev",
-            "eth0",
-        ])?;
-        ns.run([
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:244::1",
-            "dev",
-            "eth0",
-        ])?;
-        Ok(())
+        link_pod(&PodLink {
+            node: &self.node,
+            pod: &pod.ns,
+            link: &pod.node_link,
+            ipv4: pod.ipv4,
+            ipv6: pod.ipv6,
+            gateway4: NODE_POD_GATEWAY4,
+            gateway6: NODE_POD_GATEWAY6,
+        })
     }
 
     /// The name prefix of this topology's namespaces (`sy<pid>x<n>`).
@@ -544,4 +478,90 @@ pub fn pod_server_bin() -> Result<PathBuf> {
     bail!(
         "pod-server binary not found (looked at {candidates:?}): run `cargo build -p switchyard-tests` or set POD_SERVER_BIN"
     )
+}
+
+/// A pod's link to its node.
+pub(crate) struct PodLink<'a> {
+    pub node: &'a Netns,
+    pub pod: &'a Netns,
+    /// The veth end's name in the node namespace.
+    pub link: &'a str,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// The node's addresses on every pod link: the pods' gateways.
+    pub gateway4: Ipv4Addr,
+    pub gateway6: Ipv6Addr,
+}
+
+/// Makes a pod's link: a veth pair created in the node namespace with its peer (`eth0`) placed
+/// straight into the pod's, so no interface ever exists in the host namespace; the node end
+/// holds the gateway addresses (/32, /128) and a host route to each pod address; the pod gets
+/// its addresses (/24, /64) and default routes via the gateways, which lead only to the node.
+pub(crate) fn link_pod(l: &PodLink<'_>) -> Result<()> {
+    let (node, ns, link) = (l.node, l.pod, l.link);
+    let (gateway4, gateway6) = (l.gateway4.to_string(), l.gateway6.to_string());
+    let (ipv4, ipv6) = (l.ipv4.to_string(), l.ipv6.to_string());
+    node.run([
+        "ip",
+        "link",
+        "add",
+        link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.run(["ip", "addr", "add", &format!("{gateway4}/32"), "dev", link])?;
+    node.run([
+        "ip",
+        "addr",
+        "add",
+        &format!("{gateway6}/128"),
+        "dev",
+        link,
+        "nodad",
+    ])?;
+    node.run(["ip", "link", "set", link, "up"])?;
+    node.run([
+        "ip",
+        "route",
+        "add",
+        &format!("{ipv4}/32"),
+        "dev",
+        link,
+        "src",
+        &gateway4,
+    ])?;
+    node.run([
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{ipv6}/128"),
+        "dev",
+        link,
+        "src",
+        &gateway6,
+    ])?;
+    ns.run(["ip", "addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+    ns.run([
+        "ip",
+        "addr",
+        "add",
+        &format!("{ipv6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.run(["ip", "link", "set", "eth0", "up"])?;
+    ns.run([
+        "ip", "route", "add", "default", "via", &gateway4, "dev", "eth0",
+    ])?;
+    ns.run([
+        "ip", "-6", "route", "add", "default", "via", &gateway6, "dev", "eth0",
+    ])?;
+    Ok(())
 }
