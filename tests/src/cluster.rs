@@ -77,7 +77,7 @@ use crate::daemon::{BPFFS, Daemon, DaemonConfig, EbpfPaths, Mode, cleanup_ebpf, 
 use crate::netns::{Netns, Process, require_root, unique_prefix};
 use crate::poll::poll_until;
 use crate::scratch::ScratchDir;
-use crate::topology::{POD_HTTP_PORT, PodLink, PodServerConfig, link_pod, pod_server_bin};
+use crate::topology::{POD_HTTP_PORT, PodLink, PodServer, PodServerConfig, link_pod};
 
 /// The bridge's address in the network namespace (IPv4): where the API
 /// server listens.
@@ -146,7 +146,7 @@ pub struct ClusterPod {
     ns: Netns,
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
-    server: Option<(PodServerConfig, Process)>,
+    server: PodServer,
 }
 
 impl ClusterPod {
@@ -194,12 +194,12 @@ impl ClusterPod {
 
     /// The name its server answers with, once started.
     pub fn server_name(&self) -> Option<&str> {
-        self.server.as_ref().map(|(config, _)| config.name.as_str())
+        self.server.name()
     }
 
     /// Its server process, once started.
     pub fn server(&mut self) -> Option<&mut Process> {
-        self.server.as_mut().map(|(_, process)| process)
+        self.server.process()
     }
 }
 
@@ -282,7 +282,7 @@ impl Cluster {
                         0,
                         decimal_group(10 + j)?,
                     ),
-                    server: None,
+                    server: PodServer::default(),
                 };
                 cluster.pods[i].push(pod);
                 cluster.link_pod(i, j)?;
@@ -570,31 +570,13 @@ impl Cluster {
     /// Starts `pod-server` in pod `j` of node `i` as `config` (stopping the
     /// one already there) and waits until it is ready.
     pub fn start_pod_server(&mut self, i: usize, j: usize, config: PodServerConfig) -> Result<()> {
-        let bin = pod_server_bin()?;
         let log = self.scratch.join(&format!("n{i}p{j}-{}.log", config.name));
         let pod = self
             .pods
             .get_mut(i)
             .and_then(|pods| pods.get_mut(j))
             .with_context(|| format!("no pod {j} on node {i}"))?;
-        pod.server = None;
-        let mut argv: Vec<String> = vec![
-            bin.to_string_lossy().into_owned(),
-            "--name".into(),
-            config.name.clone(),
-        ];
-        for port in &config.http_ports {
-            argv.extend(["--http".into(), format!("0.0.0.0:{port}")]);
-            argv.extend(["--http".into(), format!("[::]:{port}")]);
-        }
-        for port in &config.udp_ports {
-            argv.extend(["--udp".into(), format!("0.0.0.0:{port}")]);
-            argv.extend(["--udp".into(), format!("[::]:{port}")]);
-        }
-        let mut process = pod.ns.spawn(&argv, &log)?;
-        process.wait_for_line("ready", Duration::from_secs(10))?;
-        pod.server = Some((config, process));
-        Ok(())
+        pod.server.start(&pod.ns, config, &log)
     }
 
     /// Stops the server in pod `j` of node `i` (SIGTERM, then SIGKILL).
@@ -604,10 +586,7 @@ impl Cluster {
             .get_mut(i)
             .and_then(|pods| pods.get_mut(j))
             .with_context(|| format!("no pod {j} on node {i}"))?;
-        if let Some((_, mut process)) = pod.server.take() {
-            process.terminate(Duration::from_secs(2))?;
-        }
-        Ok(())
+        pod.server.stop()
     }
 
     /// The URL of pod `j` of node `i`'s HTTP server over IPv4

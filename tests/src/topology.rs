@@ -114,7 +114,7 @@ pub struct PodNs {
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
     node_link: String,
-    server: Option<(PodServerConfig, Process)>,
+    server: PodServer,
 }
 
 impl PodNs {
@@ -146,12 +146,58 @@ impl PodNs {
 
     /// The name its server answers with, once started.
     pub fn server_name(&self) -> Option<&str> {
-        self.server.as_ref().map(|(config, _)| config.name.as_str())
+        self.server.name()
     }
 
     /// Its server process, once started.
     pub fn server(&mut self) -> Option<&mut Process> {
-        self.server.as_mut().map(|(_, process)| process)
+        self.server.process()
+    }
+}
+
+/// A pod's `pod-server`, once started: what it serves and its process.
+#[derive(Debug, Default)]
+pub(crate) struct PodServer(Option<(PodServerConfig, Process)>);
+
+impl PodServer {
+    /// Starts `pod-server` in `ns` as `config`, logging to `log` (stopping the one already
+    /// there), and waits until it is ready.
+    pub(crate) fn start(&mut self, ns: &Netns, config: PodServerConfig, log: &Path) -> Result<()> {
+        let bin = pod_server_bin()?;
+        self.0 = None;
+        let mut argv: Vec<String> = vec![
+            bin.to_string_lossy().into_owned(),
+            "--name".into(),
+            config.name.clone(),
+        ];
+        for port in &config.http_ports {
+            argv.extend(["--http".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--http".into(), format!("[::]:{port}")]);
+        }
+        for port in &config.udp_ports {
+            argv.extend(["--udp".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--udp".into(), format!("[::]:{port}")]);
+        }
+        let mut process = ns.spawn(&argv, log)?;
+        process.wait_for_line("ready", Duration::from_secs(10))?;
+        self.0 = Some((config, process));
+        Ok(())
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL), if it runs.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        if let Some((_, mut process)) = self.0.take() {
+            process.terminate(Duration::from_secs(2))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.0.as_ref().map(|(config, _)| config.name.as_str())
+    }
+
+    pub(crate) fn process(&mut self) -> Option<&mut Process> {
+        self.0.as_mut().map(|(_, process)| process)
     }
 }
 
@@ -208,7 +254,7 @@ impl Topology {
                 ipv4: Ipv4Addr::new(10, 244, 0, octet),
                 ipv6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, group),
                 node_link: format!("pod{index}"),
-                server: None,
+                server: PodServer::default(),
             };
             topo.link_pod(&pod)?;
             topo.pods.push(pod);
@@ -334,7 +380,6 @@ impl Topology {
     /// Starts `pod-server` in pod `index` as `config` (stopping the one
     /// already there) and waits until it is ready.
     pub fn start_pod_server(&mut self, index: usize, config: PodServerConfig) -> Result<()> {
-        let bin = pod_server_bin()?;
         let log = self
             .scratch
             .join(&format!("pod{index}-{}.log", config.name));
@@ -342,24 +387,7 @@ impl Topology {
             .pods
             .get_mut(index)
             .with_context(|| format!("no pod {index}"))?;
-        pod.server = None;
-        let mut argv: Vec<String> = vec![
-            bin.to_string_lossy().into_owned(),
-            "--name".into(),
-            config.name.clone(),
-        ];
-        for port in &config.http_ports {
-            argv.extend(["--http".into(), format!("0.0.0.0:{port}")]);
-            argv.extend(["--http".into(), format!("[::]:{port}")]);
-        }
-        for port in &config.udp_ports {
-            argv.extend(["--udp".into(), format!("0.0.0.0:{port}")]);
-            argv.extend(["--udp".into(), format!("[::]:{port}")]);
-        }
-        let mut process = pod.ns.spawn(&argv, &log)?;
-        process.wait_for_line("ready", Duration::from_secs(10))?;
-        pod.server = Some((config, process));
-        Ok(())
+        pod.server.start(&pod.ns, config, &log)
     }
 
     /// Stops the server in pod `index` (SIGTERM, then SIGKILL).
@@ -368,10 +396,7 @@ impl Topology {
             .pods
             .get_mut(index)
             .with_context(|| format!("no pod {index}"))?;
-        if let Some((_, mut process)) = pod.server.take() {
-            process.terminate(Duration::from_secs(2))?;
-        }
-        Ok(())
+        pod.server.stop()
     }
 
     /// Starts the switchyard daemon in the node namespace over `manifests`
