@@ -256,3 +256,43 @@ mod tests {
         assert_eq!(cluster.service(index + 1).endpoints.len(), 10);
     }
 }
+
+/// `--bpf-max-*` flags that size a daemon's eBPF maps for `frontends` frontends and `backends`
+/// distinct backends (as many slots), as an operator would: each with a quarter to spare,
+/// rounded up to a power of two, and passed only where that exceeds the daemon's default
+/// (65,536 frontends, 262,144 backends, 1,048,576 slots).
+pub fn bpf_map_args(frontends: usize, backends: usize) -> Vec<String> {
+    [
+        ("--bpf-max-frontends", frontends, 65_536),
+        ("--bpf-max-backends", backends, 262_144),
+        ("--bpf-max-slots", backends, 1_048_576),
+    ]
+    .into_iter()
+    .filter_map(|(flag, n, default)| {
+        let size = (n + n / 4).next_power_of_two();
+        (size > default).then(|| format!("{flag}={size}"))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod map_args_tests {
+    use super::bpf_map_args;
+
+    #[test]
+    fn only_maps_beyond_the_defaults_are_sized() {
+        assert!(bpf_map_args(10_000, 100_000).is_empty());
+        assert_eq!(
+            bpf_map_args(50_000, 499_993),
+            ["--bpf-max-backends=1048576"]
+        );
+        assert_eq!(
+            bpf_map_args(100_000, 1_000_000),
+            [
+                "--bpf-max-frontends=131072",
+                "--bpf-max-backends=2097152",
+                "--bpf-max-slots=2097152"
+            ]
+        );
+    }
+}

@@ -101,30 +101,6 @@ enum Helper {
     },
 }
 
-/// The eBPF maps' sizes for the load, beyond the daemon's defaults (65,536
-/// frontends, 262,144 backends, 1,048,576 slots).
-fn map_args(services: usize, pods_per_service: usize) -> Vec<String> {
-    let frontends = services + 1024;
-    let backends = services * pods_per_service + 1024;
-    let mut args = Vec::new();
-    if frontends > 65_536 {
-        args.push(format!(
-            "--bpf-max-frontends={}",
-            frontends.next_power_of_two()
-        ));
-    }
-    if backends > 262_144 {
-        args.push(format!(
-            "--bpf-max-backends={}",
-            backends.next_power_of_two()
-        ));
-    }
-    if backends > 1_048_576 {
-        args.push(format!("--bpf-max-slots={}", backends.next_power_of_two()));
-    }
-    args
-}
-
 fn run(args: RunArgs) -> Result<()> {
     let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
@@ -158,7 +134,10 @@ fn run(args: RunArgs) -> Result<()> {
         settle: args.settle,
         probe_interval: args.probe_interval,
         exe,
-        daemon_args: map_args(args.services, args.pods_per_service),
+        daemon_args: switchyard_bench::cluster::bpf_map_args(
+            args.services + 1,
+            args.services * args.pods_per_service,
+        ),
     };
     let machine = Machine::gather(
         &switchyard_tests::workspace_dir(),

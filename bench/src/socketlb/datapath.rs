@@ -346,7 +346,10 @@ impl SizeBench<'_> {
             sync_period: "1h".to_owned(),
             // The maps are sized for the cluster (the defaults hold 262,144 distinct
             // backends; every endpoint here is distinct), as an operator would size them.
-            extra_args: map_sizes(self.cluster.services, self.cluster.endpoint_count()),
+            extra_args: crate::cluster::bpf_map_args(
+                self.cluster.services,
+                self.cluster.endpoint_count(),
+            ),
             // /healthz answers 200 after the first full sync.
             ready_timeout: Duration::from_mins(1)
                 + Duration::from_millis(10)
@@ -614,18 +617,4 @@ pub fn run(
         drop(bench);
     }
     outcome
-}
-
-/// `--bpf-max-*` flags for a cluster of `services` Services and `endpoints` endpoints (all
-/// distinct), at least the daemon's defaults, rounded up to powers of two with room to spare.
-fn map_sizes(services: usize, endpoints: usize) -> Vec<String> {
-    let size = |n: usize, default: usize| (n + n / 4).next_power_of_two().max(default).to_string();
-    vec![
-        "--bpf-max-frontends".to_owned(),
-        size(services, 65_536),
-        "--bpf-max-backends".to_owned(),
-        size(endpoints, 262_144),
-        "--bpf-max-slots".to_owned(),
-        size(endpoints, 1_048_576),
-    ]
 }
