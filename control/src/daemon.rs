@@ -53,12 +53,13 @@ pub enum Source {
     },
 }
 
-/// A source ready to run: the client to watch with, and the embedded API server if it is
-/// ours to run.
+/// A source ready to run: the client to watch with, and the embedded API server (with the
+/// manifest folder to load into it) if it is ours to run.
 struct Feed {
     client: kube::Client,
     cluster: ClusterConfig,
-    embedded: Option<(RunningApiServer, Option<PathBuf>)>,
+    server: Option<RunningApiServer>,
+    manifests: Option<PathBuf>,
 }
 
 /// Why the daemon could not start.
@@ -101,7 +102,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 derive_endpoint_slices: *derive_endpoint_slices,
                 ..cluster
             },
-            embedded: None,
+            server: None,
+            manifests: None,
         },
         Source::Embedded {
             apiserver,
@@ -126,7 +128,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             Feed {
                 client: connection.client().await?,
                 cluster,
-                embedded: Some((server, manifests.clone())),
+                server: Some(server),
+                manifests: manifests.clone(),
             }
         }
     };
@@ -212,10 +215,10 @@ async fn serve<D: Datapath>(
     let Feed {
         client,
         cluster,
-        embedded,
+        server,
+        manifests,
     } = feed;
-    let (server, manifests) = embedded.unzip();
-    let loader = match (&server, manifests.flatten()) {
+    let loader = match (&server, manifests) {
         (Some(server), Some(dir)) => {
             let (loaded, on_loaded) = tokio::sync::oneshot::channel();
             let loader = tokio::spawn(manifests::load_into(

@@ -339,12 +339,9 @@ pub async fn load_into(
     let mut loaded = Some(loaded);
     while let Some(event) = changes.recv().await {
         let (upserts, deletes, full) = match event {
-            SourceEvent::Changes {
-                upserts, deletes, ..
-            } if loaded.is_some() => {
-                // Part of the first read: held until it is complete.
+            // Part of the first read (which deletes nothing): held until it is complete.
+            SourceEvent::Changes { upserts, .. } if loaded.is_some() => {
                 initial.extend(upserts);
-                drop(deletes);
                 continue;
             }
             SourceEvent::Changes {
