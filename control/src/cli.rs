@@ -11,6 +11,7 @@ use crate::daemon::{DaemonConfig, Source};
 use crate::datapath::ebpf::EbpfConfig;
 use crate::datapath::userspace::UserspaceConfig;
 use crate::source::cluster::ClusterConnection;
+use crate::model::NodePortAddresses;
 
 /// switchyard: a Kubernetes service proxy (a kube-proxy replacement).
 #[derive(Debug, Parser)]
@@ -109,6 +110,10 @@ pub enum LogFormat {
     Json,
 }
 
+fn nodeport_addresses(value: &str) -> Result<NodePortAddresses, String> {
+    NodePortAddresses::parse(value)
+}
+
 fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| format!("{e} (write e.g. 500ms, 30s, 5m)"))
 }
@@ -157,6 +162,12 @@ pub struct RunArgs {
     /// This node's name, as in its Node object (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub hostname_override: Option<String>,
+
+    /// Which of the node's addresses (its Node object's `status.addresses`, InternalIP and
+    /// ExternalIP) serve NodePorts: `primary` (the first InternalIP of each family), or
+    /// comma-separated CIDRs the addresses must be in. Default: all of them.
+    #[arg(long, value_name = "primary|CIDR[,CIDR]", default_value = "", hide_default_value = true, value_parser = nodeport_addresses)]
+    pub nodeport_addresses: NodePortAddresses,
 
     /// Which datapath serves Service traffic.
     #[arg(long, value_enum, default_value = "auto")]
@@ -287,6 +298,7 @@ impl RunArgs {
         });
         DaemonConfig {
             node_name: node_name.trim().to_ascii_lowercase(),
+            nodeport_addresses: self.nodeport_addresses.clone(),
             source: {
                 let connection = ClusterConnection {
                     kubeconfig: self.kubeconfig.clone(),

@@ -380,9 +380,7 @@ mod tests {
         let health = Arc::new(Health::new(Duration::from_secs(30)));
         let controller = Controller::new(
             ControllerConfig {
-                node: NodeContext {
-                    name: "n".to_owned(),
-                },
+                node: NodeContext::named("n"),
                 sync_period: Duration::from_secs(30),
                 shutdown_grace: Duration::ZERO,
             },

@@ -16,7 +16,7 @@ use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
 use crate::datapath::{Datapath, Status};
 use crate::http::{self, AdminState, Endpoints};
 use crate::metrics::Metrics;
-use crate::model::NodeContext;
+use crate::model::{NodeContext, NodePortAddresses};
 use crate::source::cluster::{self, ClusterConfig, ClusterConnection, ClusterError};
 use crate::source::manifests::{self, ManifestConfig};
 use switchyard_apiserver::{ApiServerConfig, RunningApiServer};
@@ -25,6 +25,8 @@ use switchyard_apiserver::{ApiServerConfig, RunningApiServer};
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub node_name: String,
+    /// Which of the node's addresses serve NodePorts.
+    pub nodeport_addresses: NodePortAddresses,
     /// Where Services and their endpoints come from.
     pub source: Source,
     pub metrics_bind_address: SocketAddr,
@@ -264,6 +266,7 @@ async fn serve<D: Datapath>(
         ControllerConfig {
             node: NodeContext {
                 name: config.node_name.clone(),
+                nodeport_addresses: config.nodeport_addresses.clone(),
             },
             sync_period: config.sync_period,
             shutdown_grace: config.shutdown_grace,

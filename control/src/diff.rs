@@ -86,12 +86,16 @@ mod tests {
                     state: BackendState::Active,
                     node: None,
                     zone: None,
+                    local: false,
                 })
                 .collect(),
             draining: Vec::new(),
             algorithm: Algorithm::Random,
             affinity: None,
             on_empty: EmptyAction::Reject,
+            snat: None,
+            source_ranges: None,
+            health_check_node_port: None,
         }
     }
 

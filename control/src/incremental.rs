@@ -108,9 +108,7 @@ mod tests {
     /// the new one.
     #[test]
     fn incremental_matches_full_recompute() {
-        let node = NodeContext {
-            name: "node-a".to_owned(),
-        };
+        let node = NodeContext::named("node-a");
         let mut store = Store::new();
         let mut incremental = IncrementalTable::new();
         let mut seed: u64 = 0x5eed;

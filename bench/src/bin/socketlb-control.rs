@@ -82,9 +82,7 @@ fn main() -> Result<()> {
         close_stale_sockets: false,
     };
     let mut datapath = EbpfDatapath::new(&config).context("open the eBPF datapath")?;
-    let node = NodeContext {
-        name: "node-0".to_owned(),
-    };
+    let node = NodeContext::named("node-0");
     let mut result = InProcessResult {
         services: cluster.services,
         endpoints: cluster.endpoint_count(),

@@ -17,7 +17,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use crate::store::{ObjectKey, Store};
@@ -37,6 +38,8 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// Annotation choosing the balancing algorithm of a Service.
 pub const ANNOTATION_LB_ALGORITHM: &str = "switchyard.io/lb-algorithm";
+/// The older way to give `loadBalancerSourceRanges` (comma-separated CIDRs); the field wins.
+pub const ANNOTATION_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`, as in Kubernetes (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_hours(3);
@@ -62,7 +65,33 @@ impl fmt::Display for Protocol {
 /// What kind of Service address a frontend is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum FrontendKind {
+    /// A `clusterIP`: balanced for clients on the node (socket level in eBPF mode).
     ClusterIp,
+    /// A `nodePort` on one of the node's addresses.
+    NodePort,
+    /// One of `spec.externalIPs`.
+    ExternalIp,
+    /// One of `status.loadBalancer.ingress[].ip`.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// Whether traffic to it arrives from outside the node (north-south): NodePorts, external
+    /// and load-balancer IPs, served on the packet path and governed by
+    /// `externalTrafficPolicy`.
+    pub fn is_external(self) -> bool {
+        self != FrontendKind::ClusterIp
+    }
+
+    /// The name in status views: `ClusterIP`, `NodePort`, `ExternalIP`, `LoadBalancer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
 }
 
 /// A Service address on this node: the key of the [`ServiceTable`].
@@ -98,6 +127,9 @@ pub struct Backend {
     pub state: BackendState,
     pub node: Option<String>,
     pub zone: Option<String>,
+    /// Whether the endpoint is on this node (its `nodeName` is this node's name): north-south
+    /// traffic reaches a local backend without SNAT.
+    pub local: bool,
 }
 
 /// How a frontend picks a backend for a new connection.
@@ -155,6 +187,16 @@ pub struct ServiceEntry {
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity: Option<Duration>,
     pub on_empty: EmptyAction,
+    /// North-south frontends with `externalTrafficPolicy: Cluster`: the node address that
+    /// traffic to a backend on another node is sent from (SNAT), so that replies come back
+    /// through this node. `None` for ClusterIPs and `externalTrafficPolicy: Local`.
+    pub snat: Option<IpAddr>,
+    /// LoadBalancer frontends of a Service with `loadBalancerSourceRanges`: the ranges of the
+    /// frontend's family that may connect; `Some(empty)` admits no one.
+    pub source_ranges: Option<Vec<IpNet>>,
+    /// North-south frontends of a LoadBalancer Service with `externalTrafficPolicy: Local`:
+    /// its `healthCheckNodePort`, where switchyard answers load balancers' health checks.
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServiceEntry {
@@ -238,6 +280,108 @@ impl FromIterator<ServiceEntry> for ServiceTable {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
     pub name: String,
+    /// Which of the node's addresses serve NodePorts (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
+}
+
+impl NodeContext {
+    /// A node of this name whose NodePorts are on all of its addresses.
+    pub fn named(name: impl Into<String>) -> NodeContext {
+        NodeContext {
+            name: name.into(),
+            nodeport_addresses: NodePortAddresses::All,
+        }
+    }
+}
+
+/// Which of the node's addresses (its Node object's `status.addresses`) serve NodePorts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every `InternalIP` and `ExternalIP` (the default).
+    #[default]
+    All,
+    /// The first `InternalIP` of each family (kube-proxy's `--nodeport-addresses primary`).
+    Primary,
+    /// The addresses within these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
+impl NodePortAddresses {
+    /// Parses `--nodeport-addresses`: `primary`, or comma-separated CIDRs; empty means all.
+    pub fn parse(value: &str) -> Result<NodePortAddresses, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(NodePortAddresses::All);
+        }
+        if value.eq_ignore_ascii_case("primary") {
+            return Ok(NodePortAddresses::Primary);
+        }
+        value
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse::<IpNet>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| format!("{:?} is not a CIDR (want `primary` or CIDRs such as 192.168.0.0/24)", c.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(NodePortAddresses::Cidrs)
+    }
+}
+
+/// The Node's addresses of type `InternalIP` and `ExternalIP`, internal ones first, parsed and
+/// without duplicates.
+fn node_ips(node: &Node) -> Vec<(bool, IpAddr)> {
+    let mut seen = BTreeSet::new();
+    let mut out: Vec<(bool, IpAddr)> = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter_map(|a| {
+            let internal = match a.type_.as_str() {
+                "InternalIP" => true,
+                "ExternalIP" => false,
+                _ => return None,
+            };
+            Some((internal, a.address.trim().parse::<IpAddr>().ok()?))
+        })
+        .filter(|(_, ip)| seen.insert(*ip))
+        .collect();
+    out.sort_by_key(|(internal, _)| !*internal);
+    out
+}
+
+/// The node addresses that serve NodePorts, as `--nodeport-addresses` narrows them.
+pub fn nodeport_addresses(node: Option<&Node>, filter: &NodePortAddresses) -> Vec<IpAddr> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    let ips = node_ips(node);
+    match filter {
+        NodePortAddresses::All => ips.into_iter().map(|(_, ip)| ip).collect(),
+        NodePortAddresses::Primary => [true, false]
+            .into_iter()
+            .filter_map(|v4| {
+                ips.iter()
+                    .find(|(internal, ip)| *internal && ip.is_ipv4() == v4)
+                    .map(|(_, ip)| *ip)
+            })
+            .collect(),
+        NodePortAddresses::Cidrs(cidrs) => ips
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .filter(|ip| cidrs.iter().any(|c| c.contains(ip)))
+            .collect(),
+    }
+}
+
+/// The address north-south traffic to another node's backend is sent from: the node's first
+/// `InternalIP` of the family, else its first `ExternalIP`.
+pub fn snat_address(node: Option<&Node>, ipv4: bool) -> Option<IpAddr> {
+    node_ips(node?)
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .find(|ip| ip.is_ipv4() == ipv4)
 }
 
 /// Why part of a Service was not programmed; each becomes one log line and a metric.
@@ -350,7 +494,17 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
         }),
     };
     let affinity = session_affinity(service);
-    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let this_node = store.node(&node.name);
+    let addresses = external_addresses(service, this_node, node, &mut |m| {
+        warn(&mut outcome, m, false);
+    });
+    let source_ranges = source_ranges(service);
+    let health_check_node_port = (spec.type_.as_deref() == Some("LoadBalancer") && external_local)
+        .then(|| spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()))
+        .flatten()
+        .filter(|p| *p != 0);
 
     // Explicit EndpointSlices win; without any, derive them from Pods when the Service has a
     // selector, as the EndpointSlice controller would.
@@ -379,6 +533,9 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
         .filter(|s| validate_endpoint_slice(s).is_ok())
         .collect();
 
+    // A Service address may be listed twice (an external IP that is also the load balancer's):
+    // the first kind keeps it.
+    let mut taken: BTreeSet<(IpAddr, u16, Protocol)> = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
@@ -398,32 +555,179 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
         let Ok(service_port) = u16::try_from(port.port) else {
             continue; // validate_service rejected this already
         };
-        for vip in &vips {
-            let candidates = endpoints_for_port(&slices, port, proto, vip.is_ipv4());
-            let (backends, draining) =
-                select_backends(candidates, local_only.then_some(node.name.as_str()));
-            outcome.entries.push(ServiceEntry {
-                frontend: Frontend {
-                    addr: *vip,
-                    port: service_port,
-                    proto,
-                    kind: FrontendKind::ClusterIp,
-                },
-                service: key.clone(),
-                port_name: port.name.clone().unwrap_or_default(),
-                backends,
-                draining,
-                algorithm,
-                affinity,
-                on_empty: if local_only {
-                    EmptyAction::Drop
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        for ipv4 in [true, false] {
+            if !vips.iter().any(|v| v.is_ipv4() == ipv4) {
+                continue; // not one of the Service's families
+            }
+            let candidates = endpoints_for_port(&slices, port, proto, ipv4);
+            let mut frontends: Vec<(IpAddr, u16, FrontendKind)> = vips
+                .iter()
+                .filter(|v| v.is_ipv4() == ipv4)
+                .map(|v| (*v, service_port, FrontendKind::ClusterIp))
+                .collect();
+            for (addr, kind) in addresses.iter().filter(|(a, _)| a.is_ipv4() == ipv4) {
+                let port_of_kind = if *kind == FrontendKind::NodePort {
+                    match node_port {
+                        Some(p) => p,
+                        None => continue,
+                    }
                 } else {
-                    EmptyAction::Reject
-                },
-            });
+                    service_port
+                };
+                frontends.push((*addr, port_of_kind, *kind));
+            }
+            let internal = select_backends(
+                candidates.clone(),
+                &node.name,
+                internal_local.then_some(node.name.as_str()),
+            );
+            let external = frontends
+                .iter()
+                .any(|(_, _, k)| k.is_external())
+                .then(|| {
+                    select_backends(
+                        candidates,
+                        &node.name,
+                        external_local.then_some(node.name.as_str()),
+                    )
+                });
+            for (addr, frontend_port, kind) in frontends {
+                if !taken.insert((addr, frontend_port, proto)) {
+                    continue;
+                }
+                let is_external = kind.is_external();
+                let local = if is_external { external_local } else { internal_local };
+                let (backends, draining) = if is_external {
+                    external.clone().unwrap_or_default()
+                } else {
+                    internal.clone()
+                };
+                outcome.entries.push(ServiceEntry {
+                    frontend: Frontend {
+                        addr,
+                        port: frontend_port,
+                        proto,
+                        kind,
+                    },
+                    service: key.clone(),
+                    port_name: port.name.clone().unwrap_or_default(),
+                    backends,
+                    draining,
+                    // North-south traffic may arrive at any node: every node must choose the
+                    // same backend for a flow, so it is always balanced through Maglev.
+                    algorithm: if is_external { Algorithm::Maglev } else { algorithm },
+                    affinity,
+                    on_empty: if local {
+                        EmptyAction::Drop
+                    } else {
+                        EmptyAction::Reject
+                    },
+                    snat: (is_external && !external_local)
+                        .then(|| snat_address(this_node, ipv4))
+                        .flatten(),
+                    source_ranges: (kind == FrontendKind::LoadBalancer)
+                        .then(|| {
+                            source_ranges.as_ref().map(|ranges| {
+                                ranges
+                                    .iter()
+                                    .filter(|r| r.addr().is_ipv4() == ipv4)
+                                    .copied()
+                                    .collect()
+                            })
+                        })
+                        .flatten(),
+                    health_check_node_port: health_check_node_port.filter(|_| is_external),
+                });
+            }
         }
     }
     outcome
+}
+
+/// The Service's north-south addresses with their kind: the node's NodePort addresses (for
+/// NodePort and LoadBalancer Services), `externalIPs`, and the load balancer's ingress IPs
+/// (LoadBalancer Services; those with `ipMode: Proxy` are the load balancer's to handle).
+fn external_addresses(
+    service: &Service,
+    this_node: Option<&Node>,
+    node: &NodeContext,
+    warn: &mut dyn FnMut(String),
+) -> Vec<(IpAddr, FrontendKind)> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let mut out = Vec::new();
+    if matches!(kind, "NodePort" | "LoadBalancer") {
+        let has_node_ports = spec.ports.iter().flatten().any(|p| p.node_port.is_some());
+        let addresses = nodeport_addresses(this_node, &node.nodeport_addresses);
+        if has_node_ports && addresses.is_empty() {
+            warn(format!(
+                "node {} has no address for NodePorts (status.addresses, narrowed by --nodeport-addresses); NodePorts not served",
+                node.name
+            ));
+        }
+        if has_node_ports {
+            out.extend(addresses.into_iter().map(|a| (a, FrontendKind::NodePort)));
+        }
+    }
+    // validate_service rejected unparsable ones already.
+    out.extend(
+        spec.external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+            .map(|ip| (ip, FrontendKind::ExternalIp)),
+    );
+    if kind == "LoadBalancer" {
+        out.extend(
+            service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|i| i.ip.as_deref()?.trim().parse::<IpAddr>().ok())
+                .map(|ip| (ip, FrontendKind::LoadBalancer)),
+        );
+    }
+    out
+}
+
+/// `loadBalancerSourceRanges`, or the older annotation when the field is empty; `None` when
+/// neither is set (everyone may connect). validate_service rejected unparsable ranges.
+fn source_ranges(service: &Service) -> Option<Vec<IpNet>> {
+    let field: Vec<&str> = service
+        .spec
+        .iter()
+        .flat_map(|s| s.load_balancer_source_ranges.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let listed: Vec<&str> = if field.is_empty() {
+        service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SOURCE_RANGES))
+            .map(|v| v.split(',').filter(|c| !c.trim().is_empty()).collect())
+            .unwrap_or_default()
+    } else {
+        field
+    };
+    if listed.is_empty() {
+        return None;
+    }
+    Some(
+        listed
+            .into_iter()
+            .filter_map(|c| c.trim().parse::<IpNet>().ok())
+            .map(|n| n.trunc())
+            .collect(),
+    )
 }
 
 /// Whether switchyard serves this Service at all: not headless, not an `ExternalName`, not
@@ -577,6 +881,7 @@ fn candidates_of(endpoint: &Endpoint, port: u16, ipv4: bool) -> Vec<Candidate> {
 /// on that node count, and the same fallback applies among them.
 fn select_backends(
     candidates: Vec<Candidate>,
+    this_node: &str,
     local_node: Option<&str>,
 ) -> (Vec<Backend>, Vec<Backend>) {
     let candidates: Vec<Candidate> = match local_node {
@@ -595,6 +900,7 @@ fn select_backends(
         } else {
             BackendState::Terminating
         },
+        local: c.node.as_deref() == Some(this_node),
         node: c.node,
         zone: c.zone,
     };

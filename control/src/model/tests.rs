@@ -80,9 +80,7 @@ fn run(objects: Vec<Object>) -> (ServiceTable, Vec<Warning>) {
     }
     compute_table(
         &store,
-        &NodeContext {
-            name: NODE.to_owned(),
-        },
+        &NodeContext::named(NODE),
     )
 }
 
@@ -863,4 +861,403 @@ fn draining_lists_terminating_endpoints_left_out() {
         vec!["10.244.0.12"],
         "terminating, not used, still there"
     );
+}
+
+/// A Node `name` with `status.addresses` given as (type, address).
+fn node_with_addresses(name: &str, addresses: &[(&str, &str)]) -> Object {
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "status": {"addresses": addresses.iter()
+            .map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>()},
+    }))
+    .expect("test Node parses");
+    Object::Node(n)
+}
+
+fn run_with(objects: Vec<Object>, node: &NodeContext) -> (ServiceTable, Vec<Warning>) {
+    let mut store = Store::new();
+    for object in objects {
+        store.upsert(object);
+    }
+    compute_table(&store, node)
+}
+
+/// `kind addr:port/proto algorithm snat=.. -> backends`, for north-south expectations.
+fn ns_summary(table: &ServiceTable) -> Vec<String> {
+    table
+        .entries()
+        .map(|e| {
+            let backends: Vec<String> = e
+                .backends
+                .iter()
+                .map(|b| format!("{}{}", b.addr, if b.local { "(l)" } else { "" }))
+                .collect();
+            let mut line = format!(
+                "{} {} {:?}",
+                e.frontend.kind.name(),
+                e.frontend,
+                e.algorithm
+            );
+            if let Some(snat) = e.snat {
+                line.push_str(&format!(" snat={snat}"));
+            }
+            if e.on_empty == EmptyAction::Drop {
+                line.push_str(" drop");
+            }
+            if let Some(ranges) = &e.source_ranges {
+                let r: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                line.push_str(&format!(" ranges=[{}]", r.join(",")));
+            }
+            if let Some(port) = e.health_check_node_port {
+                line.push_str(&format!(" hc={port}"));
+            }
+            format!("{line} -> {}", backends.join(","))
+        })
+        .collect()
+}
+
+#[test]
+fn north_south_frontends() {
+    let this_node = || {
+        node_with_addresses(
+            NODE,
+            &[
+                ("Hostname", "node-a"),
+                ("ExternalIP", "203.0.113.5"),
+                ("InternalIP", "192.168.0.10"),
+                ("InternalIP", "fd00:192::10"),
+            ],
+        )
+    };
+    let endpoints = || {
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([
+                ep("10.244.0.11", ready()),
+                {"addresses": ["10.244.1.11"], "nodeName": "node-b"},
+            ]),
+        )
+    };
+    let svc = |extra: Value| {
+        let mut s = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80, "nodePort": 30080}]});
+        merge(&mut s, extra);
+        s
+    };
+    let with_status = |spec: Value, status: Value| {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": spec,
+            "status": status,
+        }))
+        .expect("test Service parses");
+        Object::Service(svc)
+    };
+    let all = NodeContext::named(NODE);
+    let primary = NodeContext {
+        name: NODE.to_owned(),
+        nodeport_addresses: NodePortAddresses::Primary,
+    };
+    let external_only = NodeContext {
+        name: NODE.to_owned(),
+        nodeport_addresses: NodePortAddresses::parse("203.0.113.0/24").unwrap(),
+    };
+    let b = "10.244.0.11(l),10.244.1.11";
+    let cases: Vec<(&str, Vec<Object>, &NodeContext, Vec<String>)> = vec![
+        (
+            "NodePort on every node address of the Service's family, Maglev, SNAT to the InternalIP",
+            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            &all,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+                format!("NodePort 203.0.113.5:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "--nodeport-addresses primary: the first InternalIP",
+            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "--nodeport-addresses CIDR",
+            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            &external_only,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("NodePort 203.0.113.5:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "a nodePort on a ClusterIP Service is not served",
+            vec![service(svc(json!({}))), endpoints(), this_node()],
+            &primary,
+            vec![format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}")],
+        ),
+        (
+            "externalIPs on the Service port, of any type; an IPv6 one is not of the Service's family",
+            vec![
+                service(svc(json!({"externalIPs": ["198.51.100.7", "fd00:1::7"]}))),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("ExternalIP 198.51.100.7:80/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "LoadBalancer: NodePort and ingress IPs; ipMode Proxy and hostnames are the load balancer's",
+            vec![
+                with_status(
+                    svc(json!({"type": "LoadBalancer"})),
+                    json!({"loadBalancer": {"ingress": [
+                        {"ip": "198.51.100.9"},
+                        {"ip": "198.51.100.10", "ipMode": "Proxy"},
+                        {"hostname": "lb.example.invalid"},
+                    ]}}),
+                ),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "an external IP that is also the load balancer's is served once, as the external IP",
+            vec![
+                with_status(
+                    svc(json!({"type": "LoadBalancer", "externalIPs": ["198.51.100.9"]})),
+                    json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}),
+                ),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("ExternalIP 198.51.100.9:80/TCP Maglev snat=192.168.0.10 -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "externalTrafficPolicy Local: local endpoints only, no SNAT, drop when none; \
+             the health check node port; internal traffic keeps every endpoint",
+            vec![
+                with_status(
+                    svc(json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                               "healthCheckNodePort": 32000})),
+                    json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}),
+                ),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                "LoadBalancer 198.51.100.9:80/TCP Maglev drop hc=32000 -> 10.244.0.11(l)".to_owned(),
+                "NodePort 192.168.0.10:30080/TCP Maglev drop hc=32000 -> 10.244.0.11(l)".to_owned(),
+            ],
+        ),
+        (
+            "externalTrafficPolicy Local on a NodePort Service has no health check node port",
+            vec![
+                service(svc(json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+                                   "healthCheckNodePort": 32000}))),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                "NodePort 192.168.0.10:30080/TCP Maglev drop -> 10.244.0.11(l)".to_owned(),
+            ],
+        ),
+        (
+            "internalTrafficPolicy Local narrows the ClusterIP only",
+            vec![
+                service(svc(json!({"type": "NodePort", "internalTrafficPolicy": "Local"}))),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                "ClusterIP 10.96.0.10:80/TCP Random drop -> 10.244.0.11(l)".to_owned(),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "loadBalancerSourceRanges apply to the load balancer's IPs, in their family",
+            vec![
+                with_status(
+                    svc(json!({"type": "LoadBalancer",
+                               "loadBalancerSourceRanges": ["192.168.0.200/32", "10.1.2.3/16", "fd00::/8"]})),
+                    json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}),
+                ),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!(
+                    "LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 ranges=[192.168.0.200/32,10.1.0.0/16] -> {b}"
+                ),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "source ranges of the other family only: no one of this family may connect",
+            vec![
+                with_status(
+                    svc(json!({"type": "LoadBalancer", "loadBalancerSourceRanges": ["fd00::/8"]})),
+                    json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}),
+                ),
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 ranges=[] -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "the source-ranges annotation when the field is empty",
+            vec![
+                {
+                    let svc: Service = serde_json::from_value(json!({
+                        "metadata": {"name": "web", "namespace": "default", "annotations": {
+                            "service.beta.kubernetes.io/load-balancer-source-ranges": "192.168.0.0/24, 10.0.0.0/8"}},
+                        "spec": svc(json!({"type": "LoadBalancer"})),
+                        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}},
+                    }))
+                    .unwrap();
+                    Object::Service(svc)
+                },
+                endpoints(),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!(
+                    "LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 ranges=[192.168.0.0/24,10.0.0.0/8] -> {b}"
+                ),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+            ],
+        ),
+        (
+            "dual stack: each family's node address with its own endpoints",
+            vec![
+                service(json!({"type": "NodePort", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                               "ports": [{"port": 80, "nodePort": 30080}]})),
+                endpoints(),
+                slice("web-b", "IPv6", json!([{"port": 8080}]), json!([ep("fd00:244::11", ready())])),
+                this_node(),
+            ],
+            &primary,
+            vec![
+                format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
+                format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
+                "ClusterIP [fd00:96::10]:80/TCP Random -> fd00:244::11(l)".to_owned(),
+                "NodePort [fd00:192::10]:30080/TCP Maglev snat=fd00:192::10 -> fd00:244::11(l)"
+                    .to_owned(),
+            ],
+        ),
+    ];
+    for (name, objects, node, want) in cases {
+        let (table, warnings) = run_with(objects, node);
+        assert!(warnings.is_empty(), "{name}: warnings {warnings:?}");
+        let mut got = ns_summary(&table);
+        let mut want = want;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn north_south_bad_input_is_reported() {
+    let endpoints = slice(
+        "web-a",
+        "IPv4",
+        json!([{"port": 8080}]),
+        json!([ep("10.244.0.11", ready())]),
+    );
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "an externalIP that is no address",
+            json!({"clusterIP": "10.96.0.10", "externalIPs": ["300.1.1.1"], "ports": [{"port": 80}]}),
+            "spec.externalIPs[0]",
+        ),
+        (
+            "a source range that is no CIDR",
+            json!({"clusterIP": "10.96.0.10", "type": "LoadBalancer",
+                   "loadBalancerSourceRanges": ["10.0.0.0/33"], "ports": [{"port": 80}]}),
+            "spec.loadBalancerSourceRanges[0]",
+        ),
+        (
+            "a health check node port out of range",
+            json!({"clusterIP": "10.96.0.10", "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                   "healthCheckNodePort": 70000, "ports": [{"port": 80}]}),
+            "spec.healthCheckNodePort",
+        ),
+    ];
+    for (name, spec, field) in cases {
+        let (table, warnings) = run(vec![
+            service(spec),
+            endpoints.clone(),
+            service_with(
+                json!({"name": "other", "namespace": "default"}),
+                json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}),
+            ),
+        ]);
+        assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+        assert!(
+            warnings[0].invalid && warnings[0].message.contains(field),
+            "{name}: {warnings:?}"
+        );
+        assert_eq!(table.len(), 1, "{name}: the other Service stays");
+    }
+
+    // A node without addresses: NodePorts cannot be served, and the warning says why.
+    let (table, warnings) = run(vec![
+        service(json!({"clusterIP": "10.96.0.10", "type": "NodePort",
+                       "ports": [{"port": 80, "nodePort": 30080}]})),
+        endpoints,
+        node(NODE, "a"),
+    ]);
+    assert_eq!(table.len(), 1, "the ClusterIP is served");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].message.contains("no address for NodePorts") && !warnings[0].invalid);
+}
+
+#[test]
+fn nodeport_addresses_flag() {
+    assert_eq!(NodePortAddresses::parse("").unwrap(), NodePortAddresses::All);
+    assert_eq!(
+        NodePortAddresses::parse("Primary").unwrap(),
+        NodePortAddresses::Primary
+    );
+    assert_eq!(
+        NodePortAddresses::parse("192.168.0.7/24, fd00::/8").unwrap(),
+        NodePortAddresses::Cidrs(vec![
+            "192.168.0.0/24".parse().unwrap(),
+            "fd00::/8".parse().unwrap()
+        ])
+    );
+    let error = NodePortAddresses::parse("192.168.0.0/24,eth0").unwrap_err();
+    assert!(error.contains("\"eth0\""), "{error}");
 }
