@@ -5,7 +5,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BPF_SOURCES: &[&str] = &["socket_lb"];
+const BPF_SOURCES: &[&str] = &["socket_lb", "nodeport"];
 
 fn main() {
     let manifest =
@@ -20,6 +20,7 @@ fn main() {
         "cargo:rerun-if-changed={}",
         bpf_dir.join("layout.c").display()
     );
+    println!("cargo:rerun-if-changed={}", bpf_dir.join("lb.h").display());
     println!("cargo:rerun-if-env-changed=SWITCHYARD_CLANG");
 
     let clang = env::var("SWITCHYARD_CLANG").unwrap_or_else(|_| "clang-19".to_owned());

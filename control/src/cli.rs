@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::daemon::{DaemonConfig, Source};
-use crate::datapath::ebpf::EbpfConfig;
+use crate::datapath::ebpf::{Devices, EbpfConfig};
 use crate::datapath::userspace::UserspaceConfig;
 use crate::source::cluster::ClusterConnection;
 use crate::model::NodePortAddresses;
@@ -110,6 +110,18 @@ pub enum LogFormat {
     Json,
 }
 
+fn maglev_table_size(value: &str) -> Result<u32, String> {
+    let size: u32 = value.parse().map_err(|e| format!("{value:?}: {e}"))?;
+    if crate::maglev::TABLE_SIZES.contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{size} is not one of the table sizes {:?}",
+            crate::maglev::TABLE_SIZES
+        ))
+    }
+}
+
 fn nodeport_addresses(value: &str) -> Result<NodePortAddresses, String> {
     NodePortAddresses::parse(value)
 }
@@ -201,6 +213,26 @@ pub struct RunArgs {
     /// eBPF mode: the most backend slots, summed over all frontends.
     #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1..))]
     pub bpf_max_slots: u32,
+
+    /// eBPF mode: the node's external interfaces, where tc programs serve NodePorts, external
+    /// IPs and load-balancer IPs (comma-separated). Default: the interfaces that hold the
+    /// node's addresses (its Node object's, as NodePorts and SNAT use them), found when the
+    /// Node is known. `none` serves north-south traffic with the socket-level programs only
+    /// (clients on the node).
+    #[arg(long, value_name = "IFACE[,IFACE]|none", value_delimiter = ',')]
+    pub devices: Vec<String>,
+
+    /// eBPF mode: the smallest Maglev table of a north-south frontend (one of 251, 509, 1021,
+    /// 2039, 4093, 8191, 16381, 32749, 65521, 131071). A frontend gets the smallest of these
+    /// with at least 100 entries per backend. Every node must use the same value, so that all
+    /// of them choose the same backend for a flow.
+    #[arg(long, default_value_t = crate::maglev::DEFAULT_TABLE_SIZE, value_parser = maglev_table_size)]
+    pub maglev_table_size: u32,
+
+    /// eBPF mode: the most north-south flows tracked (LRU; each flow also holds a reply
+    /// entry).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bpf_max_conntrack: u32,
 
     /// Address of /metrics, /services and /proxyMode.
     #[arg(long, default_value = "127.0.0.1:10249")]
@@ -333,9 +365,12 @@ impl RunArgs {
                     max_frontends: self.bpf_max_frontends,
                     max_backends: self.bpf_max_backends,
                     max_slots: self.bpf_max_slots,
+                    max_conntrack: self.bpf_max_conntrack,
                     ..switchyard_ebpf::SocketLbConfig::default()
                 },
                 close_stale_sockets: self.close_stale_sockets,
+                devices: Devices::from_flag(&self.devices),
+                maglev_table_size: self.maglev_table_size,
             },
             userspace: UserspaceConfig {
                 vip_interface: self.vip_interface.clone(),

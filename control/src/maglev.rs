@@ -17,6 +17,26 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     hash ^ (hash >> 33)
 }
 
+
+/// The table sizes switchyard uses: primes, each about twice the one before (as Cilium's).
+pub const TABLE_SIZES: [u32; 10] = [
+    251, 509, 1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071,
+];
+
+/// The default smallest table (`--maglev-table-size`).
+pub const DEFAULT_TABLE_SIZE: u32 = 1_021;
+
+/// The table size for `backends` backends: the smallest of [`TABLE_SIZES`] that is at least
+/// `min` and at least 100 entries per backend (so that each backend's share is even to within
+/// about 1%), capped at the largest.
+pub fn table_size(backends: usize, min: u32) -> u32 {
+    let want = u64::from(min).max(100 * backends as u64);
+    TABLE_SIZES
+        .iter()
+        .copied()
+        .find(|s| u64::from(*s) >= want)
+        .unwrap_or(TABLE_SIZES[TABLE_SIZES.len() - 1])
+}
 /// Builds the lookup table: entry `i` holds the index (into `names`) of the backend that owns
 /// it. `size` must be a prime larger than the number of backends; an empty `names` gives an
 /// empty table.
@@ -58,6 +78,19 @@ pub fn table(names: &[String], size: usize) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_size_is_a_listed_prime_of_100_entries_per_backend() {
+        assert_eq!(table_size(0, DEFAULT_TABLE_SIZE), 1_021);
+        assert_eq!(table_size(10, DEFAULT_TABLE_SIZE), 1_021);
+        assert_eq!(table_size(11, DEFAULT_TABLE_SIZE), 2_039);
+        assert_eq!(table_size(10, 16_381), 16_381);
+        assert_eq!(table_size(3, 251), 509);
+        assert_eq!(table_size(100_000, DEFAULT_TABLE_SIZE), 131_071);
+        for size in TABLE_SIZES {
+            assert!((2..size).take_while(|d| d * d <= size).all(|d| size % d != 0), "{size} is prime");
+        }
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n)

@@ -24,6 +24,12 @@
 //! UDP), in the `cgroup/connect*` and `cgroup/sendmsg*` hooks, and back in
 //! `cgroup/recvmsg*` and `cgroup/getpeername*`, so applications see the VIP.
 //! It balances sockets of processes in the configured cgroup only.
+//!
+//! The north-south load balancer ([`NodePortLb`]) serves NodePorts,
+//! external IPs and load-balancer IPs on the packet path: tc programs on the
+//! node's external interfaces over the same maps, with connection tracking
+//! (`sy_ct`, `sy_ct_rev`), SNAT for backends on other nodes, and
+//! `loadBalancerSourceRanges` (`sy_srcranges`).
 
 // Mirroring kernel layouts (`unsafe impl aya::Pod`) and a few raw bpf(2)
 // commands need `unsafe`; the modules that do allow it, each `unsafe` with
@@ -32,6 +38,7 @@
 
 mod error;
 pub mod maps;
+mod nodeport;
 mod socket_lb;
 mod sockets;
 mod sys;
@@ -39,10 +46,11 @@ mod sys;
 pub use error::EbpfError;
 pub use maps::{
     BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FrontendKey, FrontendValue,
-    MAGLEV_SIZE, MaglevKey, Proto, SlotKey, Stats,
+    FLAG_SRC_RANGES, FrontendKind, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, Proto, SlotKey, Stats,
 };
 pub use socket_lb::{
     LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SizeMismatch, SocketLb, SocketLbConfig,
     attached_programs, cleanup, probe,
 };
+pub use nodeport::{DeviceLink, Direction, NODEPORT_PROGRAMS, NodePortLb};
 pub use sockets::destroy_sockets_to;

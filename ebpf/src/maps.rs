@@ -16,20 +16,27 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use self::raw::{SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SySlotKey};
+pub use self::raw::MAGLEV_CHUNK;
 
 /// `SY_FAMILY_V4`.
 pub const FAMILY_V4: u8 = 4;
 /// `SY_FAMILY_V6`.
 pub const FAMILY_V6: u8 = 6;
 /// `SY_F_AFFINITY`: `sessionAffinity: ClientIP`; the client is the socket's
-/// network namespace (its cookie).
+/// network namespace (its cookie), or the packet's source address.
 pub const FLAG_AFFINITY: u16 = 0x1;
 /// `SY_F_MAGLEV`: choose through the service's Maglev table.
 pub const FLAG_MAGLEV: u16 = 0x2;
 /// `SY_F_DROP`: with no backends, fail with EPERM instead of ECONNREFUSED.
 pub const FLAG_DROP: u16 = 0x4;
-/// `SY_MAGLEV_SIZE`: entries of one service's Maglev table (a prime).
-pub const MAGLEV_SIZE: u32 = 1021;
+/// `SY_F_SRC_RANGES`: packet level, only sources in `sy_srcranges` may open a flow.
+pub const FLAG_SRC_RANGES: u16 = 0x8;
+/// `SY_B_TERMINATING`.
+const BACKEND_TERMINATING: u8 = 0x1;
+/// `SY_B_LOCAL`.
+const BACKEND_LOCAL: u8 = 0x2;
+/// The largest Maglev table the kernel maps are meant for (a prime).
+pub const MAGLEV_MAX_SIZE: u32 = 131_071;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -83,6 +90,9 @@ pub enum DecodeError {
     /// The state byte is neither 0 (active) nor 1 (terminating).
     #[error("unknown backend state {0}")]
     State(u8),
+    /// A frontend kind outside `SY_KIND_*`.
+    #[error("unknown frontend kind {0}")]
+    Kind(u8),
 }
 
 /// An address as the maps hold it: the family byte and 16 bytes, IPv4 in
@@ -168,6 +178,42 @@ impl TryFrom<SyFrontendKey> for FrontendKey {
     }
 }
 
+/// Which Service address a frontend is (`SY_KIND_*`): the packet-level
+/// programs serve every kind but [`FrontendKind::ClusterIp`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    /// A cluster IP (socket level only).
+    #[default]
+    ClusterIp,
+    /// A node port on one of the node's addresses.
+    NodePort,
+    /// An external IP.
+    ExternalIp,
+    /// A load balancer's ingress IP.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    const fn to_raw(self) -> u8 {
+        match self {
+            Self::ClusterIp => 0,
+            Self::NodePort => 1,
+            Self::ExternalIp => 2,
+            Self::LoadBalancer => 3,
+        }
+    }
+
+    const fn from_raw(raw: u8) -> Result<Self, DecodeError> {
+        match raw {
+            0 => Ok(Self::ClusterIp),
+            1 => Ok(Self::NodePort),
+            2 => Ok(Self::ExternalIp),
+            3 => Ok(Self::LoadBalancer),
+            other => Err(DecodeError::Kind(other)),
+        }
+    }
+}
+
 /// What a frontend points at (`sy_frontend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FrontendValue {
@@ -175,11 +221,19 @@ pub struct FrontendValue {
     pub service_id: u32,
     /// Backends in slots `1..=count`; 0 refuses (or drops, [`FLAG_DROP`]).
     pub count: u16,
-    /// [`FLAG_AFFINITY`], [`FLAG_MAGLEV`], [`FLAG_DROP`].
+    /// [`FLAG_AFFINITY`], [`FLAG_MAGLEV`], [`FLAG_DROP`], [`FLAG_SRC_RANGES`].
     pub flags: u16,
     /// Seconds a client keeps its backend after its last connection, with
     /// [`FLAG_AFFINITY`].
     pub affinity_timeout: u32,
+    /// Entries of the Maglev table (a prime), with [`FLAG_MAGLEV`].
+    pub maglev_size: u32,
+    /// Packet level: the node address that traffic to a backend on another
+    /// node is sent from. Stored as 16 bytes; an address whose last 12 bytes
+    /// are zero reads back as IPv4.
+    pub snat: Option<IpAddr>,
+    /// Which Service address it is.
+    pub kind: FrontendKind,
 }
 
 impl From<FrontendValue> for SyFrontend {
@@ -189,18 +243,34 @@ impl From<FrontendValue> for SyFrontend {
             count: value.count,
             flags: value.flags,
             affinity_timeout: value.affinity_timeout,
+            maglev_size: value.maglev_size,
+            snat_addr: value.snat.map_or([0; 16], |a| addr_to_raw(a).0),
+            kind: value.kind.to_raw(),
+            pad: [0; 3],
         }
     }
 }
 
-impl From<SyFrontend> for FrontendValue {
-    fn from(raw: SyFrontend) -> Self {
-        Self {
+impl TryFrom<SyFrontend> for FrontendValue {
+    type Error = DecodeError;
+
+    fn try_from(raw: SyFrontend) -> Result<Self, Self::Error> {
+        let snat = if raw.snat_addr == [0; 16] {
+            None
+        } else if raw.snat_addr[4..].iter().all(|b| *b == 0) {
+            Some(addr_from_raw(raw.snat_addr, FAMILY_V4)?)
+        } else {
+            Some(addr_from_raw(raw.snat_addr, FAMILY_V6)?)
+        };
+        Ok(Self {
             service_id: raw.service_id,
             count: raw.count,
             flags: raw.flags,
             affinity_timeout: raw.affinity_timeout,
-        }
+            maglev_size: raw.maglev_size,
+            snat,
+            kind: FrontendKind::from_raw(raw.kind)?,
+        })
     }
 }
 
@@ -219,15 +289,7 @@ impl BackendState {
     const fn to_raw(self) -> u8 {
         match self {
             Self::Active => 0,
-            Self::Terminating => 1,
-        }
-    }
-
-    const fn from_raw(raw: u8) -> Result<Self, DecodeError> {
-        match raw {
-            0 => Ok(Self::Active),
-            1 => Ok(Self::Terminating),
-            other => Err(DecodeError::State(other)),
+            Self::Terminating => BACKEND_TERMINATING,
         }
     }
 }
@@ -239,14 +301,17 @@ pub struct BackendValue {
     pub addr: SocketAddr,
     /// Active or terminating.
     pub state: BackendState,
+    /// On this node: packet-level traffic reaches it without SNAT.
+    pub local: bool,
 }
 
 impl BackendValue {
-    /// An active backend at `addr`.
+    /// An active backend at `addr` on another node.
     pub const fn active(addr: SocketAddr) -> Self {
         Self {
             addr,
             state: BackendState::Active,
+            local: false,
         }
     }
 }
@@ -258,8 +323,18 @@ impl From<BackendValue> for SyBackend {
             addr,
             port: value.addr.port().to_be(),
             family,
-            state: value.state.to_raw(),
+            state: value.state.to_raw() | if value.local { BACKEND_LOCAL } else { 0 },
         }
+    }
+}
+
+impl BackendValue {
+    /// `self`, if `state` holds no bits beyond `SY_B_*`.
+    const fn checked(self, state: u8) -> Result<Self, DecodeError> {
+        if state & !(BACKEND_TERMINATING | BACKEND_LOCAL) != 0 {
+            return Err(DecodeError::State(state));
+        }
+        Ok(self)
     }
 }
 
@@ -269,8 +344,14 @@ impl TryFrom<SyBackend> for BackendValue {
     fn try_from(raw: SyBackend) -> Result<Self, Self::Error> {
         Ok(Self {
             addr: SocketAddr::new(addr_from_raw(raw.addr, raw.family)?, u16::from_be(raw.port)),
-            state: BackendState::from_raw(raw.state)?,
-        })
+            state: if raw.state & BACKEND_TERMINATING != 0 {
+                BackendState::Terminating
+            } else {
+                BackendState::Active
+            },
+            local: raw.state & BACKEND_LOCAL != 0,
+        }
+        .checked(raw.state)?)
     }
 }
 
@@ -314,26 +395,26 @@ impl From<SySlotKey> for SlotKey {
     }
 }
 
-/// Entry `index` (`0..MAGLEV_SIZE`) of service `service_id`'s Maglev table
-/// (`sy_maglev_key`).
+/// Chunk `chunk` of service `service_id`'s Maglev table (`sy_maglev_key`):
+/// entries `chunk * MAGLEV_CHUNK ..` of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MaglevKey {
     /// The service.
     pub service_id: u32,
-    /// The entry, `0..MAGLEV_SIZE`.
-    pub index: u32,
+    /// The chunk.
+    pub chunk: u32,
 }
 
 impl MaglevKey {
     /// A Maglev key.
-    pub const fn new(service_id: u32, index: u32) -> Self {
-        Self { service_id, index }
+    pub const fn new(service_id: u32, chunk: u32) -> Self {
+        Self { service_id, chunk }
     }
 }
 
 impl fmt::Display for MaglevKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "service {} maglev entry {}", self.service_id, self.index)
+        write!(f, "service {} maglev chunk {}", self.service_id, self.chunk)
     }
 }
 
@@ -341,7 +422,7 @@ impl From<MaglevKey> for SyMaglevKey {
     fn from(key: MaglevKey) -> Self {
         Self {
             service_id: key.service_id,
-            index: key.index,
+            chunk: key.chunk,
         }
     }
 }
@@ -357,6 +438,14 @@ pub struct Stats {
     pub backend_missing: u64,
     /// Replies and getpeername calls rewritten back to the VIP.
     pub revnat: u64,
+    /// Packet level: new flows sent to a backend.
+    pub ns_flows: u64,
+    /// Packet level: dropped, source outside `loadBalancerSourceRanges`.
+    pub ns_denied: u64,
+    /// Packet level: dropped, no free SNAT port.
+    pub ns_snat_failed: u64,
+    /// Packet level: packets translated, both directions.
+    pub ns_packets: u64,
 }
 
 /// Indices into `sy_stats` (`enum sy_stat`).
@@ -365,9 +454,13 @@ pub(crate) mod stat {
     pub const NO_BACKEND: u32 = 1;
     pub const BACKEND_MISSING: u32 = 2;
     pub const REVNAT: u32 = 3;
+    pub const NS_FLOWS: u32 = 4;
+    pub const NS_DENIED: u32 = 5;
+    pub const NS_SNAT_FAILED: u32 = 6;
+    pub const NS_PACKETS: u32 = 7;
     #[cfg_attr(
         not(test),
         allow(dead_code, reason = "checked against the header by the layout test")
     )]
-    pub const MAX: u32 = 4;
+    pub const MAX: u32 = 8;
 }

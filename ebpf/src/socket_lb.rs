@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
@@ -17,11 +18,12 @@ use parking_lot::Mutex;
 
 use crate::EbpfError;
 use crate::maps::raw::{
-    SyAffinity, SyAffinityKey, SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SyRevnat,
-    SyRevnatKey, SySlot, SySlotKey,
+    SyAffinity, SyAffinityKey, SyBackend, SyCt, SyCtRev, SyFlow, SyFrontend, SyFrontendKey,
+    SyMaglevChunk, SyMaglevKey, SyRevnat, SyRevnatKey, SySlot, SySlotKey, SySrcrangeData,
 };
 use crate::maps::{
-    BackendValue, FrontendKey, FrontendValue, MAGLEV_SIZE, MaglevKey, SlotKey, Stats, stat,
+    BackendValue, FrontendKey, FrontendValue, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, SlotKey,
+    Stats, stat,
 };
 use crate::sys;
 
@@ -41,14 +43,18 @@ pub const PROGRAMS: [&str; 8] = [
     "sy_sendmsg6",
 ];
 
-/// The maps, each pinned by name in the pin folder.
-pub const MAPS: [&str; 7] = [
+/// The maps, each pinned by name in the pin folder (and shared with the
+/// packet-level programs of [`crate::NodePortLb`]).
+pub const MAPS: [&str; 10] = [
     "sy_frontends",
     "sy_slots",
     "sy_backends",
     "sy_maglev",
     "sy_affinity",
     "sy_revnat",
+    "sy_srcranges",
+    "sy_ct",
+    "sy_ct_rev",
     "sy_stats",
 ];
 
@@ -70,12 +76,18 @@ pub struct SocketLbConfig {
     pub max_backends: u32,
     /// Entries of `sy_slots` (backends of all services together).
     pub max_slots: u32,
-    /// Entries of `sy_maglev` (`MAGLEV_SIZE` per Maglev service).
+    /// Entries of `sy_maglev`: chunks of [`MAGLEV_CHUNK`] table entries
+    /// (one per 1,024 entries of each Maglev frontend's table).
     pub max_maglev: u32,
     /// Entries of `sy_affinity` (LRU: clients × affinity services).
     pub max_affinity: u32,
     /// Entries of `sy_revnat` (LRU: sockets talking to a backend).
     pub max_revnat: u32,
+    /// Entries of `sy_srcranges` (`loadBalancerSourceRanges` of all
+    /// frontends).
+    pub max_source_ranges: u32,
+    /// Entries of `sy_ct` and of `sy_ct_rev` (LRU: north-south flows).
+    pub max_conntrack: u32,
 }
 
 impl Default for SocketLbConfig {
@@ -86,9 +98,11 @@ impl Default for SocketLbConfig {
             max_frontends: 65_536,
             max_backends: 262_144,
             max_slots: 1_048_576,
-            max_maglev: 1_048_576,
+            max_maglev: 65_536,
             max_affinity: 65_536,
             max_revnat: 262_144,
+            max_source_ranges: 65_536,
+            max_conntrack: 262_144,
         }
     }
 }
@@ -103,7 +117,7 @@ impl SocketLbConfig {
         }
     }
 
-    fn max_entries(&self) -> [(&'static str, u32); 6] {
+    pub(crate) fn max_entries(&self) -> [(&'static str, u32); 9] {
         [
             ("sy_frontends", self.max_frontends),
             ("sy_backends", self.max_backends),
@@ -111,6 +125,9 @@ impl SocketLbConfig {
             ("sy_maglev", self.max_maglev),
             ("sy_affinity", self.max_affinity),
             ("sy_revnat", self.max_revnat),
+            ("sy_srcranges", self.max_source_ranges),
+            ("sy_ct", self.max_conntrack),
+            ("sy_ct_rev", self.max_conntrack),
         ]
     }
 }
@@ -178,9 +195,12 @@ pub struct SocketLb {
     frontends: Mutex<BpfHashMap<MapData, SyFrontendKey, SyFrontend>>,
     slots: Mutex<BpfHashMap<MapData, SySlotKey, SySlot>>,
     backends: Mutex<BpfHashMap<MapData, u32, SyBackend>>,
-    maglev: Mutex<BpfHashMap<MapData, SyMaglevKey, u32>>,
+    maglev: Mutex<BpfHashMap<MapData, SyMaglevKey, SyMaglevChunk>>,
     affinity: Mutex<BpfHashMap<MapData, SyAffinityKey, SyAffinity>>,
     revnat: Mutex<BpfHashMap<MapData, SyRevnatKey, SyRevnat>>,
+    srcranges: Mutex<LpmTrie<MapData, SySrcrangeData, u8>>,
+    ct: Mutex<BpfHashMap<MapData, SyFlow, SyCt>>,
+    ct_rev: Mutex<BpfHashMap<MapData, SyFlow, SyCtRev>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
 }
 
@@ -216,6 +236,18 @@ impl SocketLb {
         let maglev = take_hash_map(&mut ebpf, "sy_maglev")?;
         let affinity = take_hash_map(&mut ebpf, "sy_affinity")?;
         let revnat = take_hash_map(&mut ebpf, "sy_revnat")?;
+        let srcranges = {
+            let map = ebpf.take_map("sy_srcranges").ok_or(EbpfError::Missing {
+                kind: "map",
+                name: "sy_srcranges",
+            })?;
+            LpmTrie::try_from(map).map_err(|source| EbpfError::MapType {
+                map: "sy_srcranges",
+                source: Box::new(source),
+            })?
+        };
+        let ct = take_hash_map(&mut ebpf, "sy_ct")?;
+        let ct_rev = take_hash_map(&mut ebpf, "sy_ct_rev")?;
         let stats = {
             let map = ebpf.take_map("sy_stats").ok_or(EbpfError::Missing {
                 kind: "map",
@@ -234,6 +266,9 @@ impl SocketLb {
             IterableMap::map(&maglev),
             IterableMap::map(&affinity),
             IterableMap::map(&revnat),
+            IterableMap::map(&srcranges),
+            IterableMap::map(&ct),
+            IterableMap::map(&ct_rev),
         ]) {
             let have = map
                 .info()
@@ -292,6 +327,9 @@ impl SocketLb {
             maglev: Mutex::new(maglev),
             affinity: Mutex::new(affinity),
             revnat: Mutex::new(revnat),
+            srcranges: Mutex::new(srcranges),
+            ct: Mutex::new(ct),
+            ct_rev: Mutex::new(ct_rev),
             stats: Mutex::new(stats),
             config: config.clone(),
             cgroup_id,
@@ -370,6 +408,19 @@ impl SocketLb {
         )?;
         repin_map(
             dir,
+            "sy_srcranges",
+            IterableMap::map(&*self.srcranges.lock()),
+            &mut repaired,
+        )?;
+        repin_map(dir, "sy_ct", IterableMap::map(&*self.ct.lock()), &mut repaired)?;
+        repin_map(
+            dir,
+            "sy_ct_rev",
+            IterableMap::map(&*self.ct_rev.lock()),
+            &mut repaired,
+        )?;
+        repin_map(
+            dir,
             "sy_stats",
             IterableMap::map(&*self.stats.lock()),
             &mut repaired,
@@ -381,13 +432,14 @@ impl SocketLb {
 
     /// The frontend `key`, if there is one.
     pub fn frontend_get(&self, key: &FrontendKey) -> Result<Option<FrontendValue>, EbpfError> {
-        Ok(get(
+        get(
             &self.frontends,
             "sy_frontends",
             key,
             &SyFrontendKey::from(*key),
         )?
-        .map(FrontendValue::from))
+        .map(|raw| decode_frontend(key, raw))
+        .transpose()
     }
 
     /// Writes the frontend `key`. Write its backends and slots first.
@@ -422,7 +474,7 @@ impl SocketLb {
                 key: format!("{raw_key:?}"),
                 detail: error.to_string(),
             })?;
-            out.push((key, FrontendValue::from(raw_value)));
+            out.push((key, decode_frontend(&key, raw_value)?));
         }
         out.sort_by_key(|(key, _)| *key);
         Ok(out)
@@ -497,50 +549,135 @@ impl SocketLb {
 
     // --- Maglev ---
 
-    /// Writes `service_id`'s whole Maglev table: exactly [`MAGLEV_SIZE`]
-    /// backend ids, entry `i` at index `i`.
+    /// Writes `service_id`'s whole Maglev table, entry `i` = `table[i]`: its
+    /// length (`1..=MAGLEV_MAX_SIZE`, a prime) is the frontend's
+    /// `maglev_size`. Written in chunks of [`MAGLEV_CHUNK`]; a table that
+    /// shrank leaves chunks beyond it, which [`Self::maglev_delete_table`]
+    /// with the old size removes.
     pub fn maglev_put_table(&self, service_id: u32, table: &[u32]) -> Result<(), EbpfError> {
-        if table.len() != MAGLEV_SIZE as usize {
+        if table.is_empty() || table.len() > MAGLEV_MAX_SIZE as usize {
             return Err(EbpfError::InvalidInput {
                 what: format!(
-                    "map sy_maglev: service {service_id}: a Maglev table has {MAGLEV_SIZE} entries, got {}",
+                    "map sy_maglev: service {service_id}: a Maglev table has 1 to {MAGLEV_MAX_SIZE} entries, got {}",
                     table.len()
                 ),
             });
         }
-        for (index, backend_id) in (0..MAGLEV_SIZE).zip(table) {
-            let key = MaglevKey::new(service_id, index);
+        for (chunk, entries) in (0u32..).zip(table.chunks(MAGLEV_CHUNK)) {
+            let mut value = SyMaglevChunk::default();
+            value.backend_id[..entries.len()].copy_from_slice(entries);
+            let key = MaglevKey::new(service_id, chunk);
             put(
                 &self.maglev,
                 "sy_maglev",
                 &key,
                 &SyMaglevKey::from(key),
-                backend_id,
+                &value,
             )?;
         }
         Ok(())
     }
 
-    /// `service_id`'s Maglev table, if it has a complete one.
-    pub fn maglev_table(&self, service_id: u32) -> Result<Option<Vec<u32>>, EbpfError> {
-        let mut table = Vec::with_capacity(MAGLEV_SIZE as usize);
-        for index in 0..MAGLEV_SIZE {
-            let key = MaglevKey::new(service_id, index);
+    /// `service_id`'s Maglev table of `size` entries, if every chunk of it
+    /// is there.
+    pub fn maglev_table(&self, service_id: u32, size: u32) -> Result<Option<Vec<u32>>, EbpfError> {
+        let size = size as usize;
+        let mut table = Vec::with_capacity(size);
+        for chunk in 0..chunks_of(size) {
+            let key = MaglevKey::new(service_id, chunk);
             match get(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))? {
-                Some(id) => table.push(id),
+                Some(value) => {
+                    let take = (size - table.len()).min(MAGLEV_CHUNK);
+                    table.extend_from_slice(&value.backend_id[..take]);
+                }
                 None => return Ok(None),
             }
         }
         Ok(Some(table))
     }
 
-    /// Removes `service_id`'s Maglev table.
-    pub fn maglev_delete_table(&self, service_id: u32) -> Result<(), EbpfError> {
-        for index in 0..MAGLEV_SIZE {
-            let key = MaglevKey::new(service_id, index);
+    /// Removes `service_id`'s Maglev table of `size` entries.
+    pub fn maglev_delete_table(&self, service_id: u32, size: u32) -> Result<(), EbpfError> {
+        for chunk in 0..chunks_of(size as usize) {
+            let key = MaglevKey::new(service_id, chunk);
             delete(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
         }
         Ok(())
+    }
+
+    /// Removes the chunks of `service_id`'s table beyond the first `keep`
+    /// entries, up to `old_size` (a table that shrank).
+    pub fn maglev_trim_table(&self, service_id: u32, keep: u32, old_size: u32) -> Result<(), EbpfError> {
+        for chunk in chunks_of(keep as usize)..chunks_of(old_size as usize) {
+            let key = MaglevKey::new(service_id, chunk);
+            delete(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
+        }
+        Ok(())
+    }
+
+    // --- loadBalancerSourceRanges ---
+
+    /// Admits `range` to `service_id`'s packet-level frontends.
+    pub fn source_range_put(&self, service_id: u32, range: ipnet::IpNet) -> Result<(), EbpfError> {
+        let key = source_range_key(service_id, range);
+        self.srcranges
+            .lock()
+            .insert(&key, 1u8, 0)
+            .map_err(|source| map_write_error("sy_srcranges", &SourceRange(service_id, range), source))
+    }
+
+    /// Removes `range` from `service_id`'s admitted sources.
+    pub fn source_range_delete(&self, service_id: u32, range: ipnet::IpNet) -> Result<bool, EbpfError> {
+        let key = source_range_key(service_id, range);
+        match self.srcranges.lock().remove(&key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) if errno_of(&source) == Some(libc::ENOENT) => Ok(false),
+            Err(source) => Err(EbpfError::Map {
+                map: "sy_srcranges",
+                op: "delete",
+                key: SourceRange(service_id, range).to_string(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Every admitted source range, by service id.
+    pub fn source_ranges(&self) -> Result<std::collections::BTreeMap<u32, Vec<ipnet::IpNet>>, EbpfError> {
+        let mut out: std::collections::BTreeMap<u32, Vec<ipnet::IpNet>> = std::collections::BTreeMap::new();
+        for key in self.srcranges.lock().keys() {
+            let key = key.map_err(|source| iterate_error("sy_srcranges", source))?;
+            let data = key.data();
+            let Some(bits) = key.prefix_len().checked_sub(32) else {
+                continue;
+            };
+            // An IPv4 range has at most 32 bits and its address in the first four bytes.
+            let net = if bits <= 32 && data.addr[4..].iter().all(|b| *b == 0) {
+                let a = std::net::Ipv4Addr::new(data.addr[0], data.addr[1], data.addr[2], data.addr[3]);
+                ipnet::Ipv4Net::new(a, bits as u8).map(ipnet::IpNet::V4).ok()
+            } else {
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(data.addr), bits as u8)
+                    .map(ipnet::IpNet::V6)
+                    .ok()
+            };
+            if let Some(net) = net {
+                out.entry(data.service_id).or_default().push(net);
+            }
+        }
+        for ranges in out.values_mut() {
+            ranges.sort();
+        }
+        Ok(out)
+    }
+
+    // --- packet-level connection tracking ---
+
+    /// Flows in `sy_ct` (client to frontend) and in `sy_ct_rev` (replies):
+    /// for status and tests; walks both maps.
+    pub fn conntrack_len(&self) -> Result<(usize, usize), EbpfError> {
+        let forward = self.ct.lock().keys().count();
+        let reverse = self.ct_rev.lock().keys().count();
+        Ok((forward, reverse))
     }
 
     // --- affinity, reverse translation, counters ---
@@ -611,6 +748,10 @@ impl SocketLb {
             no_backend: read(stat::NO_BACKEND)?,
             backend_missing: read(stat::BACKEND_MISSING)?,
             revnat: read(stat::REVNAT)?,
+            ns_flows: read(stat::NS_FLOWS)?,
+            ns_denied: read(stat::NS_DENIED)?,
+            ns_snat_failed: read(stat::NS_SNAT_FAILED)?,
+            ns_packets: read(stat::NS_PACKETS)?,
         })
     }
 }
@@ -635,6 +776,54 @@ fn repin_map(
     Ok(())
 }
 
+/// How many chunks of `sy_maglev` a table of `size` entries takes.
+fn chunks_of(size: usize) -> u32 {
+    u32::try_from(size.div_ceil(MAGLEV_CHUNK)).unwrap_or(u32::MAX)
+}
+
+fn source_range_key(service_id: u32, range: ipnet::IpNet) -> LpmKey<SySrcrangeData> {
+    let range = range.trunc();
+    let mut addr = [0u8; 16];
+    match range.addr() {
+        std::net::IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+    }
+    LpmKey::new(
+        32 + u32::from(range.prefix_len()),
+        SySrcrangeData { service_id, addr },
+    )
+}
+
+/// `service <id> range <cidr>`, for error messages.
+struct SourceRange(u32, ipnet::IpNet);
+
+impl Display for SourceRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "service {} range {}", self.0, self.1)
+    }
+}
+
+/// The error of a failed map write: [`EbpfError::MapFull`] when the map is
+/// full.
+fn map_write_error(name: &'static str, key_text: &dyn Display, source: MapError) -> EbpfError {
+    if matches!(
+        errno_of(&source),
+        Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
+    ) {
+        EbpfError::MapFull {
+            map: name,
+            key: key_text.to_string(),
+        }
+    } else {
+        EbpfError::Map {
+            map: name,
+            op: "put",
+            key: key_text.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
 /// `backend <id>`, for error messages.
 struct BackendId(u32);
 
@@ -642,6 +831,14 @@ impl Display for BackendId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "backend {}", self.0)
     }
+}
+
+fn decode_frontend(key: &FrontendKey, raw: SyFrontend) -> Result<FrontendValue, EbpfError> {
+    FrontendValue::try_from(raw).map_err(|error| EbpfError::Corrupt {
+        map: "sy_frontends",
+        key: key.to_string(),
+        detail: error.to_string(),
+    })
 }
 
 fn decode_backend(id: u32, raw: SyBackend) -> Result<BackendValue, EbpfError> {
@@ -696,24 +893,9 @@ fn put<K: Pod, V: Pod>(
     key: &K,
     value: &V,
 ) -> Result<(), EbpfError> {
-    map.lock().insert(key, value, 0).map_err(|source| {
-        if matches!(
-            errno_of(&source),
-            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
-        ) {
-            EbpfError::MapFull {
-                map: name,
-                key: key_text.to_string(),
-            }
-        } else {
-            EbpfError::Map {
-                map: name,
-                op: "put",
-                key: key_text.to_string(),
-                source: Box::new(source),
-            }
-        }
-    })
+    map.lock()
+        .insert(key, value, 0)
+        .map_err(|source| map_write_error(name, key_text, source))
 }
 
 fn delete<K: Pod, V: Pod>(
@@ -944,6 +1126,7 @@ fn link_info_of(pin: &Path, link: &OwnedFd) -> Result<sys::LinkInfo, EbpfError> 
 /// cgroup is fine.
 pub fn cleanup(pin_path: &Path, cgroup_path: &Path) -> Result<(), EbpfError> {
     if pin_path.exists() {
+        crate::nodeport::cleanup_devices(pin_path)?;
         for program in PROGRAMS {
             let pin = link_pin(pin_path, program);
             if let Ok(fd) = sys::obj_get(&pin)
@@ -1043,6 +1226,9 @@ pub fn probe() -> Result<(), EbpfError> {
         ("sy_maglev", 1),
         ("sy_affinity", 1),
         ("sy_revnat", 1),
+        ("sy_srcranges", 1),
+        ("sy_ct", 1),
+        ("sy_ct_rev", 1),
     ];
     let result = load_object(&dir, &sizes).map(drop);
     for map in MAPS {
@@ -1075,9 +1261,12 @@ mod tests {
                 ("sy_frontends", 65_536),
                 ("sy_backends", 262_144),
                 ("sy_slots", 1_048_576),
-                ("sy_maglev", 1_048_576),
+                ("sy_maglev", 65_536),
                 ("sy_affinity", 65_536),
                 ("sy_revnat", 262_144),
+                ("sy_srcranges", 65_536),
+                ("sy_ct", 262_144),
+                ("sy_ct_rev", 262_144),
             ]
         );
     }

@@ -15,6 +15,10 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `BPF_LINK_TYPE_CGROUP`.
 pub const LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_LINK_TYPE_XDP`.
+pub const LINK_TYPE_XDP: u32 = 6;
+/// `BPF_LINK_TYPE_TCX`.
+pub const LINK_TYPE_TCX: u32 = 11;
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, exclusively borrowed `#[repr(C)]` prefix of
@@ -105,6 +109,10 @@ pub struct LinkInfo {
     /// For a cgroup link, the cgroup's id (its inode number); 0 once the
     /// link was detached or its cgroup removed.
     pub cgroup_id: u64,
+    /// The interface of a TCX or XDP link (0 for others, and once detached).
+    pub ifindex: u32,
+    /// The attach type of a TCX link (`BPF_TCX_INGRESS` 46, `BPF_TCX_EGRESS` 47).
+    pub tcx_attach_type: u32,
 }
 
 /// The kernel's view of `link`.
@@ -122,6 +130,17 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         prog_id: info.prog_id,
         cgroup_id: if info.type_ == LINK_TYPE_CGROUP {
             info.cgroup_id
+        } else {
+            0
+        },
+        // The union's first two u32 for TCX ({ifindex, attach_type}) and XDP ({ifindex}).
+        ifindex: if matches!(info.type_, LINK_TYPE_TCX | LINK_TYPE_XDP) {
+            (info.cgroup_id & 0xffff_ffff) as u32
+        } else {
+            0
+        },
+        tcx_attach_type: if info.type_ == LINK_TYPE_TCX {
+            (info.cgroup_id >> 32) as u32
         } else {
             0
         },

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use switchyard_ebpf::{
     BackendValue, EbpfError, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FrontendKey, FrontendValue,
-    LinkState, MAGLEV_SIZE, MAPS, PROGRAMS, Proto, SlotKey, SocketLb, SocketLbConfig, cleanup,
+    LinkState, MAPS, PROGRAMS, Proto, SlotKey, SocketLb, SocketLbConfig, cleanup,
     destroy_sockets_to,
 };
 use switchyard_tests::netns::Netns;
@@ -109,6 +109,7 @@ impl Fixture {
                 count: pods as u16,
                 flags,
                 affinity_timeout,
+                ..FrontendValue::default()
             },
         )?;
         Ok(ids)
@@ -272,6 +273,7 @@ fn a_frontend_without_backends_refuses_or_drops_at_once() -> Result<()> {
                 count: 0,
                 flags,
                 affinity_timeout: 0,
+                ..FrontendValue::default()
             },
         )?;
     }
@@ -292,6 +294,7 @@ fn a_frontend_without_backends_refuses_or_drops_at_once() -> Result<()> {
             count: 0,
             flags: 0,
             affinity_timeout: 0,
+            ..FrontendValue::default()
         },
     )?;
     let udp_outcomes = python(
@@ -348,9 +351,14 @@ fn affinity_keeps_a_client_on_one_backend() -> Result<()> {
 fn maglev_picks_through_the_table_consistently() -> Result<()> {
     let mut fx = Fixture::new(3)?;
     let ids = fx.program(tcp(VIP, 80), 5, POD_HTTP_PORT, FLAG_MAGLEV, 0)?;
+    // A table of two chunks: the programs must find entries beyond the first 1,024.
+    const MAGLEV_SIZE: u32 = 2039;
+    let mut value = fx.lb().frontend_get(&tcp(VIP, 80))?.context("frontend")?;
+    value.maglev_size = MAGLEV_SIZE;
+    fx.lb().frontend_put(&tcp(VIP, 80), &value)?;
     let mixed: Vec<u32> = (0..MAGLEV_SIZE as usize).map(|i| ids[i % 3]).collect();
     fx.lb().maglev_put_table(5, &mixed)?;
-    assert_eq!(fx.lb().maglev_table(5)?, Some(mixed));
+    assert_eq!(fx.lb().maglev_table(5, MAGLEV_SIZE)?, Some(mixed));
     let names = client::curl_many(fx.client(), "http://10.96.0.10/", 20)?;
     assert_eq!(
         client::tally(&names).len(),
@@ -365,11 +373,11 @@ fn maglev_picks_through_the_table_consistently() -> Result<()> {
     assert!(names.iter().all(|n| n == "web-2"), "{names:?}");
 
     assert!(matches!(
-        fx.lb().maglev_put_table(5, &[1, 2, 3]),
+        fx.lb().maglev_put_table(5, &[]),
         Err(EbpfError::InvalidInput { .. })
     ));
-    fx.lb().maglev_delete_table(5)?;
-    assert_eq!(fx.lb().maglev_table(5)?, None);
+    fx.lb().maglev_delete_table(5, MAGLEV_SIZE)?;
+    assert_eq!(fx.lb().maglev_table(5, MAGLEV_SIZE)?, None);
     // A Maglev frontend without a table refuses rather than guessing.
     assert_eq!(
         connect_outcome(fx.client(), "10.96.0.10", 80)?,
@@ -423,7 +431,8 @@ fn reopening_reuses_links_and_maps_and_traffic_never_stops() -> Result<()> {
             service_id: 1,
             count: 2,
             flags: 0,
-            affinity_timeout: 0
+            affinity_timeout: 0,
+            ..FrontendValue::default()
         })
     );
     assert_eq!(fx.lb().backends()?.len(), 2);
@@ -554,6 +563,7 @@ fn a_full_map_is_map_full_naming_the_map_and_key() -> Result<()> {
         count: 0,
         flags: 0,
         affinity_timeout: 0,
+        ..FrontendValue::default()
     };
     lb.frontend_put(&tcp(VIP, 1), &value)?;
     lb.frontend_put(&tcp(VIP, 2), &value)?;

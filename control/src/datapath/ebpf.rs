@@ -17,10 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use parking_lot::Mutex;
 use switchyard_ebpf::{
     BackendState as KernelBackendState, BackendValue, EbpfError, FLAG_AFFINITY, FLAG_DROP,
-    FLAG_MAGLEV, FrontendKey, FrontendValue, MAGLEV_SIZE, Proto, SlotKey, SocketLb, SocketLbConfig,
+    FLAG_MAGLEV, FLAG_SRC_RANGES, FrontendKey, FrontendKind as KernelKind, FrontendValue,
+    NodePortLb, Proto, SlotKey, SocketLb, SocketLbConfig,
 };
 
 use super::{Applied, BackendView, Datapath, Drift, FrontendView};
@@ -37,6 +39,62 @@ pub struct EbpfConfig {
     /// Close sockets of the cgroup's processes that are connected to a backend that is gone,
     /// so clients (UDP DNS clients above all) reconnect to a live one.
     pub close_stale_sockets: bool,
+    /// The node's external interfaces, where the tc programs serve NodePorts, external and
+    /// load-balancer IPs.
+    pub devices: Devices,
+    /// The smallest Maglev table (a prime of [`crate::maglev::TABLE_SIZES`]); a frontend
+    /// with more than a hundredth of it in backends gets a larger one.
+    pub maglev_table_size: u32,
+}
+
+/// Where the tc programs attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Devices {
+    /// The interfaces that hold the node addresses the table uses (NodePort addresses and
+    /// SNAT sources), as they become known.
+    Auto,
+    /// These interfaces.
+    Listed(Vec<String>),
+    /// None: north-south frontends are served at socket level only.
+    Off,
+}
+
+impl Devices {
+    /// From `--devices`: empty is [`Devices::Auto`], `none` is [`Devices::Off`].
+    pub fn from_flag(values: &[String]) -> Devices {
+        let names: Vec<String> = values
+            .iter()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        match names.as_slice() {
+            [] => Devices::Auto,
+            [only] if only.eq_ignore_ascii_case("none") => Devices::Off,
+            _ => Devices::Listed(names),
+        }
+    }
+}
+
+/// The interfaces that hold any of `addrs` (in this network namespace), sorted.
+fn interfaces_holding(addrs: &BTreeSet<IpAddr>) -> Vec<String> {
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for ifaddr in list {
+        let Some(address) = ifaddr.address else { continue };
+        let ip = if let Some(v4) = address.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if addrs.contains(&ip) && ifaddr.interface_name != "lo" {
+            out.insert(ifaddr.interface_name);
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// What one frontend holds in the kernel.
@@ -45,6 +103,11 @@ struct Programmed {
     service_id: u32,
     flags: u16,
     affinity_timeout: u32,
+    /// Entries of its Maglev table (0 without one).
+    maglev_size: u32,
+    snat: Option<IpAddr>,
+    /// Its `loadBalancerSourceRanges` in `sy_srcranges`, sorted.
+    source_ranges: Vec<IpNet>,
     /// Backend ids of slots 1..=count.
     backends: Vec<u32>,
 }
@@ -88,9 +151,17 @@ impl View {
     }
 }
 
-/// The eBPF socket-LB datapath.
+/// The eBPF datapath: socket-level balancing, and packet-level for north-south frontends.
 pub struct EbpfDatapath {
     lb: Arc<Mutex<SocketLb>>,
+    /// The tc programs on the node's external interfaces (none without `--devices`).
+    nodeport: Option<NodePortLb>,
+    devices: Devices,
+    socket_lb_config: SocketLbConfig,
+    /// With [`Devices::Auto`]: the node addresses the table uses, and so where the tc programs
+    /// are attached.
+    node_addresses: BTreeSet<IpAddr>,
+    maglev_table_size: u32,
     view: View,
     /// Service names, for the status views (the kernel does not know them).
     names: Arc<Mutex<BTreeMap<Frontend, String>>>,
@@ -118,7 +189,7 @@ fn key_of(frontend: &Frontend) -> FrontendKey {
     }
 }
 
-fn frontend_of(key: &FrontendKey) -> Frontend {
+fn frontend_of(key: &FrontendKey, kind: KernelKind) -> Frontend {
     Frontend {
         addr: key.addr,
         port: key.port,
@@ -126,22 +197,48 @@ fn frontend_of(key: &FrontendKey) -> Frontend {
             Proto::Tcp => Protocol::Tcp,
             Proto::Udp => Protocol::Udp,
         },
-        kind: FrontendKind::ClusterIp,
-    }
-}
-
-fn backend_value(addr: IpAddr, port: u16, state: BackendState) -> BackendValue {
-    BackendValue {
-        addr: SocketAddr::new(addr, port),
-        state: match state {
-            BackendState::Active => KernelBackendState::Active,
-            BackendState::Terminating => KernelBackendState::Terminating,
+        kind: match kind {
+            KernelKind::ClusterIp => FrontendKind::ClusterIp,
+            KernelKind::NodePort => FrontendKind::NodePort,
+            KernelKind::ExternalIp => FrontendKind::ExternalIp,
+            KernelKind::LoadBalancer => FrontendKind::LoadBalancer,
         },
     }
 }
 
+fn kernel_kind(kind: FrontendKind) -> KernelKind {
+    match kind {
+        FrontendKind::ClusterIp => KernelKind::ClusterIp,
+        FrontendKind::NodePort => KernelKind::NodePort,
+        FrontendKind::ExternalIp => KernelKind::ExternalIp,
+        FrontendKind::LoadBalancer => KernelKind::LoadBalancer,
+    }
+}
+
+fn backend_value(backend: &crate::model::Backend) -> BackendValue {
+    BackendValue {
+        addr: SocketAddr::new(backend.addr, backend.port),
+        state: match backend.state {
+            BackendState::Active => KernelBackendState::Active,
+            BackendState::Terminating => KernelBackendState::Terminating,
+        },
+        local: backend.local,
+    }
+}
+
+/// The entry's source ranges as the kernel holds them: sorted, without duplicates.
+fn ranges_of(entry: &ServiceEntry) -> Vec<IpNet> {
+    let mut ranges: Vec<IpNet> = entry.source_ranges.iter().flatten().map(IpNet::trunc).collect();
+    ranges.sort();
+    ranges.dedup();
+    ranges
+}
+
 fn flags_of(entry: &ServiceEntry) -> u16 {
     let mut flags = 0;
+    if entry.source_ranges.is_some() {
+        flags |= FLAG_SRC_RANGES;
+    }
     if entry.affinity.is_some() {
         flags |= FLAG_AFFINITY;
     }
@@ -163,6 +260,7 @@ fn affinity_seconds(entry: &ServiceEntry) -> u32 {
 /// Reads the whole kernel state into a view.
 fn read_back(lb: &SocketLb) -> Result<View, EbpfError> {
     let mut view = View::default();
+    let mut ranges = lb.source_ranges()?;
     for (id, value) in lb.backends()? {
         view.ids.insert((value.addr.ip(), value.addr.port()), id);
         view.backends.insert(id, value);
@@ -182,11 +280,18 @@ fn read_back(lb: &SocketLb) -> Result<View, EbpfError> {
         view.service_ids.insert(value.service_id);
         view.next_service_id = view.next_service_id.max(value.service_id);
         view.frontends.insert(
-            frontend_of(&key),
+            frontend_of(&key, value.kind),
             Programmed {
                 service_id: value.service_id,
                 flags: value.flags,
                 affinity_timeout: value.affinity_timeout,
+                maglev_size: if value.flags & FLAG_MAGLEV != 0 {
+                    value.maglev_size
+                } else {
+                    0
+                },
+                snat: value.snat,
+                source_ranges: ranges.remove(&value.service_id).unwrap_or_default(),
                 backends,
             },
         );
@@ -198,9 +303,19 @@ impl EbpfDatapath {
     /// Opens (or creates) the pinned maps and links, and reads their state back.
     pub fn new(config: &EbpfConfig) -> Result<EbpfDatapath, EbpfError> {
         let lb = SocketLb::open(&config.socket_lb)?;
+        // The packet-level programs share the maps the socket load balancer just opened.
+        let nodeport = match &config.devices {
+            Devices::Listed(devices) => Some(NodePortLb::open(&config.socket_lb, devices)?),
+            Devices::Auto | Devices::Off => None,
+        };
         let mut datapath = EbpfDatapath {
             view: View::default(),
             lb: Arc::new(Mutex::new(lb)),
+            nodeport,
+            devices: config.devices.clone(),
+            socket_lb_config: config.socket_lb.clone(),
+            node_addresses: BTreeSet::new(),
+            maglev_table_size: config.maglev_table_size,
             names: Arc::new(Mutex::new(BTreeMap::new())),
             cgroup: config.socket_lb.cgroup_path.clone(),
             close_stale_sockets: config.close_stale_sockets,
@@ -247,8 +362,9 @@ impl EbpfDatapath {
     }
 
     /// Takes a reference on a backend, writing it to the kernel if it is new or changed.
-    fn acquire(&mut self, addr: IpAddr, port: u16, state: BackendState) -> Result<u32, EbpfError> {
-        let value = backend_value(addr, port, state);
+    fn acquire(&mut self, backend: &crate::model::Backend) -> Result<u32, EbpfError> {
+        let value = backend_value(backend);
+        let (addr, port) = (backend.addr, backend.port);
         let id = match self.view.ids.get(&(addr, port)) {
             Some(id) => *id,
             None => self.view.allocate_backend_id(),
@@ -285,6 +401,44 @@ impl EbpfDatapath {
         Ok(())
     }
 
+    /// With [`Devices::Auto`], attaches the tc programs to the interfaces that hold the node
+    /// addresses the table now uses (NodePort addresses and SNAT sources) when those changed.
+    fn follow_devices<'a>(&mut self, entries: impl Iterator<Item = &'a ServiceEntry>) {
+        if self.devices != Devices::Auto {
+            return;
+        }
+        let mut addresses = self.node_addresses.clone();
+        for entry in entries {
+            if entry.frontend.kind == FrontendKind::NodePort {
+                addresses.insert(entry.frontend.addr);
+            }
+            addresses.extend(entry.snat);
+        }
+        if addresses == self.node_addresses && self.nodeport.is_some() {
+            return;
+        }
+        let devices = interfaces_holding(&addresses);
+        self.node_addresses = addresses;
+        if devices.is_empty() {
+            return;
+        }
+        match NodePortLb::open(&self.socket_lb_config, &devices) {
+            Ok(lb) => self.nodeport = Some(lb),
+            Err(error) => {
+                tracing::error!(?devices, %error, "cannot attach the north-south tc programs");
+            }
+        }
+    }
+
+    /// The Maglev table size the entry gets (0 without Maglev or backends).
+    fn maglev_size(&self, entry: &ServiceEntry) -> u32 {
+        if entry.algorithm != Algorithm::Maglev || entry.backends.is_empty() {
+            return 0;
+        }
+        let usable = entry.backends.len().min(usize::from(u16::MAX));
+        crate::maglev::table_size(usable, self.maglev_table_size)
+    }
+
     /// Whether the kernel already holds exactly what `entry` asks for.
     fn is_programmed(&self, entry: &ServiceEntry) -> bool {
         let Some(programmed) = self.view.frontends.get(&entry.frontend) else {
@@ -292,14 +446,15 @@ impl EbpfDatapath {
         };
         programmed.flags == flags_of(entry)
             && programmed.affinity_timeout == affinity_seconds(entry)
+            && programmed.maglev_size == self.maglev_size(entry)
+            && programmed.snat == snat_of(entry)
+            && programmed.source_ranges == ranges_of(entry)
             && programmed.backends.len() == entry.backends.len()
             && programmed
                 .backends
                 .iter()
                 .zip(&entry.backends)
-                .all(|(id, b)| {
-                    self.view.backends.get(id) == Some(&backend_value(b.addr, b.port, b.state))
-                })
+                .all(|(id, b)| self.view.backends.get(id) == Some(&backend_value(b)))
     }
 
     /// Writes one frontend, make-before-break.
@@ -321,14 +476,20 @@ impl EbpfDatapath {
         let usable = &entry.backends[..entry.backends.len().min(usize::from(u16::MAX))];
         let mut ids = Vec::with_capacity(usable.len());
         for backend in usable {
-            ids.push(self.acquire(backend.addr, backend.port, backend.state)?);
+            ids.push(self.acquire(backend)?);
         }
         let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         let ids = &ids[..];
         let flags = flags_of(entry);
+        let maglev_size = self.maglev_size(entry);
+        let source_ranges = ranges_of(entry);
         let old_ids = previous
             .as_ref()
             .map(|p| p.backends.clone())
+            .unwrap_or_default();
+        let old_ranges = previous
+            .as_ref()
+            .map(|p| p.source_ranges.clone())
             .unwrap_or_default();
         {
             let lb = self.lb.lock();
@@ -340,11 +501,15 @@ impl EbpfDatapath {
                     .take(ids.len())
                     .map(|b| SocketAddr::new(b.addr, b.port).to_string())
                     .collect();
-                let table: Vec<u32> = crate::maglev::table(&names, MAGLEV_SIZE as usize)
+                let table: Vec<u32> = crate::maglev::table(&names, maglev_size as usize)
                     .into_iter()
                     .map(|i| ids[i as usize])
                     .collect();
                 lb.maglev_put_table(service_id, &table)?;
+            }
+            // Ranges that are new, before the frontend may check them.
+            for range in source_ranges.iter().filter(|r| !old_ranges.contains(r)) {
+                lb.source_range_put(service_id, *range)?;
             }
             // 3. Slots: new ones beyond the old count, then the ones that change in place.
             for (i, id) in ids.iter().enumerate().skip(old_ids.len()) {
@@ -363,6 +528,9 @@ impl EbpfDatapath {
                     count,
                     flags,
                     affinity_timeout: affinity_seconds(entry),
+                    maglev_size,
+                    snat: snat_of(entry),
+                    kind: kernel_kind(entry.frontend.kind),
                 },
             )?;
             // 5. What the new count no longer covers.
@@ -370,8 +538,16 @@ impl EbpfDatapath {
                 lb.slot_delete(&SlotKey::new(service_id, slot_number(i)))?;
             }
             let old_flags = previous.as_ref().map_or(0, |p| p.flags);
-            if old_flags & FLAG_MAGLEV != 0 && (flags & FLAG_MAGLEV == 0 || ids.is_empty()) {
-                lb.maglev_delete_table(service_id)?;
+            let old_size = previous.as_ref().map_or(0, |p| p.maglev_size);
+            if old_flags & FLAG_MAGLEV != 0 {
+                if flags & FLAG_MAGLEV == 0 || ids.is_empty() {
+                    lb.maglev_delete_table(service_id, old_size)?;
+                } else if old_size > maglev_size {
+                    lb.maglev_trim_table(service_id, maglev_size, old_size)?;
+                }
+            }
+            for range in old_ranges.iter().filter(|r| !source_ranges.contains(r)) {
+                lb.source_range_delete(service_id, *range)?;
             }
             if old_flags & FLAG_AFFINITY != 0 && flags & FLAG_AFFINITY == 0 {
                 lb.affinity_clear(service_id)?;
@@ -383,6 +559,13 @@ impl EbpfDatapath {
                 service_id,
                 flags,
                 affinity_timeout: affinity_seconds(entry),
+                maglev_size: if flags & FLAG_MAGLEV != 0 && !ids.is_empty() {
+                    maglev_size
+                } else {
+                    0
+                },
+                snat: snat_of(entry),
+                source_ranges,
                 backends: ids.to_vec(),
             },
         );
@@ -406,7 +589,10 @@ impl EbpfDatapath {
                 lb.slot_delete(&SlotKey::new(programmed.service_id, slot_number(i)))?;
             }
             if programmed.flags & FLAG_MAGLEV != 0 {
-                lb.maglev_delete_table(programmed.service_id)?;
+                lb.maglev_delete_table(programmed.service_id, programmed.maglev_size)?;
+            }
+            for range in &programmed.source_ranges {
+                lb.source_range_delete(programmed.service_id, *range)?;
             }
             if programmed.flags & FLAG_AFFINITY != 0 {
                 lb.affinity_clear(programmed.service_id)?;
@@ -475,6 +661,11 @@ impl EbpfDatapath {
     }
 }
 
+/// The SNAT address the kernel gets for an entry: only for north-south frontends.
+fn snat_of(entry: &ServiceEntry) -> Option<IpAddr> {
+    entry.snat.filter(|_| entry.frontend.kind.is_external())
+}
+
 /// Slot numbers start at 1 (slot 0 is never used, as in Cilium's layout).
 fn slot_number(index: usize) -> u32 {
     u32::try_from(index + 1).unwrap_or(u32::MAX)
@@ -487,6 +678,7 @@ impl Datapath for EbpfDatapath {
 
     async fn apply(&mut self, diff: &TableDiff) -> Applied {
         let mut applied = Applied::default();
+        self.follow_devices(diff.added.iter().chain(&diff.changed));
         // Backends a frontend stops using or draining: their sockets are closed below unless
         // another frontend still uses or drains them.
         let mut left: BTreeSet<(SocketAddr, Proto)> = BTreeSet::new();
@@ -604,6 +796,12 @@ impl Datapath for EbpfDatapath {
             Ok(repaired) => drift.repaired.extend(repaired),
             Err(error) => tracing::warn!(%error, "cannot check the eBPF program links"),
         }
+        if let Some(nodeport) = self.nodeport.as_mut() {
+            match nodeport.verify_links() {
+                Ok(repaired) => drift.repaired.extend(repaired),
+                Err(error) => tracing::warn!(%error, "cannot check the tc program links"),
+            }
+        }
         drift
     }
 
@@ -658,6 +856,26 @@ impl super::StatusSource for EbpfStatus {
                 "switchyard_bpf_reverse_translations_total",
                 "UDP replies and getpeername() results rewritten back to the VIP",
                 stats.revnat,
+            ),
+            counter(
+                "switchyard_bpf_nodeport_flows_total",
+                "north-south flows (NodePort, external and load-balancer IPs) sent to a backend by the tc programs",
+                stats.ns_flows,
+            ),
+            counter(
+                "switchyard_bpf_nodeport_packets_total",
+                "north-south packets translated by the tc programs, both directions",
+                stats.ns_packets,
+            ),
+            counter(
+                "switchyard_bpf_source_range_denied_total",
+                "north-south packets dropped: source outside loadBalancerSourceRanges",
+                stats.ns_denied,
+            ),
+            counter(
+                "switchyard_bpf_snat_failed_total",
+                "north-south flows dropped: no free SNAT port towards the backend",
+                stats.ns_snat_failed,
             ),
         ]
     }

@@ -12,7 +12,8 @@ use super::vip::{VipError, VipManager};
 use super::{Applied, BackendView, Datapath, Drift, FrontendView};
 use crate::diff::TableDiff;
 use crate::model::{
-    Algorithm, BackendState, EmptyAction, Frontend, Protocol, ServiceEntry, ServiceTable,
+    Algorithm, BackendState, EmptyAction, Frontend, FrontendKind, Protocol, ServiceEntry,
+    ServiceTable,
 };
 
 /// Configuration of the userspace datapath.
@@ -84,10 +85,14 @@ impl UserspaceDatapath {
 
     async fn add(&mut self, entry: &ServiceEntry) -> Result<(), String> {
         let frontend = entry.frontend;
-        self.vips
-            .acquire(frontend.addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        // A NodePort's address is the node's own: it is bound, never added.
+        let owns_vip = frontend.kind != FrontendKind::NodePort;
+        if owns_vip {
+            self.vips
+                .acquire(frontend.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if let Err(error) = self
             .proxy
             .upsert(
@@ -97,7 +102,7 @@ impl UserspaceDatapath {
             )
             .await
         {
-            if let Err(e) = self.vips.release(frontend.addr).await {
+            if owns_vip && let Err(e) = self.vips.release(frontend.addr).await {
                 tracing::warn!(error = %e, "cannot remove VIP after a failed bind");
             }
             return Err(error.to_string());
@@ -130,7 +135,9 @@ impl UserspaceDatapath {
         self.proxy
             .remove(socket_addr(frontend), proto(frontend.proto))
             .await;
-        if let Err(error) = self.vips.release(frontend.addr).await {
+        if frontend.kind != FrontendKind::NodePort
+            && let Err(error) = self.vips.release(frontend.addr).await
+        {
             tracing::warn!(%error, "cannot remove VIP");
         }
     }

@@ -19,84 +19,11 @@
 #include <bpf/bpf_endian.h>
 
 #include "switchyard.h"
+#include "lb.h"
 
 #ifndef IPPROTO_MPTCP
 #define IPPROTO_MPTCP 262
 #endif
-
-#define NSEC_PER_SEC 1000000000ULL
-
-/*
- * Default sizes; the loader overrides every one of them (SocketLbConfig). Hash maps that are
- * mostly empty are not preallocated (BPF_F_NO_PREALLOC); LRU maps must be.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct sy_frontend_key);
-	__type(value, struct sy_frontend);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_frontends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__type(key, struct sy_slot_key);
-	__type(value, struct sy_slot);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_slots SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__type(key, __u32);
-	__type(value, struct sy_backend);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_backends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__type(key, struct sy_maglev_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_maglev SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct sy_affinity_key);
-	__type(value, struct sy_affinity);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_affinity SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct sy_revnat_key);
-	__type(value, struct sy_revnat);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_revnat SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SY_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sy_stats SEC(".maps");
-
-static __always_inline void count(__u32 stat)
-{
-	__u64 *value = bpf_map_lookup_elem(&sy_stats, &stat);
-
-	if (value)
-		*value += 1;
-}
 
 /* The frontend protocol of a socket, or 0 for sockets that are never balanced. */
 static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
@@ -112,17 +39,6 @@ static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
 	}
 }
 
-/* A 64-bit finalizer (splitmix64): spreads netns cookies, which are small sequential numbers. */
-static __always_inline __u64 mix64(__u64 x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	x ^= x >> 31;
-	return x;
-}
-
 /* An address as the maps hold it: family and 16 bytes, IPv4 in the first four. */
 struct sy_addr {
 	__u8 addr[16];
@@ -136,71 +52,6 @@ enum verdict {
 	V_REFUSE,  /* fail the call with ECONNREFUSED */
 	V_DROP,	   /* fail the call with EPERM */
 };
-
-static __always_inline const struct sy_backend *
-pick_backend(__u64 netns_cookie, const struct sy_frontend *fe, __u32 *backend_id)
-{
-	struct sy_affinity_key akey = {};
-	const struct sy_backend *be;
-	__u64 now = 0;
-
-	if (fe->flags & SY_F_AFFINITY) {
-		struct sy_affinity *aff;
-
-		akey.client_cookie = netns_cookie;
-		akey.service_id = fe->service_id;
-		now = bpf_ktime_get_ns();
-		aff = bpf_map_lookup_elem(&sy_affinity, &akey);
-		/* signed: another CPU may have refreshed it a moment after `now` */
-		if (aff && (__s64)(now - aff->last_used_ns) <=
-			       (__s64)((__u64)fe->affinity_timeout * NSEC_PER_SEC)) {
-			__u32 id = aff->backend_id;
-
-			be = bpf_map_lookup_elem(&sy_backends, &id);
-			if (be) {
-				aff->last_used_ns = now;
-				*backend_id = id;
-				return be;
-			}
-		}
-	}
-
-	if (fe->flags & SY_F_MAGLEV) {
-		struct sy_maglev_key mkey = {
-			.service_id = fe->service_id,
-			.index = (__u32)(mix64(netns_cookie) % SY_MAGLEV_SIZE),
-		};
-		__u32 *id = bpf_map_lookup_elem(&sy_maglev, &mkey);
-
-		if (!id)
-			return NULL;
-		*backend_id = *id;
-	} else {
-		struct sy_slot_key skey = {
-			.service_id = fe->service_id,
-			.slot = bpf_get_prandom_u32() % fe->count + 1,
-		};
-		struct sy_slot *slot = bpf_map_lookup_elem(&sy_slots, &skey);
-
-		if (!slot)
-			return NULL;
-		*backend_id = slot->backend_id;
-	}
-
-	be = bpf_map_lookup_elem(&sy_backends, backend_id);
-	if (!be)
-		return NULL;
-
-	if (fe->flags & SY_F_AFFINITY) {
-		struct sy_affinity aff = {
-			.last_used_ns = now,
-			.backend_id = *backend_id,
-		};
-
-		bpf_map_update_elem(&sy_affinity, &akey, &aff, BPF_ANY);
-	}
-	return be;
-}
 
 /*
  * Translates *addr (the destination a socket asked for) to a backend if it is a frontend,
@@ -229,7 +80,9 @@ static __always_inline enum verdict translate(struct bpf_sock_addr *ctx, struct 
 		return (fe->flags & SY_F_DROP) ? V_DROP : V_REFUSE;
 	}
 
-	be = pick_backend(bpf_get_netns_cookie(ctx), fe, &backend_id);
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	be = pick_backend(netns, mix64(netns), fe, &backend_id);
 	if (!be || be->family != addr->family) {
 		count(SY_STAT_BACKEND_MISSING);
 		return V_REFUSE;

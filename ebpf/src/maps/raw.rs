@@ -24,6 +24,10 @@ pub struct SyFrontend {
     pub count: u16,
     pub flags: u16,
     pub affinity_timeout: u32,
+    pub maglev_size: u32,
+    pub snat_addr: [u8; 16],
+    pub kind: u8,
+    pub pad: [u8; 3],
 }
 
 /// `struct sy_slot_key`.
@@ -56,7 +60,85 @@ pub struct SyBackend {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SyMaglevKey {
     pub service_id: u32,
-    pub index: u32,
+    pub chunk: u32,
+}
+
+/// Entries of one `struct sy_maglev_chunk`.
+pub const MAGLEV_CHUNK: usize = 1024;
+
+/// `struct sy_maglev_chunk`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyMaglevChunk {
+    pub backend_id: [u32; MAGLEV_CHUNK],
+}
+
+impl Default for SyMaglevChunk {
+    fn default() -> Self {
+        Self {
+            backend_id: [0; MAGLEV_CHUNK],
+        }
+    }
+}
+
+/// `struct sy_srcrange_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SySrcrangeKey {
+    pub prefixlen: u32,
+    pub service_id: u32,
+    pub addr: [u8; 16],
+}
+
+/// The data of a `struct sy_srcrange_key` after its `prefixlen`, as aya's
+/// `lpm_trie::Key` wraps it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SySrcrangeData {
+    pub service_id: u32,
+    pub addr: [u8; 16],
+}
+
+/// `struct sy_flow`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyFlow {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// `struct sy_ct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyCt {
+    pub last_seen_ns: u64,
+    pub backend: [u8; 16],
+    pub snat_addr: [u8; 16],
+    pub backend_port: u16,
+    pub snat_port: u16,
+    pub backend_id: u32,
+    pub family: u8,
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+
+/// `struct sy_ct_rev`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyCtRev {
+    pub last_seen_ns: u64,
+    pub client: [u8; 16],
+    pub frontend: [u8; 16],
+    pub client_port: u16,
+    pub frontend_port: u16,
+    pub family: u8,
+    pub flags: u8,
+    pub pad: [u8; 2],
 }
 
 /// `struct sy_affinity_key`.
@@ -121,3 +203,15 @@ unsafe impl aya::Pod for SyAffinity {}
 unsafe impl aya::Pod for SyRevnatKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SyRevnat {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SyMaglevChunk {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SySrcrangeKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SyFlow {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SySrcrangeData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SyCt {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SyCtRev {}

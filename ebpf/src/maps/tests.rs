@@ -2,8 +2,8 @@ use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::raw::{
-    SyAffinity, SyAffinityKey, SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SyRevnat,
-    SyRevnatKey, SySlot, SySlotKey,
+    SyAffinity, SyAffinityKey, SyBackend, SyCt, SyCtRev, SyFlow, SyFrontend, SyFrontendKey,
+    SyMaglevChunk, SyMaglevKey, SyRevnat, SyRevnatKey, SySlot, SySlotKey, SySrcrangeKey,
 };
 use super::*;
 
@@ -32,11 +32,16 @@ fn rust_layout(strukt: &str, field: &str) -> Option<(usize, usize)> {
     }
     layout! {
         "sy_frontend_key" => SyFrontendKey { addr, port, proto, family },
-        "sy_frontend" => SyFrontend { service_id, count, flags, affinity_timeout },
+        "sy_frontend" => SyFrontend { service_id, count, flags, affinity_timeout, maglev_size, snat_addr, kind, pad },
         "sy_slot_key" => SySlotKey { service_id, slot },
         "sy_slot" => SySlot { backend_id },
         "sy_backend" => SyBackend { addr, port, family, state },
-        "sy_maglev_key" => SyMaglevKey { service_id, index },
+        "sy_maglev_key" => SyMaglevKey { service_id, chunk },
+        "sy_maglev_chunk" => SyMaglevChunk { backend_id },
+        "sy_srcrange_key" => SySrcrangeKey { prefixlen, service_id, addr },
+        "sy_flow" => SyFlow { saddr, daddr, sport, dport, proto, family, pad },
+        "sy_ct" => SyCt { last_seen_ns, backend, snat_addr, backend_port, snat_port, backend_id, family, flags, pad },
+        "sy_ct_rev" => SyCtRev { last_seen_ns, client, frontend, client_port, frontend_port, family, flags, pad },
         "sy_affinity_key" => SyAffinityKey { client_cookie, service_id, pad },
         "sy_affinity" => SyAffinity { last_used_ns, backend_id, pad },
         "sy_revnat_key" => SyRevnatKey { cookie, addr, port, family, pad },
@@ -84,7 +89,7 @@ fn every_rust_field_is_in_the_c_header() {
             .count()
     };
     assert_eq!(count("sy_frontend_key"), 4);
-    assert_eq!(count("sy_frontend"), 4);
+    assert_eq!(count("sy_frontend"), 8);
     assert_eq!(count("sy_slot_key"), 2);
     assert_eq!(count("sy_slot"), 1);
     assert_eq!(count("sy_backend"), 4);
@@ -93,6 +98,11 @@ fn every_rust_field_is_in_the_c_header() {
     assert_eq!(count("sy_affinity"), 3);
     assert_eq!(count("sy_revnat_key"), 5);
     assert_eq!(count("sy_revnat"), 4);
+    assert_eq!(count("sy_maglev_chunk"), 1);
+    assert_eq!(count("sy_srcrange_key"), 3);
+    assert_eq!(count("sy_flow"), 7);
+    assert_eq!(count("sy_ct"), 9);
+    assert_eq!(count("sy_ct_rev"), 8);
 }
 
 #[test]
@@ -104,7 +114,20 @@ fn constants_match_the_c_header() {
             "SY_F_AFFINITY" => u64::from(FLAG_AFFINITY),
             "SY_F_MAGLEV" => u64::from(FLAG_MAGLEV),
             "SY_F_DROP" => u64::from(FLAG_DROP),
-            "SY_MAGLEV_SIZE" => u64::from(MAGLEV_SIZE),
+            "SY_F_SRC_RANGES" => u64::from(FLAG_SRC_RANGES),
+            "SY_KIND_CLUSTER_IP" => u64::from(FrontendKind::ClusterIp.to_raw()),
+            "SY_KIND_NODE_PORT" => u64::from(FrontendKind::NodePort.to_raw()),
+            "SY_KIND_EXTERNAL_IP" => u64::from(FrontendKind::ExternalIp.to_raw()),
+            "SY_KIND_LOAD_BALANCER" => u64::from(FrontendKind::LoadBalancer.to_raw()),
+            "SY_B_TERMINATING" => u64::from(BACKEND_TERMINATING),
+            "SY_B_LOCAL" => u64::from(BACKEND_LOCAL),
+            "SY_MAGLEV_CHUNK" => MAGLEV_CHUNK as u64,
+            "SY_CT_SNAT" => 1,
+            "SY_CT_CLOSING" => 2,
+            "SY_STAT_NS_FLOWS" => u64::from(stat::NS_FLOWS),
+            "SY_STAT_NS_DENIED" => u64::from(stat::NS_DENIED),
+            "SY_STAT_NS_SNAT_FAILED" => u64::from(stat::NS_SNAT_FAILED),
+            "SY_STAT_NS_PACKETS" => u64::from(stat::NS_PACKETS),
             "SY_STAT_TRANSLATED" => u64::from(stat::TRANSLATED),
             "SY_STAT_NO_BACKEND" => u64::from(stat::NO_BACKEND),
             "SY_STAT_BACKEND_MISSING" => u64::from(stat::BACKEND_MISSING),
@@ -150,6 +173,7 @@ fn backend_round_trips_with_state() {
         let value = BackendValue {
             addr: addr.parse().unwrap(),
             state,
+            local: state == BackendState::Active,
         };
         let raw = SyBackend::from(value);
         assert_eq!(
@@ -180,6 +204,9 @@ fn invalid_raw_entries_are_errors_not_garbage() {
     let mut backend = SyBackend::from(BackendValue::active(SocketAddr::from(([1, 2, 3, 4], 5))));
     backend.state = 9;
     assert_eq!(BackendValue::try_from(backend), Err(DecodeError::State(9)));
+    let mut frontend = SyFrontend::from(FrontendValue::default());
+    frontend.kind = 7;
+    assert_eq!(FrontendValue::try_from(frontend), Err(DecodeError::Kind(7)));
 }
 
 #[test]
@@ -189,11 +216,23 @@ fn frontend_value_is_host_order() {
         count: 3,
         flags: FLAG_AFFINITY | FLAG_MAGLEV,
         affinity_timeout: 10800,
+        maglev_size: 1021,
+        snat: Some(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10))),
+        kind: FrontendKind::NodePort,
     };
     let raw = SyFrontend::from(value);
     assert_eq!(raw.service_id, 0x0102_0304);
     assert_eq!(raw.affinity_timeout, 10800);
-    assert_eq!(FrontendValue::from(raw), value);
+    assert_eq!(&raw.snat_addr[..5], &[192, 168, 0, 10, 0]);
+    assert_eq!(raw.kind, 1);
+    assert_eq!(FrontendValue::try_from(raw), Ok(value));
+    let v6 = FrontendValue {
+        snat: Some("fd00:192::10".parse().unwrap()),
+        ..value
+    };
+    assert_eq!(FrontendValue::try_from(SyFrontend::from(v6)), Ok(v6));
+    let none = FrontendValue { snat: None, ..value };
+    assert_eq!(FrontendValue::try_from(SyFrontend::from(none)), Ok(none));
 }
 
 #[test]
@@ -201,5 +240,5 @@ fn keys_display_what_they_name() {
     let key = FrontendKey::new("fd00:96::10".parse().unwrap(), 53, Proto::Udp);
     assert_eq!(key.to_string(), "[fd00:96::10]:53/udp");
     assert_eq!(SlotKey::new(7, 2).to_string(), "service 7 slot 2");
-    assert_eq!(MaglevKey::new(7, 3).to_string(), "service 7 maglev entry 3");
+    assert_eq!(MaglevKey::new(7, 3).to_string(), "service 7 maglev chunk 3");
 }

@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Packet-level load balancing for traffic that arrives from outside the node: NodePorts,
+ * external IPs and load-balancer IPs (the frontends whose kind is not ClusterIP in
+ * sy_frontends). tc programs on the node's external interfaces:
+ *
+ * - sy_nodeport_ingress: a packet to a north-south frontend opens a flow: the backend is
+ *   chosen (Maglev on the flow's hash, so every node picks the same one), remembered in sy_ct,
+ *   and the packet rewritten to it. A backend on another node is reached from the node's
+ *   address (SNAT, port allocated here) so that its replies come back through this node; those
+ *   replies (found in sy_ct_rev) are rewritten back to frontend -> client. Rewritten packets
+ *   are forwarded with a FIB lookup and a redirect, not through the stack (their source may
+ *   be the node's own address, which the stack's input path refuses).
+ * - sy_nodeport_egress: replies of a local backend to a client (no SNAT) get the frontend as
+ *   their source again as they leave the node.
+ *
+ * IPv4 only: IPv6 north-south frontends are served by the socket-level programs for clients
+ * on the node only. Fragments other than the first are passed untouched.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "switchyard.h"
+#include "lb.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* SNAT ports tried after the client's own: 61000-65535, outside Linux's default ephemeral
+ * range (32768-60999), so that the node's own connections rarely meet them. */
+#define SNAT_PORT_MIN 61000
+#define SNAT_PORT_COUNT 4536
+#define SNAT_TRIES 6
+
+/* A flow whose SNAT port may be given to another flow: closed for a second, or idle. */
+#define CLOSED_REUSE_NS (1ULL * NSEC_PER_SEC)
+#define TCP_IDLE_REUSE_NS (600ULL * NSEC_PER_SEC)
+#define UDP_IDLE_REUSE_NS (60ULL * NSEC_PER_SEC)
+
+struct pkt4 {
+	__u32 saddr; /* network byte order */
+	__u32 daddr;
+	__u16 sport; /* network byte order */
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u32 l3; /* offset of the IP header */
+	__u32 l4; /* offset of the TCP or UDP header */
+};
+
+/* Reads an IPv4 TCP or UDP packet's addresses and ports. 0: not one to look at. */
+static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u16 ports[2];
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return 0;
+	/* later fragments carry no ports */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->l3 = sizeof(*eth);
+	p->l4 = sizeof(*eth) + ip->ihl * 4;
+	if (bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)))
+		return 0;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	p->tcp_flags = 0;
+	if (p->proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1))
+		return 0;
+	return 1;
+}
+
+static __always_inline void flow_of(const struct pkt4 *p, struct sy_flow *flow)
+{
+	__builtin_memcpy(flow->saddr, &p->saddr, 4);
+	__builtin_memcpy(flow->daddr, &p->daddr, 4);
+	flow->sport = p->sport;
+	flow->dport = p->dport;
+	flow->proto = p->proto;
+	flow->family = SY_FAMILY_V4;
+}
+
+static __always_inline __u32 addr4(const __u8 *addr)
+{
+	__u32 a;
+
+	__builtin_memcpy(&a, addr, 4);
+	return a;
+}
+
+static __always_inline __u32 l4_csum_off(const struct pkt4 *p)
+{
+	return p->l4 + (p->proto == IPPROTO_TCP ? 16 : 6);
+}
+
+static __always_inline __u64 l4_csum_flags(const struct pkt4 *p)
+{
+	/* a UDP checksum of 0 means none: leave it so */
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Rewrites the source (dst = 0) or destination address, with both checksums. */
+static __always_inline int set_addr(struct __sk_buff *skb, struct pkt4 *p, int dst, __u32 addr)
+{
+	__u32 old = dst ? p->daddr : p->saddr;
+	__u32 off = p->l3 + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+	if (old == addr)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, addr,
+				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(p)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, addr, sizeof(addr)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, off, &addr, sizeof(addr), 0))
+		return -1;
+	if (dst)
+		p->daddr = addr;
+	else
+		p->saddr = addr;
+	return 0;
+}
+
+/* Rewrites the source (dst = 0) or destination port, with the L4 checksum. */
+static __always_inline int set_port(struct __sk_buff *skb, struct pkt4 *p, int dst, __u16 port)
+{
+	__u16 old = dst ? p->dport : p->sport;
+
+	if (old == port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, port, sizeof(port) | l4_csum_flags(p)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4 + (dst ? 2 : 0), &port, sizeof(port), 0))
+		return -1;
+	if (dst)
+		p->dport = port;
+	else
+		p->sport = port;
+	return 0;
+}
+
+/*
+ * Sends a rewritten packet on its way: the FIB says where its new destination is; the TTL is
+ * decremented as a router would, the MACs set, and the packet redirected out of that
+ * interface. Without a neighbour entry yet, the kernel resolves it (bpf_redirect_neigh).
+ * Anything else (no route, a local destination) goes up the stack.
+ */
+static __always_inline int forward(struct __sk_buff *skb, struct pkt4 *p)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip;
+	void *data, *end;
+	int rc;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = p->proto;
+	fib.sport = p->sport;
+	fib.dport = p->dport;
+	fib.ipv4_src = p->saddr;
+	fib.ipv4_dst = p->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	if (ip->ttl <= 1)
+		return TC_ACT_OK; /* the stack answers with ICMP time exceeded */
+	{
+		__u16 *word = (__u16 *)&ip->ttl; /* ttl and protocol */
+		__u16 old = *word;
+
+		ip->ttl -= 1;
+		bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, *word,
+				    sizeof(old));
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + sizeof(struct ethhdr) > end)
+		return TC_ACT_OK;
+	__builtin_memcpy(((struct ethhdr *)data)->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(((struct ethhdr *)data)->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline __u8 closing(const struct pkt4 *p)
+{
+	return (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? SY_CT_CLOSING : 0;
+}
+
+static __always_inline int is_syn(const struct pkt4 *p)
+{
+	return p->proto == IPPROTO_TCP &&
+	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* A client -> frontend packet of a known flow: to its backend (from the SNAT address). */
+static __always_inline int to_backend(struct __sk_buff *skb, struct pkt4 *p, struct sy_ct *ct,
+				      __u64 now)
+{
+	ct->last_seen_ns = now;
+	ct->flags |= closing(p);
+	if (ct->flags & SY_CT_SNAT) {
+		if (set_addr(skb, p, 0, addr4(ct->snat_addr)) || set_port(skb, p, 0, ct->snat_port))
+			return TC_ACT_SHOT;
+	}
+	if (set_addr(skb, p, 1, addr4(ct->backend)) || set_port(skb, p, 1, ct->backend_port))
+		return TC_ACT_SHOT;
+	count(SY_STAT_NS_PACKETS);
+	return forward(skb, p);
+}
+
+/* A reply: back to the client, from the frontend. */
+static __always_inline int to_client(struct __sk_buff *skb, struct pkt4 *p, struct sy_ct_rev *rev,
+				     __u64 now, int route)
+{
+	rev->last_seen_ns = now;
+	rev->flags |= closing(p);
+	if (set_addr(skb, p, 0, addr4(rev->frontend)) || set_port(skb, p, 0, rev->frontend_port))
+		return TC_ACT_SHOT;
+	if (route) {
+		if (set_addr(skb, p, 1, addr4(rev->client)) || set_port(skb, p, 1, rev->client_port))
+			return TC_ACT_SHOT;
+	}
+	count(SY_STAT_NS_PACKETS);
+	return route ? forward(skb, p) : TC_ACT_OK;
+}
+
+static __always_inline __u64 flow_hash(const struct pkt4 *p)
+{
+	__u64 addrs = ((__u64)p->saddr << 32) | p->daddr;
+	__u64 rest = ((__u64)p->sport << 24) | ((__u64)p->dport << 8) | p->proto;
+
+	return mix64(addrs ^ mix64(rest));
+}
+
+/* Whether the flow that holds a SNAT port may give it up. */
+static __always_inline int reusable(const struct sy_ct_rev *rev, __u8 proto, __u64 now)
+{
+	__u64 idle = now - rev->last_seen_ns;
+
+	if ((__s64)idle < 0)
+		return 0;
+	if (rev->flags & SY_CT_CLOSING)
+		return idle > CLOSED_REUSE_NS;
+	return idle > (proto == IPPROTO_TCP ? TCP_IDLE_REUSE_NS : UDP_IDLE_REUSE_NS);
+}
+
+/* Records the reply direction under a free SNAT port; returns it, or 0 if none was free. */
+static __always_inline __u16 snat_port(const struct pkt4 *p, struct sy_flow *rkey,
+				       const struct sy_ct_rev *rval, __u64 hash, __u64 now)
+{
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		__u16 port = p->sport;
+		struct sy_ct_rev *held;
+
+		if (i > 0)
+			port = bpf_htons(SNAT_PORT_MIN +
+					 (__u16)(((hash >> 16) + (__u64)i * 7919) % SNAT_PORT_COUNT));
+		rkey->dport = port;
+		if (bpf_map_update_elem(&sy_ct_rev, rkey, rval, BPF_NOEXIST) == 0)
+			return port;
+		held = bpf_map_lookup_elem(&sy_ct_rev, rkey);
+		if (!held)
+			continue;
+		if ((addr4(held->client) == p->saddr && held->client_port == p->sport &&
+		     addr4(held->frontend) == p->daddr && held->frontend_port == p->dport) ||
+		    reusable(held, p->proto, now)) {
+			if (bpf_map_update_elem(&sy_ct_rev, rkey, rval, BPF_ANY) == 0)
+				return port;
+		}
+	}
+	return 0;
+}
+
+/* A packet of no known flow: a new flow if it is for a north-south frontend. */
+static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
+				    const struct sy_flow *flow, __u64 now)
+{
+	struct sy_frontend_key fkey = {};
+	const struct sy_frontend *fe;
+	const struct sy_backend *be;
+	__u32 backend_id = 0;
+	__u64 hash;
+
+	__builtin_memcpy(fkey.addr, &p->daddr, 4);
+	fkey.port = p->dport;
+	fkey.proto = p->proto;
+	fkey.family = SY_FAMILY_V4;
+	fe = bpf_map_lookup_elem(&sy_frontends, &fkey);
+	if (!fe || fe->kind == SY_KIND_CLUSTER_IP)
+		return TC_ACT_OK;
+
+	if (fe->flags & SY_F_SRC_RANGES) {
+		struct sy_srcrange_key rkey = {
+			.prefixlen = 64,
+			.service_id = fe->service_id,
+		};
+
+		__builtin_memcpy(rkey.addr, &p->saddr, 4);
+		if (!bpf_map_lookup_elem(&sy_srcranges, &rkey)) {
+			count(SY_STAT_NS_DENIED);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (fe->count == 0) {
+		count(SY_STAT_NO_BACKEND);
+		return TC_ACT_SHOT;
+	}
+
+	hash = flow_hash(p);
+	be = pick_backend((1ULL << 63) | p->saddr, hash, fe, &backend_id);
+	if (!be || be->family != SY_FAMILY_V4) {
+		count(SY_STAT_BACKEND_MISSING);
+		return TC_ACT_SHOT;
+	}
+
+	struct sy_ct ct = {
+		.last_seen_ns = now,
+		.backend_port = be->port,
+		.backend_id = backend_id,
+		.family = SY_FAMILY_V4,
+	};
+	struct sy_flow rkey = {
+		.sport = be->port,
+		.dport = p->sport,
+		.proto = p->proto,
+		.family = SY_FAMILY_V4,
+	};
+	struct sy_ct_rev rval = {
+		.last_seen_ns = now,
+		.client_port = p->sport,
+		.frontend_port = p->dport,
+		.family = SY_FAMILY_V4,
+	};
+	__u32 snat = addr4(fe->snat_addr);
+
+	__builtin_memcpy(ct.backend, be->addr, 16);
+	__builtin_memcpy(rkey.saddr, be->addr, 16);
+	__builtin_memcpy(rval.client, &p->saddr, 4);
+	__builtin_memcpy(rval.frontend, &p->daddr, 4);
+	if (snat && !(be->state & SY_B_LOCAL)) {
+		__u16 port;
+
+		rval.flags = SY_CT_SNAT;
+		__builtin_memcpy(rkey.daddr, &snat, 4);
+		port = snat_port(p, &rkey, &rval, hash, now);
+		if (!port) {
+			count(SY_STAT_NS_SNAT_FAILED);
+			return TC_ACT_SHOT;
+		}
+		ct.flags = SY_CT_SNAT;
+		ct.snat_port = port;
+		__builtin_memcpy(ct.snat_addr, &snat, 4);
+	} else {
+		__builtin_memcpy(rkey.daddr, &p->saddr, 4);
+		bpf_map_update_elem(&sy_ct_rev, &rkey, &rval, BPF_ANY);
+	}
+	bpf_map_update_elem(&sy_ct, flow, &ct, BPF_ANY);
+	count(SY_STAT_NS_FLOWS);
+	return to_backend(skb, p, &ct, now);
+}
+
+/* Whether the backend a flow was given still is that backend. */
+static __always_inline int backend_alive(const struct sy_ct *ct)
+{
+	__u32 id = ct->backend_id;
+	const struct sy_backend *be = bpf_map_lookup_elem(&sy_backends, &id);
+
+	return be && addr4(be->addr) == addr4(ct->backend) && be->port == ct->backend_port;
+}
+
+SEC("classifier")
+int sy_nodeport_ingress(struct __sk_buff *skb)
+{
+	struct sy_flow flow = {};
+	struct sy_ct *ct;
+	struct sy_ct_rev *rev;
+	struct pkt4 p;
+	__u64 now;
+
+	if (!parse4(skb, &p))
+		return TC_ACT_OK;
+	flow_of(&p, &flow);
+	now = bpf_ktime_get_ns();
+
+	ct = bpf_map_lookup_elem(&sy_ct, &flow);
+	if (ct) {
+		/* A new connection on a closed flow's ports, or a backend that left: choose again. */
+		if (!((is_syn(&p) && (ct->flags & SY_CT_CLOSING)) || !backend_alive(ct)))
+			return to_backend(skb, &p, ct, now);
+	} else {
+		rev = bpf_map_lookup_elem(&sy_ct_rev, &flow);
+		if (rev && (rev->flags & SY_CT_SNAT))
+			return to_client(skb, &p, rev, now, 1);
+	}
+	return new_flow(skb, &p, &flow, now);
+}
+
+SEC("classifier")
+int sy_nodeport_egress(struct __sk_buff *skb)
+{
+	struct sy_flow flow = {};
+	struct sy_ct_rev *rev;
+	struct pkt4 p;
+
+	if (!parse4(skb, &p))
+		return TC_ACT_OK;
+	flow_of(&p, &flow);
+	rev = bpf_map_lookup_elem(&sy_ct_rev, &flow);
+	if (!rev || (rev->flags & SY_CT_SNAT))
+		return TC_ACT_OK;
+	return to_client(skb, &p, rev, bpf_ktime_get_ns(), 0);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,348 @@
+//! The packet-level load balancer for north-south traffic: loading
+//! `nodeport.bpf.c` over the maps [`crate::SocketLb`] pinned, and attaching
+//! its tc programs to the node's external interfaces through pinned TCX
+//! links (so they keep serving while the daemon is away).
+//!
+//! Open [`crate::SocketLb`] first: it creates (or reuses) the pinned maps,
+//! and this object's maps are the very same pins.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::FdLink;
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::socket_lb::SocketLbConfig;
+use crate::{EbpfError, LinkState, sys};
+
+/// The compiled `nodeport.bpf.c`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodeport.bpf.o"));
+
+/// The tc programs and where each attaches.
+pub const NODEPORT_PROGRAMS: [(&str, Direction); 2] = [
+    // Replies leaving the node first: a flow is never opened whose replies
+    // would not be translated.
+    ("sy_nodeport_egress", Direction::Egress),
+    ("sy_nodeport_ingress", Direction::Ingress),
+];
+
+/// `BPF_TCX_INGRESS` and `BPF_TCX_EGRESS`, as link info reports them.
+const TCX_INGRESS: u32 = 46;
+const TCX_EGRESS: u32 = 47;
+
+/// Prefix of the pins of the tc links: `link_tc_<direction>_<interface>`.
+const TC_LINK_PREFIX: &str = "link_tc_";
+
+/// Which way a tc program sees packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Packets arriving on the interface.
+    Ingress,
+    /// Packets leaving through it.
+    Egress,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::Ingress => TcAttachType::Ingress,
+            Self::Egress => TcAttachType::Egress,
+        }
+    }
+
+    fn tcx(self) -> u32 {
+        match self {
+            Self::Ingress => TCX_INGRESS,
+            Self::Egress => TCX_EGRESS,
+        }
+    }
+}
+
+/// One program's attachment to one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceLink {
+    /// The interface.
+    pub device: String,
+    /// `sy_nodeport_ingress` or `sy_nodeport_egress`.
+    pub program: &'static str,
+    /// Reused (its program swapped in place) or attached now.
+    pub state: LinkState,
+    /// The kernel's id of the link.
+    pub link_id: u32,
+}
+
+/// The loaded packet-level programs and their links.
+///
+/// Dropping it detaches nothing; [`cleanup_devices`] does.
+pub struct NodePortLb {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    devices: Vec<String>,
+    links: Vec<DeviceLink>,
+}
+
+impl std::fmt::Debug for NodePortLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePortLb")
+            .field("pin_path", &self.pin_path)
+            .field("devices", &self.devices)
+            .field("links", &self.links)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodePortLb {
+    /// Loads the tc programs over the maps pinned in `sizes.pin_path` and
+    /// attaches them to every interface of `devices` (ingress and egress).
+    /// A link pinned by an earlier run on the same interface is kept and
+    /// its program replaced in place; links pinned for interfaces that are
+    /// no longer listed are detached.
+    pub fn open(sizes: &SocketLbConfig, devices: &[String]) -> Result<Self, EbpfError> {
+        let pin_path = sizes.pin_path.clone();
+        let mut ebpf = load(&pin_path, &sizes.max_entries())?;
+        let mut links = Vec::new();
+        for device in devices {
+            let ifindex = ifindex_of(device)?;
+            for (program, direction) in NODEPORT_PROGRAMS {
+                let (state, link_id) =
+                    ensure_tc_link(&mut ebpf, &pin_path, program, direction, device, ifindex, true)?
+                        .ok_or_else(|| EbpfError::Pin {
+                            path: tc_link_pin(&pin_path, direction, device),
+                            detail: "link neither reused nor attached".to_owned(),
+                        })?;
+                links.push(DeviceLink {
+                    device: device.clone(),
+                    program,
+                    state,
+                    link_id,
+                });
+            }
+        }
+        let wanted: BTreeSet<&str> = devices.iter().map(String::as_str).collect();
+        detach_other_devices(&pin_path, &wanted)?;
+        tracing::info!(
+            devices = ?devices,
+            reused = links.iter().filter(|l| l.state == LinkState::Reused).count(),
+            attached = links.iter().filter(|l| l.state == LinkState::Attached).count(),
+            "north-south tc programs attached (TCX)"
+        );
+        Ok(Self {
+            ebpf,
+            pin_path,
+            devices: devices.to_vec(),
+            links,
+        })
+    }
+
+    /// The links as [`Self::open`] found and made them.
+    pub fn links(&self) -> &[DeviceLink] {
+        &self.links
+    }
+
+    /// Re-attaches every program whose link went missing or was detached
+    /// from its interface (drift repair); one line per repair.
+    pub fn verify_links(&mut self) -> Result<Vec<String>, EbpfError> {
+        let mut repaired = Vec::new();
+        for device in &self.devices {
+            let Ok(ifindex) = ifindex_of(device) else {
+                tracing::warn!(%device, "interface is gone: its tc programs cannot be checked");
+                continue;
+            };
+            for (program, direction) in NODEPORT_PROGRAMS {
+                if let Some((_, link_id)) = ensure_tc_link(
+                    &mut self.ebpf,
+                    &self.pin_path,
+                    program,
+                    direction,
+                    device,
+                    ifindex,
+                    false,
+                )? {
+                    tracing::warn!(%device, program, link_id, "tc program was not attached: re-attached");
+                    repaired.push(format!(
+                        "{program} on {device}: not attached: re-attached (link {link_id})"
+                    ));
+                }
+            }
+        }
+        Ok(repaired)
+    }
+}
+
+fn ifindex_of(device: &str) -> Result<u32, EbpfError> {
+    nix::net::if_::if_nametoindex(device).map_err(|errno| {
+        EbpfError::io(
+            "find interface",
+            Path::new(device),
+            io::Error::from(errno),
+        )
+    })
+}
+
+fn tc_link_pin(pin_path: &Path, direction: Direction, device: &str) -> PathBuf {
+    pin_path.join(format!("{TC_LINK_PREFIX}{}_{device}", direction.name()))
+}
+
+/// Parses the object over the pinned maps and loads the tc programs.
+fn load(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Ebpf, EbpfError> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (name, size) in max_entries {
+        loader.map_max_entries(name, *size);
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|source| EbpfError::Load {
+        pin_path: pin_dir.to_owned(),
+        source: Box::new(source),
+    })?;
+    for (program, _) in NODEPORT_PROGRAMS {
+        classifier(&mut ebpf, program)?
+            .load()
+            .map_err(|source| EbpfError::Program {
+                program,
+                action: "load".to_owned(),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(ebpf)
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(program)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name: program,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program,
+            action: "as a tc classifier".to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// Makes sure `program` is attached to `device` in `direction` through a
+/// pinned TCX link. As `ensure_link` of the socket load balancer: a live
+/// link is kept (its program updated with `update`), a stale one replaced.
+fn ensure_tc_link(
+    ebpf: &mut Ebpf,
+    pin_path: &Path,
+    program: &'static str,
+    direction: Direction,
+    device: &str,
+    ifindex: u32,
+    update: bool,
+) -> Result<Option<(LinkState, u32)>, EbpfError> {
+    let pin = tc_link_pin(pin_path, direction, device);
+    let prog = classifier(ebpf, program)?;
+    if let Ok(link) = sys::obj_get(&pin) {
+        match sys::link_info(link.as_fd()) {
+            Ok(info)
+                if info.link_type == sys::LINK_TYPE_TCX
+                    && info.ifindex == ifindex
+                    && info.tcx_attach_type == direction.tcx() =>
+            {
+                if !update {
+                    return Ok(None);
+                }
+                let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
+                    program,
+                    action: "get its fd".to_owned(),
+                    source: Box::new(source),
+                })?;
+                if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
+                    tracing::warn!(program, %device, %error, "could not update the pinned tc link's program; keeping the old one");
+                }
+                return Ok(Some((LinkState::Reused, info.id)));
+            }
+            info => {
+                tracing::warn!(pin = %pin.display(), ?info, "pinned tc link is not attached to its interface: replacing it");
+                let _ = sys::link_detach(link.as_fd());
+                remove_pin(&pin)?;
+            }
+        }
+    }
+    let attach_error = |source: aya::programs::ProgramError| EbpfError::Program {
+        program,
+        action: format!("attach to {device} ({})", direction.name()),
+        source: Box::new(source),
+    };
+    let id = prog
+        .attach(device, direction.attach_type())
+        .map_err(attach_error)?;
+    let link = prog.take_link(id).map_err(attach_error)?;
+    let fd_link = FdLink::try_from(link).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: format!(
+            "{program} on {device} was not attached as a TCX link ({error}); north-south \
+             programs need Linux 6.6 or later"
+        ),
+    })?;
+    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: error.to_string(),
+    })?);
+    let link = sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
+    let info = sys::link_info(link.as_fd())
+        .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
+    Ok(Some((LinkState::Attached, info.id)))
+}
+
+fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(EbpfError::io("unpin", pin, error)),
+    }
+}
+
+/// The tc link pins in `pin_path`, with the interface each names.
+fn tc_link_pins(pin_path: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(pin_path) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(TC_LINK_PREFIX)?;
+            let device = rest
+                .strip_prefix("ingress_")
+                .or_else(|| rest.strip_prefix("egress_"))?;
+            Some((entry.path(), device.to_owned()))
+        })
+        .collect()
+}
+
+/// Detaches and unpins the tc links of interfaces not in `wanted`.
+fn detach_other_devices(pin_path: &Path, wanted: &BTreeSet<&str>) -> Result<(), EbpfError> {
+    for (pin, device) in tc_link_pins(pin_path) {
+        if wanted.contains(device.as_str()) {
+            continue;
+        }
+        if let Ok(link) = sys::obj_get(&pin) {
+            let _ = sys::link_detach(link.as_fd());
+        }
+        remove_pin(&pin)?;
+        tracing::info!(%device, "detached the tc programs of an interface no longer in --devices");
+    }
+    Ok(())
+}
+
+/// Detaches and unpins every tc link pinned in `pin_path` (part of
+/// [`crate::cleanup`]).
+pub(crate) fn cleanup_devices(pin_path: &Path) -> Result<(), EbpfError> {
+    detach_other_devices(pin_path, &BTreeSet::new())
+}
