@@ -3,9 +3,10 @@
 //!
 //! It owns the sources ([`source`]: the manifest folder; the Kubernetes watch comes later), the
 //! [`store`], the pure [`model`], the [`diff`], the reconcile loop ([`controller`]), the
-//! datapath adapters ([`datapath`]), [`metrics`], the health and admin endpoints ([`http`]) and
-//! the CLI ([`cli`], [`services`]). It never does packet or socket I/O on the data path itself:
-//! that is `switchyard-proxy`'s.
+//! datapath adapters ([`datapath`]), [`metrics`], the health and admin endpoints ([`http`]),
+//! the load balancers' `healthCheckNodePort` server ([`healthcheck`]) and the CLI ([`cli`],
+//! [`services`]). It never does packet or socket I/O on the data path itself: that is
+//! `switchyard-proxy`'s.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod daemon;
 pub mod datapath;
 pub mod diff;
+pub mod healthcheck;
 pub mod http;
 pub mod incremental;
 pub mod maglev;
