@@ -54,9 +54,7 @@ fn store() -> Store {
 }
 
 fn bench(c: &mut Criterion) {
-    let node = NodeContext {
-        name: "node-0".to_owned(),
-    };
+    let node = NodeContext::named("node-0");
     let base = store();
     let mut group = c.benchmark_group("model_10k_services_x10_endpoints");
     group.sample_size(10);

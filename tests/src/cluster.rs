@@ -84,6 +84,14 @@ use crate::topology::{POD_HTTP_PORT, PodLink, PodServer, PodServerConfig, link_p
 pub const BRIDGE_IP4: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 /// The bridge's address in the network namespace (IPv6).
 pub const BRIDGE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0, 0, 0, 0, 0, 1);
+/// The external client's address on the bridge: a host outside the cluster.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 200);
+/// The external client's second address (`curl --interface` picks it), for a
+/// source outside a Service's `loadBalancerSourceRanges`.
+pub const EXTERNAL_IP_2: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 201);
+/// Where the external client sends external and load-balancer IPs: via a
+/// node ([`Cluster::route_external_via`]), as an upstream router would.
+pub const EXTERNAL_SERVICE_CIDR: &str = "203.0.113.0/24";
 /// Where [`ApiServer`] serves HTTPS.
 pub const API_SERVER_ADDR: &str = "192.168.0.1:6443";
 /// The Service CIDRs the API server allocates cluster IPs from (the clients
@@ -219,6 +227,7 @@ pub struct Cluster {
     // Field order is drop order: processes first, namespaces, then files.
     pods: Vec<Vec<ClusterPod>>,
     clients: Vec<Netns>,
+    external: Netns,
     nodes: Vec<Netns>,
     net: Netns,
     scratch: ScratchDir,
@@ -243,6 +252,7 @@ impl Cluster {
         let prefix = unique_prefix();
         let scratch = ScratchDir::new(&prefix)?;
         let net = Netns::create(&format!("{prefix}-net"))?;
+        let external = Netns::create(&format!("{prefix}-ext"))?;
         // From here on the guard removes what exists so far, also on error.
         let mut cluster = Self {
             prefix: prefix.clone(),
@@ -250,11 +260,13 @@ impl Cluster {
             ebpf_used: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             pods: Vec::with_capacity(nodes),
             clients: Vec::with_capacity(nodes),
+            external,
             nodes: Vec::with_capacity(nodes),
             net,
             scratch,
         };
         cluster.configure_net()?;
+        cluster.link_external()?;
         for i in 0..nodes {
             let node = Netns::create(&format!("{prefix}-node{i}"))?;
             cluster.nodes.push(node);
@@ -291,7 +303,57 @@ impl Cluster {
         for i in 0..nodes {
             cluster.route_other_nodes(i)?;
         }
+        cluster.route_external_via(0)?;
         Ok(cluster)
+    }
+
+    /// The external client: on the bridge with [`EXTERNAL_IP`] and
+    /// [`EXTERNAL_IP_2`], in no cgroup of the eBPF datapath, so everything it
+    /// sends reaches the nodes as packets from outside.
+    fn link_external(&self) -> Result<()> {
+        let net = &self.net;
+        net.run([
+            "ip",
+            "link",
+            "add",
+            "ext",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.external.name(),
+        ])?;
+        net.run(["ip", "link", "set", "ext", "master", "br0"])?;
+        net.run(["ip", "link", "set", "ext", "up"])?;
+        let ext = &self.external;
+        for ip in [EXTERNAL_IP, EXTERNAL_IP_2] {
+            ext.run(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        }
+        ext.run(["ip", "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Routes [`EXTERNAL_SERVICE_CIDR`] from the external client via node
+    /// `i` (replacing the route there was).
+    pub fn route_external_via(&self, i: usize) -> Result<()> {
+        self.external.run([
+            "ip",
+            "route",
+            "replace",
+            EXTERNAL_SERVICE_CIDR,
+            "via",
+            &node_ip4(i)?.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        Ok(())
+    }
+
+    /// The external client's namespace (see [`EXTERNAL_IP`]).
+    pub fn external(&self) -> &Netns {
+        &self.external
     }
 
     fn configure_net(&self) -> Result<()> {
@@ -604,8 +666,9 @@ impl Cluster {
     /// The configuration of node `i`'s daemon in `mode`, watching the API
     /// server of `kubeconfig`: `--hostname-override node-<i>`, metrics on
     /// `127.0.0.1:10249`, health on `0.0.0.0:10256` (both inside the node
-    /// namespace); in eBPF mode attached to client `i`'s cgroup and pinned
-    /// under [`Cluster::bpf_pin_path`]`(i)`.
+    /// namespace); in eBPF mode attached to client `i`'s cgroup, pinned
+    /// under [`Cluster::bpf_pin_path`]`(i)`, with the tc programs on `eth0`
+    /// (`--devices eth0`).
     pub fn daemon_config(&self, i: usize, mode: Mode, kubeconfig: &Path) -> Result<DaemonConfig> {
         ensure!(i < self.nodes.len(), "no node {i}");
         let ebpf = match mode {
@@ -618,9 +681,16 @@ impl Cluster {
                 pin_path: self.bpf_pin_path(i),
             }),
         };
+        // In eBPF mode the tc programs serve north-south traffic on the
+        // node's bridge link.
+        let extra_args = match mode {
+            Mode::Ebpf => vec!["--devices".to_owned(), "eth0".to_owned()],
+            Mode::Userspace => Vec::new(),
+        };
         Ok(DaemonConfig {
             hostname: node_name(i),
             proxy_mode: mode.flag().to_owned(),
+            extra_args,
             ebpf,
             metrics_bind: "127.0.0.1:10249".to_owned(),
             healthz_bind: "0.0.0.0:10256".to_owned(),
