@@ -14,6 +14,7 @@ use crate::controller::{Controller, ControllerConfig, Health};
 use crate::datapath::ebpf::{EbpfConfig, EbpfDatapath};
 use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
 use crate::datapath::{Datapath, Status};
+use crate::healthcheck::WithHealthChecks;
 use crate::http::{self, AdminState, Endpoints};
 use crate::metrics::Metrics;
 use crate::model::{NodeContext, NodePortAddresses};
@@ -153,13 +154,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if mode == ProxyMode::Ebpf {
         let datapath = EbpfDatapath::new(&config.ebpf)?;
         let status: Status = datapath.status();
+        let datapath = WithHealthChecks::new(datapath, HEALTH_CHECK_BIND);
         serve(config, feed, datapath, status, "ebpf").await
     } else {
         let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
         let status: Status = Arc::new(userspace::UserspaceStatus(datapath.proxy()));
+        let datapath = WithHealthChecks::new(datapath, HEALTH_CHECK_BIND);
         serve(config, feed, datapath, status, "userspace").await
     }
 }
+
+/// Where the health check node ports of `externalTrafficPolicy: Local` Services listen: every
+/// IPv4 address of the node, as kube-proxy's.
+const HEALTH_CHECK_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// Runs the controller over `datapath` with the sources, endpoints and signals.
 async fn serve<D: Datapath>(

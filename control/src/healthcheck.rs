@@ -376,6 +376,47 @@ async fn serve(listener: TcpListener, report: Arc<ArcSwap<Report>>, cancel: Canc
     }
 }
 
+/// A datapath that also answers the health check node ports of the frontends it programs:
+/// every diff reaches the datapath first, then the health check server.
+pub struct WithHealthChecks<D> {
+    inner: D,
+    server: HealthCheckServer,
+}
+
+impl<D> WithHealthChecks<D> {
+    /// `inner`, with health check listeners bound to `bind_ip`.
+    pub fn new(inner: D, bind_ip: IpAddr) -> WithHealthChecks<D> {
+        WithHealthChecks {
+            inner,
+            server: HealthCheckServer::new(bind_ip),
+        }
+    }
+}
+
+impl<D: crate::datapath::Datapath> crate::datapath::Datapath for WithHealthChecks<D> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn apply(&mut self, diff: &TableDiff) -> crate::datapath::Applied {
+        let applied = self.inner.apply(diff).await;
+        self.server.apply(diff).await;
+        applied
+    }
+
+    async fn verify(&mut self, want: &crate::model::ServiceTable) -> crate::datapath::Drift {
+        let drift = self.inner.verify(want).await;
+        // Retries ports that could not be bound.
+        self.server.apply(&TableDiff::default()).await;
+        drift
+    }
+
+    async fn shutdown(&mut self, grace: std::time::Duration) {
+        self.server.shutdown().await;
+        self.inner.shutdown(grace).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
