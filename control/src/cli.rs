@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::daemon::{DaemonConfig, Source};
 use crate::datapath::ebpf::{Devices, EbpfConfig};
 use crate::datapath::userspace::UserspaceConfig;
-use crate::source::cluster::ClusterConnection;
 use crate::model::NodePortAddresses;
+use crate::source::cluster::ClusterConnection;
 
 /// switchyard: a Kubernetes service proxy (a kube-proxy replacement).
 #[derive(Debug, Parser)]

@@ -17,7 +17,6 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     hash ^ (hash >> 33)
 }
 
-
 /// The table sizes switchyard uses: primes, each about twice the one before (as Cilium's).
 pub const TABLE_SIZES: [u32; 10] = [
     251, 509, 1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071,
@@ -88,7 +87,12 @@ mod tests {
         assert_eq!(table_size(3, 251), 509);
         assert_eq!(table_size(100_000, DEFAULT_TABLE_SIZE), 131_071);
         for size in TABLE_SIZES {
-            assert!((2..size).take_while(|d| d * d <= size).all(|d| size % d != 0), "{size} is prime");
+            assert!(
+                (2..size)
+                    .take_while(|d| d * d <= size)
+                    .all(|d| size % d != 0),
+                "{size} is prime"
+            );
         }
     }
 

@@ -25,7 +25,7 @@
 //! `cgroup/recvmsg*` and `cgroup/getpeername*`, so applications see the VIP.
 //! It balances sockets of processes in the configured cgroup only.
 //!
-//! The north-south load balancer ([`NodePortLb`]) serves NodePorts,
+//! The north-south load balancer ([`NodePortLb`]) serves `NodePorts`,
 //! external IPs and load-balancer IPs on the packet path: tc programs on the
 //! node's external interfaces over the same maps, with connection tracking
 //! (`sy_ct`, `sy_ct_rev`), SNAT for backends on other nodes, and
@@ -45,12 +45,13 @@ mod sys;
 
 pub use error::EbpfError;
 pub use maps::{
-    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FrontendKey, FrontendValue,
-    FLAG_SRC_RANGES, FrontendKind, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, Proto, SlotKey, Stats,
+    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FLAG_SRC_RANGES,
+    FrontendKey, FrontendKind, FrontendValue, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, Proto,
+    SlotKey, Stats,
 };
+pub use nodeport::{DeviceLink, Direction, NODEPORT_PROGRAMS, NodePortLb};
 pub use socket_lb::{
     LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SizeMismatch, SocketLb, SocketLbConfig,
     attached_programs, cleanup, probe,
 };
-pub use nodeport::{DeviceLink, Direction, NODEPORT_PROGRAMS, NodePortLb};
 pub use sockets::destroy_sockets_to;

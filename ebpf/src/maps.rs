@@ -15,8 +15,8 @@ mod tests;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use self::raw::{SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SySlotKey};
 pub use self::raw::MAGLEV_CHUNK;
+use self::raw::{SyBackend, SyFrontend, SyFrontendKey, SyMaglevKey, SySlotKey};
 
 /// `SY_FAMILY_V4`.
 pub const FAMILY_V4: u8 = 4;
@@ -342,7 +342,7 @@ impl TryFrom<SyBackend> for BackendValue {
     type Error = DecodeError;
 
     fn try_from(raw: SyBackend) -> Result<Self, Self::Error> {
-        Ok(Self {
+        Self {
             addr: SocketAddr::new(addr_from_raw(raw.addr, raw.family)?, u16::from_be(raw.port)),
             state: if raw.state & BACKEND_TERMINATING != 0 {
                 BackendState::Terminating
@@ -351,7 +351,7 @@ impl TryFrom<SyBackend> for BackendValue {
             },
             local: raw.state & BACKEND_LOCAL != 0,
         }
-        .checked(raw.state)?)
+        .checked(raw.state)
     }
 }
 

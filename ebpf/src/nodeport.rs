@@ -114,12 +114,13 @@ impl NodePortLb {
         for device in devices {
             let ifindex = ifindex_of(device)?;
             for (program, direction) in NODEPORT_PROGRAMS {
-                let (state, link_id) =
-                    ensure_tc_link(&mut ebpf, &pin_path, program, direction, device, ifindex, true)?
-                        .ok_or_else(|| EbpfError::Pin {
-                            path: tc_link_pin(&pin_path, direction, device),
-                            detail: "link neither reused nor attached".to_owned(),
-                        })?;
+                let (state, link_id) = ensure_tc_link(
+                    &mut ebpf, &pin_path, program, direction, device, ifindex, true,
+                )?
+                .ok_or_else(|| EbpfError::Pin {
+                    path: tc_link_pin(&pin_path, direction, device),
+                    detail: "link neither reused nor attached".to_owned(),
+                })?;
                 links.push(DeviceLink {
                     device: device.clone(),
                     program,
@@ -180,13 +181,8 @@ impl NodePortLb {
 }
 
 fn ifindex_of(device: &str) -> Result<u32, EbpfError> {
-    nix::net::if_::if_nametoindex(device).map_err(|errno| {
-        EbpfError::io(
-            "find interface",
-            Path::new(device),
-            io::Error::from(errno),
-        )
-    })
+    nix::net::if_::if_nametoindex(device)
+        .map_err(|errno| EbpfError::io("find interface", Path::new(device), io::Error::from(errno)))
 }
 
 fn tc_link_pin(pin_path: &Path, direction: Direction, device: &str) -> PathBuf {
@@ -294,7 +290,8 @@ fn ensure_tc_link(
         path: pin.clone(),
         detail: error.to_string(),
     })?);
-    let link = sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
+    let link =
+        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
     let info = sys::link_info(link.as_fd())
         .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
     Ok(Some((LinkState::Attached, info.id)))

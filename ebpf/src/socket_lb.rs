@@ -412,7 +412,12 @@ impl SocketLb {
             IterableMap::map(&*self.srcranges.lock()),
             &mut repaired,
         )?;
-        repin_map(dir, "sy_ct", IterableMap::map(&*self.ct.lock()), &mut repaired)?;
+        repin_map(
+            dir,
+            "sy_ct",
+            IterableMap::map(&*self.ct.lock()),
+            &mut repaired,
+        )?;
         repin_map(
             dir,
             "sy_ct_rev",
@@ -607,7 +612,12 @@ impl SocketLb {
 
     /// Removes the chunks of `service_id`'s table beyond the first `keep`
     /// entries, up to `old_size` (a table that shrank).
-    pub fn maglev_trim_table(&self, service_id: u32, keep: u32, old_size: u32) -> Result<(), EbpfError> {
+    pub fn maglev_trim_table(
+        &self,
+        service_id: u32,
+        keep: u32,
+        old_size: u32,
+    ) -> Result<(), EbpfError> {
         for chunk in chunks_of(keep as usize)..chunks_of(old_size as usize) {
             let key = MaglevKey::new(service_id, chunk);
             delete(&self.maglev, "sy_maglev", &key, &SyMaglevKey::from(key))?;
@@ -623,11 +633,17 @@ impl SocketLb {
         self.srcranges
             .lock()
             .insert(&key, 1u8, 0)
-            .map_err(|source| map_write_error("sy_srcranges", &SourceRange(service_id, range), source))
+            .map_err(|source| {
+                map_write_error("sy_srcranges", &SourceRange(service_id, range), source)
+            })
     }
 
     /// Removes `range` from `service_id`'s admitted sources.
-    pub fn source_range_delete(&self, service_id: u32, range: ipnet::IpNet) -> Result<bool, EbpfError> {
+    pub fn source_range_delete(
+        &self,
+        service_id: u32,
+        range: ipnet::IpNet,
+    ) -> Result<bool, EbpfError> {
         let key = source_range_key(service_id, range);
         match self.srcranges.lock().remove(&key) {
             Ok(()) => Ok(true),
@@ -643,8 +659,11 @@ impl SocketLb {
     }
 
     /// Every admitted source range, by service id.
-    pub fn source_ranges(&self) -> Result<std::collections::BTreeMap<u32, Vec<ipnet::IpNet>>, EbpfError> {
-        let mut out: std::collections::BTreeMap<u32, Vec<ipnet::IpNet>> = std::collections::BTreeMap::new();
+    pub fn source_ranges(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<ipnet::IpNet>>, EbpfError> {
+        let mut out: std::collections::BTreeMap<u32, Vec<ipnet::IpNet>> =
+            std::collections::BTreeMap::new();
         for key in self.srcranges.lock().keys() {
             let key = key.map_err(|source| iterate_error("sy_srcranges", source))?;
             let data = key.data();
@@ -653,8 +672,11 @@ impl SocketLb {
             };
             // An IPv4 range has at most 32 bits and its address in the first four bytes.
             let net = if bits <= 32 && data.addr[4..].iter().all(|b| *b == 0) {
-                let a = std::net::Ipv4Addr::new(data.addr[0], data.addr[1], data.addr[2], data.addr[3]);
-                ipnet::Ipv4Net::new(a, bits as u8).map(ipnet::IpNet::V4).ok()
+                let a =
+                    std::net::Ipv4Addr::new(data.addr[0], data.addr[1], data.addr[2], data.addr[3]);
+                ipnet::Ipv4Net::new(a, bits as u8)
+                    .map(ipnet::IpNet::V4)
+                    .ok()
             } else {
                 ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(data.addr), bits as u8)
                     .map(ipnet::IpNet::V6)

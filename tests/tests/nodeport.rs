@@ -121,7 +121,14 @@ fn external_get_from(
 
 /// A Service `name` of `type_` selecting `app=<app>`: port 80 to the pods' 8080 (and UDP 53 to
 /// 5353), with the node port, and `extra` merged into its spec and object.
-fn service(name: &str, app: &str, cluster_ip: &str, node_port: u16, type_: &str, extra: Value) -> Value {
+fn service(
+    name: &str,
+    app: &str,
+    cluster_ip: &str,
+    node_port: u16,
+    type_: &str,
+    extra: Value,
+) -> Value {
     let mut value = objects::Service::new(name)
         .cluster_ips(&[cluster_ip])
         .selector("app", app)
@@ -217,7 +224,13 @@ fn nodeport_external_and_load_balancer_ips_answer_from_outside() -> Result<()> {
     );
 
     // UDP through the NodePort too.
-    let reply = udp_names(&setup.cluster, &setup.cluster.node_ip(0).to_string(), NODE_PORT, 40000, 8)?;
+    let reply = udp_names(
+        &setup.cluster,
+        &setup.cluster.node_ip(0).to_string(),
+        NODE_PORT,
+        40000,
+        8,
+    )?;
     ensure!(
         reply.values().all(|n| web.contains(n)),
         "UDP through the NodePort: {reply:?}"
@@ -301,7 +314,12 @@ print(answers, failures)
     let target = target.to_owned();
     let seconds = duration.as_secs_f64().to_string();
     Ok(std::thread::spawn(move || {
-        let out = client::python(&ns, SCRIPT, &[&target, &seconds], duration + Duration::from_secs(10))?;
+        let out = client::python(
+            &ns,
+            SCRIPT,
+            &[&target, &seconds],
+            duration + Duration::from_secs(10),
+        )?;
         let mut parts = out.split_whitespace();
         let answers: usize = parts.next().context("answers")?.parse()?;
         let failures: usize = parts.next().context("failures")?.parse()?;
@@ -403,7 +421,10 @@ fn local_policy_keeps_the_client_address_and_health_checks_follow_local_pods() -
         let name = setup
             .external_get(&format!("http://{}:30081/", setup.cluster.node_ip(i)))?
             .map_err(|code| anyhow::anyhow!("node {i} failed (curl {code})"))?;
-        ensure!(name == setup.cluster.pod(i, 0).name(), "node {i} answered {name}");
+        ensure!(
+            name == setup.cluster.pod(i, 0).name(),
+            "node {i} answered {name}"
+        );
     }
     // Node 2 has no local pod: no answer at all.
     let silent = setup.external_get(&format!("http://{}:30081/", setup.cluster.node_ip(2)))?;
@@ -423,17 +444,16 @@ fn local_policy_keeps_the_client_address_and_health_checks_follow_local_pods() -
 
     // The last local pod of node 0 goes: its health check flips to 503 within a second.
     let gone = Instant::now();
-    setup
-        .api
-        .kubectl()
-        .run(&["delete", "pod", &setup.cluster.pod(0, 0).name(), "--wait=false"])?;
+    setup.api.kubectl().run(&[
+        "delete",
+        "pod",
+        &setup.cluster.pod(0, 0).name(),
+        "--wait=false",
+    ])?;
     let flip = setup.with_logs(poll_until(
         "node 0's health check to flip to 503",
         Duration::from_secs(5),
-        || {
-            Ok((health_check(&setup.cluster, 0, HEALTH_PORT)? == (503, 0))
-                .then(|| gone.elapsed()))
-        },
+        || Ok((health_check(&setup.cluster, 0, HEALTH_PORT)? == (503, 0)).then(|| gone.elapsed())),
     ))?;
     eprintln!("health check flipped {flip:?} after the pod's deletion");
     ensure!(

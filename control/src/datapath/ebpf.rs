@@ -82,7 +82,9 @@ fn interfaces_holding(addrs: &BTreeSet<IpAddr>) -> Vec<String> {
     };
     let mut out: BTreeSet<String> = BTreeSet::new();
     for ifaddr in list {
-        let Some(address) = ifaddr.address else { continue };
+        let Some(address) = ifaddr.address else {
+            continue;
+        };
         let ip = if let Some(v4) = address.as_sockaddr_in() {
             IpAddr::V4(v4.ip())
         } else if let Some(v6) = address.as_sockaddr_in6() {
@@ -228,7 +230,12 @@ fn backend_value(backend: &crate::model::Backend) -> BackendValue {
 
 /// The entry's source ranges as the kernel holds them: sorted, without duplicates.
 fn ranges_of(entry: &ServiceEntry) -> Vec<IpNet> {
-    let mut ranges: Vec<IpNet> = entry.source_ranges.iter().flatten().map(IpNet::trunc).collect();
+    let mut ranges: Vec<IpNet> = entry
+        .source_ranges
+        .iter()
+        .flatten()
+        .map(IpNet::trunc)
+        .collect();
     ranges.sort();
     ranges.dedup();
     ranges

@@ -319,10 +319,12 @@ impl NodePortAddresses {
         value
             .split(',')
             .map(|c| {
-                c.trim()
-                    .parse::<IpNet>()
-                    .map(|n| n.trunc())
-                    .map_err(|_| format!("{:?} is not a CIDR (want `primary` or CIDRs such as 192.168.0.0/24)", c.trim()))
+                c.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                    format!(
+                        "{:?} is not a CIDR (want `primary` or CIDRs such as 192.168.0.0/24)",
+                        c.trim()
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(NodePortAddresses::Cidrs)
@@ -502,7 +504,10 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     });
     let source_ranges = source_ranges(service);
     let health_check_node_port = (spec.type_.as_deref() == Some("LoadBalancer") && external_local)
-        .then(|| spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()))
+        .then(|| {
+            spec.health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+        })
         .flatten()
         .filter(|p| *p != 0);
 
@@ -585,22 +590,23 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 &node.name,
                 internal_local.then_some(node.name.as_str()),
             );
-            let external = frontends
-                .iter()
-                .any(|(_, _, k)| k.is_external())
-                .then(|| {
-                    select_backends(
-                        candidates,
-                        &node.name,
-                        external_local.then_some(node.name.as_str()),
-                    )
-                });
+            let external = frontends.iter().any(|(_, _, k)| k.is_external()).then(|| {
+                select_backends(
+                    candidates,
+                    &node.name,
+                    external_local.then_some(node.name.as_str()),
+                )
+            });
             for (addr, frontend_port, kind) in frontends {
                 if !taken.insert((addr, frontend_port, proto)) {
                     continue;
                 }
                 let is_external = kind.is_external();
-                let local = if is_external { external_local } else { internal_local };
+                let local = if is_external {
+                    external_local
+                } else {
+                    internal_local
+                };
                 let (backends, draining) = if is_external {
                     external.clone().unwrap_or_default()
                 } else {
@@ -619,7 +625,11 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                     draining,
                     // North-south traffic may arrive at any node: every node must choose the
                     // same backend for a flow, so it is always balanced through Maglev.
-                    algorithm: if is_external { Algorithm::Maglev } else { algorithm },
+                    algorithm: if is_external {
+                        Algorithm::Maglev
+                    } else {
+                        algorithm
+                    },
                     affinity,
                     on_empty: if local {
                         EmptyAction::Drop

@@ -78,10 +78,7 @@ fn run(objects: Vec<Object>) -> (ServiceTable, Vec<Warning>) {
     for object in objects {
         store.upsert(object);
     }
-    compute_table(
-        &store,
-        &NodeContext::named(NODE),
-    )
+    compute_table(&store, &NodeContext::named(NODE))
 }
 
 /// `vip:port/proto -> sorted "ip:port" backends`, for compact expectations.
@@ -967,7 +964,11 @@ fn north_south_frontends() {
     let cases: Vec<(&str, Vec<Object>, &NodeContext, Vec<String>)> = vec![
         (
             "NodePort on every node address of the Service's family, Maglev, SNAT to the InternalIP",
-            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            vec![
+                service(svc(json!({"type": "NodePort"}))),
+                endpoints(),
+                this_node(),
+            ],
             &all,
             vec![
                 format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
@@ -977,7 +978,11 @@ fn north_south_frontends() {
         ),
         (
             "--nodeport-addresses primary: the first InternalIP",
-            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            vec![
+                service(svc(json!({"type": "NodePort"}))),
+                endpoints(),
+                this_node(),
+            ],
             &primary,
             vec![
                 format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
@@ -986,7 +991,11 @@ fn north_south_frontends() {
         ),
         (
             "--nodeport-addresses CIDR",
-            vec![service(svc(json!({"type": "NodePort"}))), endpoints(), this_node()],
+            vec![
+                service(svc(json!({"type": "NodePort"}))),
+                endpoints(),
+                this_node(),
+            ],
             &external_only,
             vec![
                 format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
@@ -1055,8 +1064,10 @@ fn north_south_frontends() {
              the health check node port; internal traffic keeps every endpoint",
             vec![
                 with_status(
-                    svc(json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
-                               "healthCheckNodePort": 32000})),
+                    svc(
+                        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                               "healthCheckNodePort": 32000}),
+                    ),
                     json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}),
                 ),
                 endpoints(),
@@ -1065,15 +1076,18 @@ fn north_south_frontends() {
             &primary,
             vec![
                 format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
-                "LoadBalancer 198.51.100.9:80/TCP Maglev drop hc=32000 -> 10.244.0.11(l)".to_owned(),
+                "LoadBalancer 198.51.100.9:80/TCP Maglev drop hc=32000 -> 10.244.0.11(l)"
+                    .to_owned(),
                 "NodePort 192.168.0.10:30080/TCP Maglev drop hc=32000 -> 10.244.0.11(l)".to_owned(),
             ],
         ),
         (
             "externalTrafficPolicy Local on a NodePort Service has no health check node port",
             vec![
-                service(svc(json!({"type": "NodePort", "externalTrafficPolicy": "Local",
-                                   "healthCheckNodePort": 32000}))),
+                service(svc(
+                    json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+                                   "healthCheckNodePort": 32000}),
+                )),
                 endpoints(),
                 this_node(),
             ],
@@ -1086,7 +1100,9 @@ fn north_south_frontends() {
         (
             "internalTrafficPolicy Local narrows the ClusterIP only",
             vec![
-                service(svc(json!({"type": "NodePort", "internalTrafficPolicy": "Local"}))),
+                service(svc(
+                    json!({"type": "NodePort", "internalTrafficPolicy": "Local"}),
+                )),
                 endpoints(),
                 this_node(),
             ],
@@ -1129,7 +1145,9 @@ fn north_south_frontends() {
             &primary,
             vec![
                 format!("ClusterIP 10.96.0.10:80/TCP Random -> {b}"),
-                format!("LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 ranges=[] -> {b}"),
+                format!(
+                    "LoadBalancer 198.51.100.9:80/TCP Maglev snat=192.168.0.10 ranges=[] -> {b}"
+                ),
                 format!("NodePort 192.168.0.10:30080/TCP Maglev snat=192.168.0.10 -> {b}"),
             ],
         ),
@@ -1161,10 +1179,17 @@ fn north_south_frontends() {
         (
             "dual stack: each family's node address with its own endpoints",
             vec![
-                service(json!({"type": "NodePort", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-                               "ports": [{"port": 80, "nodePort": 30080}]})),
+                service(
+                    json!({"type": "NodePort", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                               "ports": [{"port": 80, "nodePort": 30080}]}),
+                ),
                 endpoints(),
-                slice("web-b", "IPv6", json!([{"port": 8080}]), json!([ep("fd00:244::11", ready())])),
+                slice(
+                    "web-b",
+                    "IPv6",
+                    json!([{"port": 8080}]),
+                    json!([ep("fd00:244::11", ready())]),
+                ),
                 this_node(),
             ],
             &primary,
@@ -1246,7 +1271,10 @@ fn north_south_bad_input_is_reported() {
 
 #[test]
 fn nodeport_addresses_flag() {
-    assert_eq!(NodePortAddresses::parse("").unwrap(), NodePortAddresses::All);
+    assert_eq!(
+        NodePortAddresses::parse("").unwrap(),
+        NodePortAddresses::All
+    );
     assert_eq!(
         NodePortAddresses::parse("Primary").unwrap(),
         NodePortAddresses::Primary

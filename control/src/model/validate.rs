@@ -203,7 +203,12 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
         parse_ip(&format!("spec.externalIPs[{i}]"), ip.trim())?;
     }
-    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, range) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         check_cidr(&format!("spec.loadBalancerSourceRanges[{i}]"), range)?;
     }
     if let Some(ranges) = service
@@ -214,7 +219,10 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
     {
         for range in ranges.split(',').filter(|r| !r.trim().is_empty()) {
             check_cidr(
-                &format!("metadata.annotations[{:?}]", super::ANNOTATION_SOURCE_RANGES),
+                &format!(
+                    "metadata.annotations[{:?}]",
+                    super::ANNOTATION_SOURCE_RANGES
+                ),
                 range,
             )?;
         }
@@ -222,7 +230,11 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
     if let Some(port) = spec.health_check_node_port {
         check_port("spec.healthCheckNodePort", port)?;
     }
-    if let Some(status) = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+    if let Some(status) = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+    {
         for (i, ingress) in status.ingress.iter().flatten().enumerate() {
             if let Some(ip) = ingress.ip.as_deref().filter(|ip| !ip.is_empty()) {
                 parse_ip(&format!("status.loadBalancer.ingress[{i}].ip"), ip.trim())?;

@@ -231,7 +231,10 @@ fn frontend_value_is_host_order() {
         ..value
     };
     assert_eq!(FrontendValue::try_from(SyFrontend::from(v6)), Ok(v6));
-    let none = FrontendValue { snat: None, ..value };
+    let none = FrontendValue {
+        snat: None,
+        ..value
+    };
     assert_eq!(FrontendValue::try_from(SyFrontend::from(none)), Ok(none));
 }
 
