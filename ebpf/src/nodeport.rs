@@ -11,11 +11,11 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use aya::Ebpf;
 use aya::programs::links::FdLink;
 use aya::programs::{SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
 
-use crate::socket_lb::SocketLbConfig;
+use crate::socket_lb::{SocketLbConfig, parse_over_pins, remove_pin};
 use crate::{EbpfError, LinkState, sys};
 
 /// The compiled `nodeport.bpf.c`.
@@ -191,15 +191,7 @@ fn tc_link_pin(pin_path: &Path, direction: Direction, device: &str) -> PathBuf {
 
 /// Parses the object over the pinned maps and loads the tc programs.
 fn load(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Ebpf, EbpfError> {
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(pin_dir);
-    for (name, size) in max_entries {
-        loader.map_max_entries(name, *size);
-    }
-    let mut ebpf = loader.load(OBJECT).map_err(|source| EbpfError::Load {
-        pin_path: pin_dir.to_owned(),
-        source: Box::new(source),
-    })?;
+    let mut ebpf = parse_over_pins(OBJECT, pin_dir, max_entries)?;
     for (program, _) in NODEPORT_PROGRAMS {
         classifier(&mut ebpf, program)?
             .load()
@@ -295,14 +287,6 @@ fn ensure_tc_link(
     let info = sys::link_info(link.as_fd())
         .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
     Ok(Some((LinkState::Attached, info.id)))
-}
-
-fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
-    match std::fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(EbpfError::io("unpin", pin, error)),
-    }
 }
 
 /// The tc link pins in `pin_path`, with the interface each names.

@@ -1007,15 +1007,7 @@ fn prepare_pin_dir(pin_path: &Path) -> Result<(), EbpfError> {
 /// Parses the object and creates (or reuses, from `pin_dir`) its maps, then
 /// loads every program into the kernel (the verifier runs here).
 fn load_object(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Ebpf, EbpfError> {
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(pin_dir);
-    for (name, size) in max_entries {
-        loader.map_max_entries(name, *size);
-    }
-    let mut ebpf = loader.load(OBJECT).map_err(|source| EbpfError::Load {
-        pin_path: pin_dir.to_owned(),
-        source: Box::new(source),
-    })?;
+    let mut ebpf = parse_over_pins(OBJECT, pin_dir, max_entries)?;
     for program in PROGRAMS {
         cgroup_program(&mut ebpf, program)?
             .load()
@@ -1026,6 +1018,25 @@ fn load_object(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Eb
             })?;
     }
     Ok(ebpf)
+}
+
+/// Parses a BPF object and creates its maps, or reuses those pinned in
+/// `pin_dir` (every map of both objects is pinned by name there), sized as
+/// `max_entries` says.
+pub(crate) fn parse_over_pins(
+    object: &[u8],
+    pin_dir: &Path,
+    max_entries: &[(&'static str, u32)],
+) -> Result<Ebpf, EbpfError> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (name, size) in max_entries {
+        loader.map_max_entries(name, *size);
+    }
+    loader.load(object).map_err(|source| EbpfError::Load {
+        pin_path: pin_dir.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 fn cgroup_program<'a>(
@@ -1071,7 +1082,7 @@ fn open_attached_link(pin: &Path, cgroup_id: u64) -> Result<Option<OwnedFd>, Ebp
     }
 }
 
-fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
+pub(crate) fn remove_pin(pin: &Path) -> Result<(), EbpfError> {
     match std::fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
