@@ -20,6 +20,14 @@
 //!        fd00:244:1::/64, fd00:10:1::/64 via fd00:192::11  (and the IPv6 equivalents)
 //! ```
 //!
+//! An external client (`<prefix>-ext`, [`Cluster::external`]) sits on the
+//! bridge as a host outside the cluster: `192.168.0.200` and `.201`
+//! ([`EXTERNAL_IP`], [`EXTERNAL_IP_2`]), in no cgroup, so what it sends
+//! reaches a node as packets from outside; it routes external and
+//! load-balancer IPs ([`EXTERNAL_SERVICE_CIDR`], `203.0.113.0/24`) via one
+//! node ([`Cluster::route_external_via`], node 0 at first) and has no other
+//! route.
+//!
 //! Node `i` is `node-<i>` in manifests ([`Cluster::node_name`]); its bridge
 //! address is `192.168.0.<10+i>` (`fd00:192::<10+i>`), its pod CIDR
 //! `10.244.<i>.0/24` (`fd00:244:<i>::/64`), its client link `10.0.<i>.0/24`
