@@ -222,6 +222,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "IFACE[,IFACE]|none", value_delimiter = ',')]
     pub devices: Vec<String>,
 
+    /// eBPF mode: also serve north-south traffic in XDP on `--devices`, ahead of tc: a
+    /// translated packet that leaves through the interface it arrived on (a backend on another
+    /// node, a reply to its client) is sent back out from the driver; everything else falls
+    /// through to the tc programs. Native XDP where the driver has it, generic otherwise.
+    #[arg(long)]
+    pub xdp: bool,
+
     /// eBPF mode: the smallest Maglev table of a north-south frontend (one of 251, 509, 1021,
     /// 2039, 4093, 8191, 16381, 32749, 65521, 131071). A frontend gets the smallest of these
     /// with at least 100 entries per backend. Every node must use the same value, so that all
@@ -370,6 +377,7 @@ impl RunArgs {
                 },
                 close_stale_sockets: self.close_stale_sockets,
                 devices: Devices::from_flag(&self.devices),
+                xdp: self.xdp,
                 maglev_table_size: self.maglev_table_size,
             },
             userspace: UserspaceConfig {

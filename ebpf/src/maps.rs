@@ -446,6 +446,8 @@ pub struct Stats {
     pub ns_snat_failed: u64,
     /// Packet level: packets translated, both directions.
     pub ns_packets: u64,
+    /// Of those, sent back out by the XDP program.
+    pub xdp_tx: u64,
 }
 
 /// Indices into `sy_stats` (`enum sy_stat`).
@@ -458,9 +460,10 @@ pub(crate) mod stat {
     pub const NS_DENIED: u32 = 5;
     pub const NS_SNAT_FAILED: u32 = 6;
     pub const NS_PACKETS: u32 = 7;
+    pub const XDP_TX: u32 = 8;
     #[cfg_attr(
         not(test),
         allow(dead_code, reason = "checked against the header by the layout test")
     )]
-    pub const MAX: u32 = 8;
+    pub const MAX: u32 = 9;
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::programs::links::FdLink;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
 use crate::socket_lb::{SocketLbConfig, parse_over_pins, remove_pin};
 use crate::{EbpfError, LinkState, sys};
@@ -35,6 +35,10 @@ const TCX_EGRESS: u32 = 47;
 
 /// Prefix of the pins of the tc links: `link_tc_<direction>_<interface>`.
 const TC_LINK_PREFIX: &str = "link_tc_";
+/// Prefix of the pins of the XDP links: `link_xdp_<interface>`.
+const XDP_LINK_PREFIX: &str = "link_xdp_";
+/// The XDP program (`--xdp`).
+pub const XDP_PROGRAM: &str = "sy_nodeport_xdp";
 
 /// Which way a tc program sees packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +72,16 @@ impl Direction {
     }
 }
 
+/// How the XDP program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver (native XDP).
+    Driver,
+    /// In the stack, for drivers without XDP (generic XDP; slower than
+    /// native, still before tc).
+    Generic,
+}
+
 /// One program's attachment to one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceLink {
@@ -79,6 +93,8 @@ pub struct DeviceLink {
     pub state: LinkState,
     /// The kernel's id of the link.
     pub link_id: u32,
+    /// For the XDP program: native or generic.
+    pub xdp: Option<XdpAttach>,
 }
 
 /// The loaded packet-level programs and their links.
@@ -88,6 +104,7 @@ pub struct NodePortLb {
     ebpf: Ebpf,
     pin_path: PathBuf,
     devices: Vec<String>,
+    xdp: bool,
     links: Vec<DeviceLink>,
 }
 
@@ -106,8 +123,11 @@ impl NodePortLb {
     /// attaches them to every interface of `devices` (ingress and egress).
     /// A link pinned by an earlier run on the same interface is kept and
     /// its program replaced in place; links pinned for interfaces that are
-    /// no longer listed are detached.
-    pub fn open(sizes: &SocketLbConfig, devices: &[String]) -> Result<Self, EbpfError> {
+    /// no longer listed are detached. With `xdp`, the XDP fast path is
+    /// attached in front of the tc programs too (native where the driver has
+    /// it, generic otherwise); without, an XDP link left by an earlier run
+    /// is detached.
+    pub fn open(sizes: &SocketLbConfig, devices: &[String], xdp: bool) -> Result<Self, EbpfError> {
         let pin_path = sizes.pin_path.clone();
         let mut ebpf = load(&pin_path, &sizes.max_entries())?;
         let mut links = Vec::new();
@@ -126,21 +146,41 @@ impl NodePortLb {
                     program,
                     state,
                     link_id,
+                    xdp: None,
+                });
+            }
+            if xdp {
+                let (state, link_id, mode) = ensure_xdp_link(
+                    &mut ebpf, &pin_path, device, ifindex, true,
+                )?
+                .ok_or_else(|| EbpfError::Pin {
+                    path: xdp_link_pin(&pin_path, device),
+                    detail: "link neither reused nor attached".to_owned(),
+                })?;
+                links.push(DeviceLink {
+                    device: device.clone(),
+                    program: XDP_PROGRAM,
+                    state,
+                    link_id,
+                    xdp: Some(mode),
                 });
             }
         }
         let wanted: BTreeSet<&str> = devices.iter().map(String::as_str).collect();
-        detach_other_devices(&pin_path, &wanted)?;
+        let none = BTreeSet::new();
+        detach_other_devices(&pin_path, &wanted, if xdp { &wanted } else { &none })?;
         tracing::info!(
             devices = ?devices,
             reused = links.iter().filter(|l| l.state == LinkState::Reused).count(),
             attached = links.iter().filter(|l| l.state == LinkState::Attached).count(),
-            "north-south tc programs attached (TCX)"
+            xdp = ?links.iter().filter_map(|l| l.xdp).collect::<Vec<_>>(),
+            "north-south programs attached (tc through TCX, and XDP with --xdp)"
         );
         Ok(Self {
             ebpf,
             pin_path,
             devices: devices.to_vec(),
+            xdp,
             links,
         })
     }
@@ -175,6 +215,15 @@ impl NodePortLb {
                     ));
                 }
             }
+            if self.xdp
+                && let Some((_, link_id, _)) =
+                    ensure_xdp_link(&mut self.ebpf, &self.pin_path, device, ifindex, false)?
+            {
+                tracing::warn!(%device, link_id, "XDP program was not attached: re-attached");
+                repaired.push(format!(
+                    "{XDP_PROGRAM} on {device}: not attached: re-attached (link {link_id})"
+                ));
+            }
         }
         Ok(repaired)
     }
@@ -201,6 +250,13 @@ fn load(pin_dir: &Path, max_entries: &[(&'static str, u32)]) -> Result<Ebpf, Ebp
                 source: Box::new(source),
             })?;
     }
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|source| EbpfError::Program {
+            program: XDP_PROGRAM,
+            action: "load".to_owned(),
+            source: Box::new(source),
+        })?;
     Ok(ebpf)
 }
 
@@ -219,6 +275,94 @@ fn classifier<'a>(
             action: "as a tc classifier".to_owned(),
             source: Box::new(source),
         })
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name: XDP_PROGRAM,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: XDP_PROGRAM,
+            action: "as an XDP program".to_owned(),
+            source: Box::new(source),
+        })
+}
+
+fn xdp_link_pin(pin_path: &Path, device: &str) -> PathBuf {
+    pin_path.join(format!("{XDP_LINK_PREFIX}{device}"))
+}
+
+/// Makes sure the XDP program is attached to `device` through a pinned XDP
+/// link: native first, generic when the driver refuses. As
+/// [`ensure_tc_link`] for a link that is already there (the mode it was
+/// attached in is not known then, and reported as native).
+fn ensure_xdp_link(
+    ebpf: &mut Ebpf,
+    pin_path: &Path,
+    device: &str,
+    ifindex: u32,
+    update: bool,
+) -> Result<Option<(LinkState, u32, XdpAttach)>, EbpfError> {
+    let pin = xdp_link_pin(pin_path, device);
+    let prog = xdp_program(ebpf)?;
+    if let Ok(link) = sys::obj_get(&pin) {
+        match sys::link_info(link.as_fd()) {
+            Ok(info) if info.link_type == sys::LINK_TYPE_XDP && info.ifindex == ifindex => {
+                if !update {
+                    return Ok(None);
+                }
+                let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
+                    program: XDP_PROGRAM,
+                    action: "get its fd".to_owned(),
+                    source: Box::new(source),
+                })?;
+                if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
+                    tracing::warn!(%device, %error, "could not update the pinned XDP link's program; keeping the old one");
+                }
+                return Ok(Some((LinkState::Reused, info.id, XdpAttach::Driver)));
+            }
+            info => {
+                tracing::warn!(pin = %pin.display(), ?info, "pinned XDP link is not attached to its interface: replacing it");
+                let _ = sys::link_detach(link.as_fd());
+                remove_pin(&pin)?;
+            }
+        }
+    }
+    let (id, mode) = match prog.attach(device, XdpMode::Driver) {
+        Ok(id) => (id, XdpAttach::Driver),
+        Err(native) => {
+            tracing::info!(%device, error = %native, "native XDP refused: attaching generic XDP");
+            let id = prog
+                .attach(device, XdpMode::Skb)
+                .map_err(|source| EbpfError::Program {
+                    program: XDP_PROGRAM,
+                    action: format!("attach to {device}"),
+                    source: Box::new(source),
+                })?;
+            (id, XdpAttach::Generic)
+        }
+    };
+    let link = prog.take_link(id).map_err(|source| EbpfError::Program {
+        program: XDP_PROGRAM,
+        action: format!("take its link on {device}"),
+        source: Box::new(source),
+    })?;
+    let fd_link = FdLink::try_from(link).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: format!("the XDP program on {device} was not attached as a link ({error})"),
+    })?;
+    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
+        path: pin.clone(),
+        detail: error.to_string(),
+    })?);
+    let link =
+        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
+    let info = sys::link_info(link.as_fd())
+        .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
+    Ok(Some((LinkState::Attached, info.id, mode)))
 }
 
 /// Makes sure `program` is attached to `device` in `direction` through a
@@ -289,8 +433,9 @@ fn ensure_tc_link(
     Ok(Some((LinkState::Attached, info.id)))
 }
 
-/// The tc link pins in `pin_path`, with the interface each names.
-fn tc_link_pins(pin_path: &Path) -> Vec<(PathBuf, String)> {
+/// The tc and XDP link pins in `pin_path`, with the interface each names
+/// and whether it is an XDP one.
+fn device_link_pins(pin_path: &Path) -> Vec<(PathBuf, String, bool)> {
     let Ok(entries) = std::fs::read_dir(pin_path) else {
         return Vec::new();
     };
@@ -298,26 +443,35 @@ fn tc_link_pins(pin_path: &Path) -> Vec<(PathBuf, String)> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
+            if let Some(device) = name.strip_prefix(XDP_LINK_PREFIX) {
+                return Some((entry.path(), device.to_owned(), true));
+            }
             let rest = name.strip_prefix(TC_LINK_PREFIX)?;
             let device = rest
                 .strip_prefix("ingress_")
                 .or_else(|| rest.strip_prefix("egress_"))?;
-            Some((entry.path(), device.to_owned()))
+            Some((entry.path(), device.to_owned(), false))
         })
         .collect()
 }
 
-/// Detaches and unpins the tc links of interfaces not in `wanted`.
-fn detach_other_devices(pin_path: &Path, wanted: &BTreeSet<&str>) -> Result<(), EbpfError> {
-    for (pin, device) in tc_link_pins(pin_path) {
-        if wanted.contains(device.as_str()) {
+/// Detaches and unpins the tc links of interfaces not in `tc`, and the XDP
+/// links of interfaces not in `xdp`.
+fn detach_other_devices(
+    pin_path: &Path,
+    tc: &BTreeSet<&str>,
+    xdp: &BTreeSet<&str>,
+) -> Result<(), EbpfError> {
+    for (pin, device, is_xdp) in device_link_pins(pin_path) {
+        let keep = if is_xdp { xdp } else { tc };
+        if keep.contains(device.as_str()) {
             continue;
         }
         if let Ok(link) = sys::obj_get(&pin) {
             let _ = sys::link_detach(link.as_fd());
         }
         remove_pin(&pin)?;
-        tracing::info!(%device, "detached the tc programs of an interface no longer in --devices");
+        tracing::info!(%device, xdp = is_xdp, "detached north-south programs no longer wanted on the interface");
     }
     Ok(())
 }
@@ -325,5 +479,5 @@ fn detach_other_devices(pin_path: &Path, wanted: &BTreeSet<&str>) -> Result<(), 
 /// Detaches and unpins every tc link pinned in `pin_path` (part of
 /// [`crate::cleanup`]).
 pub(crate) fn cleanup_devices(pin_path: &Path) -> Result<(), EbpfError> {
-    detach_other_devices(pin_path, &BTreeSet::new())
+    detach_other_devices(pin_path, &BTreeSet::new(), &BTreeSet::new())
 }

@@ -774,6 +774,7 @@ impl SocketLb {
             ns_denied: read(stat::NS_DENIED)?,
             ns_snat_failed: read(stat::NS_SNAT_FAILED)?,
             ns_packets: read(stat::NS_PACKETS)?,
+            xdp_tx: read(stat::XDP_TX)?,
         })
     }
 }

@@ -359,6 +359,54 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the bridge carry XDP traffic as real NICs do, for tests of
+    /// `--xdp`: veth leaves TCP and UDP checksums to the receiver
+    /// (`CHECKSUM_PARTIAL`), which a frame sent back out by XDP no longer
+    /// has, so the external client and the pods compute them (`ethtool -K
+    /// eth0 tx off`); and a veth only delivers what XDP sends back out
+    /// (`XDP_TX`) to a peer with an XDP program of its own, so every bridge
+    /// port gets one that passes everything (compiled with clang-19 into the
+    /// scratch folder).
+    pub fn prepare_xdp(&self) -> Result<()> {
+        const PASS: &str = "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n\
+            SEC(\"xdp\") int pass(struct xdp_md *ctx) { return XDP_PASS; }\n\
+            char LICENSE[] SEC(\"license\") = \"GPL\";\n";
+        let source = self.scratch.join("xdp_pass.c");
+        let object = self.scratch.join("xdp_pass.o");
+        std::fs::write(&source, PASS).with_context(|| format!("write {}", source.display()))?;
+        let status = std::process::Command::new("clang-19")
+            .args([
+                "-target",
+                "bpf",
+                "-O2",
+                "-I/usr/include/x86_64-linux-gnu",
+                "-c",
+            ])
+            .arg(&source)
+            .arg("-o")
+            .arg(&object)
+            .status()
+            .context("run clang-19 for the bridge ports' XDP program")?;
+        ensure!(status.success(), "clang-19 failed on {}", source.display());
+        let object = object
+            .to_str()
+            .context("scratch path is not UTF-8")?
+            .to_owned();
+        self.external.run(["ethtool", "-K", "eth0", "tx", "off"])?;
+        for pod in self.pods() {
+            pod.ns.run(["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        let ports = (0..self.nodes.len())
+            .map(|i| format!("node{i}"))
+            .chain(std::iter::once("ext".to_owned()));
+        for port in ports {
+            self.net.run([
+                "ip", "link", "set", "dev", &port, "xdpdrv", "obj", &object, "sec", "xdp",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// The external client's namespace (see [`EXTERNAL_IP`]).
     pub fn external(&self) -> &Netns {
         &self.external

@@ -33,6 +33,11 @@ struct Setup {
 
 impl Setup {
     fn new(pods_per_node: usize) -> Result<Setup> {
+        Self::with_args(pods_per_node, &[])
+    }
+
+    /// As [`Setup::new`], every daemon with `args` too.
+    fn with_args(pods_per_node: usize, args: &[&str]) -> Result<Setup> {
         let mut cluster = Cluster::new(NODES, pods_per_node)?;
         cluster.start_pod_servers()?;
         let api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
@@ -44,7 +49,10 @@ impl Setup {
         }
         let daemons = (0..NODES)
             .map(|i| {
-                let config = cluster.daemon_config(i, Mode::Ebpf, &api.kubeconfig())?;
+                let mut config = cluster.daemon_config(i, Mode::Ebpf, &api.kubeconfig())?;
+                config
+                    .extra_args
+                    .extend(args.iter().map(|a| (*a).to_owned()));
                 cluster.start_daemon(i, &config)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -591,6 +599,52 @@ fn maglev_agrees_across_nodes_and_a_removal_moves_a_fair_share() -> Result<()> {
     ensure!(
         moved_others as f64 <= f64::from(FLOWS) * 0.05,
         "{moved_others} flows moved between backends that stayed"
+    );
+    Ok(())
+}
+
+#[test]
+fn xdp_sends_traffic_to_other_nodes_back_out_from_the_driver() -> Result<()> {
+    let setup = Setup::with_args(1, &["--xdp"])?;
+    let cluster = &setup.cluster;
+    cluster.prepare_xdp()?;
+    // The only backend is node 1's pod: through node 0, every packet is SNATed back out.
+    setup.pod(cluster.pod(1, 0), "web")?;
+    setup.apply(&service(
+        "web",
+        "web",
+        "10.96.0.10",
+        NODE_PORT,
+        "NodePort",
+        json!({}),
+    ))?;
+    let url = format!("http://{}:{NODE_PORT}/", cluster.node_ip(0));
+    setup.wait_answers(&url)?;
+    for n in 0..30 {
+        let name = setup
+            .external_get(&url)?
+            .map_err(|code| anyhow::anyhow!("request {n} through XDP failed (curl {code})"))?;
+        ensure!(name == cluster.pod(1, 0).name(), "answered by {name}");
+    }
+    let (answers, failures) = spawn_keepalive(
+        cluster,
+        &format!("{}:{NODE_PORT}", cluster.node_ip(0)),
+        Duration::from_secs(2),
+    )?
+    .join()
+    .map_err(|_| anyhow::anyhow!("keep-alive thread panicked"))??;
+    ensure!(
+        failures == 0 && answers > 10,
+        "{answers} answers, {failures} failures"
+    );
+    let metrics = switchyard_tests::metrics::parse(&setup.daemons[0].metrics()?);
+    let tx = switchyard_tests::metrics::sum(&metrics, "switchyard_bpf_xdp_tx_total", &[]);
+    let packets =
+        switchyard_tests::metrics::sum(&metrics, "switchyard_bpf_nodeport_packets_total", &[]);
+    eprintln!("node 0: {tx} of {packets} translated packets sent back out by XDP");
+    ensure!(
+        tx >= 0.8 * packets && tx > 100.0,
+        "XDP should carry the flows through node 0: {tx} of {packets} packets"
     );
     Ok(())
 }

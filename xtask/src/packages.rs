@@ -39,12 +39,13 @@ pub const BUILD: [Need; 4] = [
     command("bpftool", "bpftool"),
 ];
 
-/// What the demo and the tests run: `ip` and `sysctl` for namespaces, curl and python3 as
-/// clients, kubectl against the API server (Debian's `kubernetes-client` when no kubectl is
-/// on PATH).
-pub const RUN: [Need; 5] = [
+/// What the demo and the tests run: `ip` and `sysctl` for namespaces, `ethtool` for the XDP
+/// test's offloads, curl and python3 as clients, kubectl against the API server (Debian's
+/// `kubernetes-client` when no kubectl is on PATH).
+pub const RUN: [Need; 6] = [
     command("ip", "iproute2"),
     command("sysctl", "procps"),
+    command("ethtool", "ethtool"),
     command("curl", "curl"),
     command("python3", "python3"),
     command("kubectl", "kubernetes-client"),

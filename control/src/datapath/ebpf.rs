@@ -42,6 +42,8 @@ pub struct EbpfConfig {
     /// The node's external interfaces, where the tc programs serve NodePorts, external and
     /// load-balancer IPs.
     pub devices: Devices,
+    /// Put the XDP fast path in front of the tc programs.
+    pub xdp: bool,
     /// The smallest Maglev table (a prime of [`crate::maglev::TABLE_SIZES`]); a frontend
     /// with more than a hundredth of it in backends gets a larger one.
     pub maglev_table_size: u32,
@@ -159,6 +161,7 @@ pub struct EbpfDatapath {
     /// The tc programs on the node's external interfaces (none without `--devices`).
     nodeport: Option<NodePortLb>,
     devices: Devices,
+    xdp: bool,
     socket_lb_config: SocketLbConfig,
     /// With [`Devices::Auto`]: the node addresses the table uses, and so where the tc programs
     /// are attached.
@@ -312,7 +315,9 @@ impl EbpfDatapath {
         let lb = SocketLb::open(&config.socket_lb)?;
         // The packet-level programs share the maps the socket load balancer just opened.
         let nodeport = match &config.devices {
-            Devices::Listed(devices) => Some(NodePortLb::open(&config.socket_lb, devices)?),
+            Devices::Listed(devices) => {
+                Some(NodePortLb::open(&config.socket_lb, devices, config.xdp)?)
+            }
             Devices::Auto | Devices::Off => None,
         };
         let mut datapath = EbpfDatapath {
@@ -320,6 +325,7 @@ impl EbpfDatapath {
             lb: Arc::new(Mutex::new(lb)),
             nodeport,
             devices: config.devices.clone(),
+            xdp: config.xdp,
             socket_lb_config: config.socket_lb.clone(),
             node_addresses: BTreeSet::new(),
             maglev_table_size: config.maglev_table_size,
@@ -429,7 +435,7 @@ impl EbpfDatapath {
         if devices.is_empty() {
             return;
         }
-        match NodePortLb::open(&self.socket_lb_config, &devices) {
+        match NodePortLb::open(&self.socket_lb_config, &devices, self.xdp) {
             Ok(lb) => self.nodeport = Some(lb),
             Err(error) => {
                 tracing::error!(?devices, %error, "cannot attach the north-south tc programs");
@@ -873,6 +879,11 @@ impl super::StatusSource for EbpfStatus {
                 "switchyard_bpf_nodeport_packets_total",
                 "north-south packets translated by the tc programs, both directions",
                 stats.ns_packets,
+            ),
+            counter(
+                "switchyard_bpf_xdp_tx_total",
+                "north-south packets translated and sent back out by the XDP program (--xdp)",
+                stats.xdp_tx,
             ),
             counter(
                 "switchyard_bpf_source_range_denied_total",

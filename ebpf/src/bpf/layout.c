@@ -124,6 +124,7 @@ int main(void)
 	CONST(SY_STAT_NS_DENIED);
 	CONST(SY_STAT_NS_SNAT_FAILED);
 	CONST(SY_STAT_NS_PACKETS);
+	CONST(SY_STAT_XDP_TX);
 	CONST(SY_STAT_MAX);
 	printf("];\n");
 	return 0;

@@ -13,6 +13,15 @@
  *   be the node's own address, which the stack's input path refuses).
  * - sy_nodeport_egress: replies of a local backend to a client (no SNAT) get the frontend as
  *   their source again as they leave the node.
+ * - sy_nodeport_xdp (with --xdp): the same decision as sy_nodeport_ingress, earlier; a packet
+ *   whose translation leaves through the interface it came in on (a backend on another node,
+ *   a reply going back to its client) is rewritten and sent back out at once (XDP_TX). Every
+ *   other packet is passed untouched and sy_nodeport_ingress translates it with the flow
+ *   state the XDP program already recorded.
+ *
+ * The decision (which flow, which backend, which SNAT port; the maps' updates) is one
+ * function, decide_ingress(); the tc and XDP programs differ only in how they rewrite and
+ * send the packet.
  *
  * IPv4 only: IPv6 north-south frontends are served by the socket-level programs for clients
  * on the node only. Fragments other than the first are passed untouched.
@@ -59,14 +68,13 @@ struct pkt4 {
 	__u32 l4; /* offset of the TCP or UDP header */
 };
 
-/* Reads an IPv4 TCP or UDP packet's addresses and ports. 0: not one to look at. */
-static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
+/* Reads an IPv4 TCP or UDP packet's addresses and ports from its linear data. 0: not one to
+ * look at (not IPv4 TCP or UDP, a later fragment, or headers beyond the linear part). */
+static __always_inline int parse4(void *data, void *end, struct pkt4 *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
-	__u16 ports[2];
+	__u8 *l4;
 
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
@@ -78,18 +86,23 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
 		return 0;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return 0;
+	l4 = (__u8 *)ip + ip->ihl * 4;
+	if (ip->protocol == IPPROTO_TCP) {
+		if ((void *)(l4 + 14) > end)
+			return 0;
+		p->tcp_flags = l4[13];
+	} else {
+		if ((void *)(l4 + 8) > end)
+			return 0;
+		p->tcp_flags = 0;
+	}
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
 	p->proto = ip->protocol;
 	p->l3 = sizeof(*eth);
 	p->l4 = sizeof(*eth) + ip->ihl * 4;
-	if (bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)))
-		return 0;
-	p->sport = ports[0];
-	p->dport = ports[1];
-	p->tcp_flags = 0;
-	if (p->proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1))
-		return 0;
+	p->sport = *(__u16 *)l4;
+	p->dport = *(__u16 *)(l4 + 2);
 	return 1;
 }
 
@@ -122,96 +135,22 @@ static __always_inline __u64 l4_csum_flags(const struct pkt4 *p)
 	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
-/* Rewrites the source (dst = 0) or destination address, with both checksums. */
-static __always_inline int set_addr(struct __sk_buff *skb, struct pkt4 *p, int dst, __u32 addr)
-{
-	__u32 old = dst ? p->daddr : p->saddr;
-	__u32 off = p->l3 + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
-
-	if (old == addr)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, addr,
-				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(p)))
-		return -1;
-	if (bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, addr, sizeof(addr)))
-		return -1;
-	if (bpf_skb_store_bytes(skb, off, &addr, sizeof(addr), 0))
-		return -1;
-	if (dst)
-		p->daddr = addr;
-	else
-		p->saddr = addr;
-	return 0;
-}
-
-/* Rewrites the source (dst = 0) or destination port, with the L4 checksum. */
-static __always_inline int set_port(struct __sk_buff *skb, struct pkt4 *p, int dst, __u16 port)
-{
-	__u16 old = dst ? p->dport : p->sport;
-
-	if (old == port)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, port, sizeof(port) | l4_csum_flags(p)))
-		return -1;
-	if (bpf_skb_store_bytes(skb, p->l4 + (dst ? 2 : 0), &port, sizeof(port), 0))
-		return -1;
-	if (dst)
-		p->dport = port;
-	else
-		p->sport = port;
-	return 0;
-}
-
 /*
- * Sends a rewritten packet on its way: the FIB says where its new destination is; the TTL is
- * decremented as a router would, the MACs set, and the packet redirected out of that
- * interface. Without a neighbour entry yet, the kernel resolves it (bpf_redirect_neigh).
- * Anything else (no route, a local destination) goes up the stack.
+ * What a packet becomes: its new addresses and ports (network byte order), and what to do.
  */
-static __always_inline int forward(struct __sk_buff *skb, struct pkt4 *p)
-{
-	struct bpf_fib_lookup fib = {};
-	struct iphdr *ip;
-	void *data, *end;
-	int rc;
+enum action {
+	ACT_PASS,    /* not ours: leave it */
+	ACT_DROP,    /* drop it (no backend, a source outside the ranges, no SNAT port) */
+	ACT_FORWARD, /* rewrite, then route it to its new destination */
+	ACT_OUT,     /* rewrite the source, and let it leave as it was going to (egress) */
+};
 
-	fib.family = AF_INET;
-	fib.l4_protocol = p->proto;
-	fib.sport = p->sport;
-	fib.dport = p->dport;
-	fib.ipv4_src = p->saddr;
-	fib.ipv4_dst = p->daddr;
-	fib.ifindex = skb->ingress_ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_OK;
-
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	ip = data + sizeof(struct ethhdr);
-	if ((void *)(ip + 1) > end)
-		return TC_ACT_OK;
-	if (ip->ttl <= 1)
-		return TC_ACT_OK; /* the stack answers with ICMP time exceeded */
-	{
-		__u16 *word = (__u16 *)&ip->ttl; /* ttl and protocol */
-		__u16 old = *word;
-
-		ip->ttl -= 1;
-		bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, *word,
-				    sizeof(old));
-	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
-
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	if (data + sizeof(struct ethhdr) > end)
-		return TC_ACT_OK;
-	__builtin_memcpy(((struct ethhdr *)data)->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(((struct ethhdr *)data)->h_source, fib.smac, ETH_ALEN);
-	return bpf_redirect(fib.ifindex, 0);
-}
+struct xlate {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
 
 static __always_inline __u8 closing(const struct pkt4 *p)
 {
@@ -225,35 +164,39 @@ static __always_inline int is_syn(const struct pkt4 *p)
 }
 
 /* A client -> frontend packet of a known flow: to its backend (from the SNAT address). */
-static __always_inline int to_backend(struct __sk_buff *skb, struct pkt4 *p, struct sy_ct *ct,
-				      __u64 now)
+static __always_inline int to_backend(const struct pkt4 *p, struct sy_ct *ct, __u64 now,
+				      struct xlate *x)
 {
 	ct->last_seen_ns = now;
 	ct->flags |= closing(p);
+	x->saddr = p->saddr;
+	x->sport = p->sport;
 	if (ct->flags & SY_CT_SNAT) {
-		if (set_addr(skb, p, 0, addr4(ct->snat_addr)) || set_port(skb, p, 0, ct->snat_port))
-			return TC_ACT_SHOT;
+		x->saddr = addr4(ct->snat_addr);
+		x->sport = ct->snat_port;
 	}
-	if (set_addr(skb, p, 1, addr4(ct->backend)) || set_port(skb, p, 1, ct->backend_port))
-		return TC_ACT_SHOT;
-	count(SY_STAT_NS_PACKETS);
-	return forward(skb, p);
+	x->daddr = addr4(ct->backend);
+	x->dport = ct->backend_port;
+	return ACT_FORWARD;
 }
 
-/* A reply: back to the client, from the frontend. */
-static __always_inline int to_client(struct __sk_buff *skb, struct pkt4 *p, struct sy_ct_rev *rev,
-				     __u64 now, int route)
+/* A reply: back to the client (routed, after SNAT) or on its way out (no SNAT), from the
+ * frontend. */
+static __always_inline int to_client(const struct pkt4 *p, struct sy_ct_rev *rev, __u64 now,
+				     struct xlate *x, int route)
 {
 	rev->last_seen_ns = now;
 	rev->flags |= closing(p);
-	if (set_addr(skb, p, 0, addr4(rev->frontend)) || set_port(skb, p, 0, rev->frontend_port))
-		return TC_ACT_SHOT;
+	x->saddr = addr4(rev->frontend);
+	x->sport = rev->frontend_port;
+	x->daddr = p->daddr;
+	x->dport = p->dport;
 	if (route) {
-		if (set_addr(skb, p, 1, addr4(rev->client)) || set_port(skb, p, 1, rev->client_port))
-			return TC_ACT_SHOT;
+		x->daddr = addr4(rev->client);
+		x->dport = rev->client_port;
+		return ACT_FORWARD;
 	}
-	count(SY_STAT_NS_PACKETS);
-	return route ? forward(skb, p) : TC_ACT_OK;
+	return ACT_OUT;
 }
 
 static __always_inline __u64 flow_hash(const struct pkt4 *p)
@@ -304,8 +247,8 @@ static __always_inline __u16 snat_port(const struct pkt4 *p, struct sy_flow *rke
 }
 
 /* A packet of no known flow: a new flow if it is for a north-south frontend. */
-static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
-				    const struct sy_flow *flow, __u64 now)
+static __always_inline int new_flow(const struct pkt4 *p, const struct sy_flow *flow, __u64 now,
+				    struct xlate *x)
 {
 	struct sy_frontend_key fkey = {};
 	const struct sy_frontend *fe;
@@ -319,7 +262,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
 	fkey.family = SY_FAMILY_V4;
 	fe = bpf_map_lookup_elem(&sy_frontends, &fkey);
 	if (!fe || fe->kind == SY_KIND_CLUSTER_IP)
-		return TC_ACT_OK;
+		return ACT_PASS;
 
 	if (fe->flags & SY_F_SRC_RANGES) {
 		struct sy_srcrange_key rkey = {
@@ -330,19 +273,19 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
 		__builtin_memcpy(rkey.addr, &p->saddr, 4);
 		if (!bpf_map_lookup_elem(&sy_srcranges, &rkey)) {
 			count(SY_STAT_NS_DENIED);
-			return TC_ACT_SHOT;
+			return ACT_DROP;
 		}
 	}
 	if (fe->count == 0) {
 		count(SY_STAT_NO_BACKEND);
-		return TC_ACT_SHOT;
+		return ACT_DROP;
 	}
 
 	hash = flow_hash(p);
 	be = pick_backend((1ULL << 63) | p->saddr, hash, fe, &backend_id);
 	if (!be || be->family != SY_FAMILY_V4) {
 		count(SY_STAT_BACKEND_MISSING);
-		return TC_ACT_SHOT;
+		return ACT_DROP;
 	}
 
 	struct sy_ct ct = {
@@ -377,7 +320,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
 		port = snat_port(p, &rkey, &rval, hash, now);
 		if (!port) {
 			count(SY_STAT_NS_SNAT_FAILED);
-			return TC_ACT_SHOT;
+			return ACT_DROP;
 		}
 		ct.flags = SY_CT_SNAT;
 		ct.snat_port = port;
@@ -388,7 +331,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt4 *p,
 	}
 	bpf_map_update_elem(&sy_ct, flow, &ct, BPF_ANY);
 	count(SY_STAT_NS_FLOWS);
-	return to_backend(skb, p, &ct, now);
+	return to_backend(p, &ct, now, x);
 }
 
 /* Whether the backend a flow was given still is that backend. */
@@ -400,31 +343,137 @@ static __always_inline int backend_alive(const struct sy_ct *ct)
 	return be && addr4(be->addr) == addr4(ct->backend) && be->port == ct->backend_port;
 }
 
-SEC("classifier")
-int sy_nodeport_ingress(struct __sk_buff *skb)
+/* What an arriving packet becomes: a flow's next packet, a reply to a SNATed flow, a new
+ * flow, or none of ours. */
+static __always_inline int decide_ingress(const struct pkt4 *p, struct xlate *x)
 {
 	struct sy_flow flow = {};
 	struct sy_ct *ct;
 	struct sy_ct_rev *rev;
-	struct pkt4 p;
-	__u64 now;
+	__u64 now = bpf_ktime_get_ns();
 
-	if (!parse4(skb, &p))
-		return TC_ACT_OK;
-	flow_of(&p, &flow);
-	now = bpf_ktime_get_ns();
-
+	flow_of(p, &flow);
 	ct = bpf_map_lookup_elem(&sy_ct, &flow);
 	if (ct) {
 		/* A new connection on a closed flow's ports, or a backend that left: choose again. */
-		if (!((is_syn(&p) && (ct->flags & SY_CT_CLOSING)) || !backend_alive(ct)))
-			return to_backend(skb, &p, ct, now);
+		if (!((is_syn(p) && (ct->flags & SY_CT_CLOSING)) || !backend_alive(ct)))
+			return to_backend(p, ct, now, x);
 	} else {
 		rev = bpf_map_lookup_elem(&sy_ct_rev, &flow);
 		if (rev && (rev->flags & SY_CT_SNAT))
-			return to_client(skb, &p, rev, now, 1);
+			return to_client(p, rev, now, x, 1);
 	}
-	return new_flow(skb, &p, &flow, now);
+	return new_flow(p, &flow, now, x);
+}
+
+/* --- tc: rewriting with the skb helpers --- */
+
+/* Rewrites the source (dst = 0) or destination address, with both checksums. */
+static __always_inline int set_addr(struct __sk_buff *skb, const struct pkt4 *p, int dst,
+				    __u32 old, __u32 addr)
+{
+	__u32 off = p->l3 + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+	if (old == addr)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, addr,
+				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(p)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, p->l3 + offsetof(struct iphdr, check), old, addr, sizeof(addr)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &addr, sizeof(addr), 0);
+}
+
+/* Rewrites the source (dst = 0) or destination port, with the L4 checksum. */
+static __always_inline int set_port(struct __sk_buff *skb, const struct pkt4 *p, int dst,
+				    __u16 old, __u16 port)
+{
+	if (old == port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, port, sizeof(port) | l4_csum_flags(p)))
+		return -1;
+	return bpf_skb_store_bytes(skb, p->l4 + (dst ? 2 : 0), &port, sizeof(port), 0);
+}
+
+static __always_inline int rewrite_skb(struct __sk_buff *skb, const struct pkt4 *p,
+				       const struct xlate *x)
+{
+	if (set_addr(skb, p, 0, p->saddr, x->saddr) || set_port(skb, p, 0, p->sport, x->sport) ||
+	    set_addr(skb, p, 1, p->daddr, x->daddr) || set_port(skb, p, 1, p->dport, x->dport))
+		return -1;
+	count(SY_STAT_NS_PACKETS);
+	return 0;
+}
+
+/*
+ * Sends a rewritten packet on its way: the FIB says where its new destination is; the TTL is
+ * decremented as a router would, the MACs set, and the packet redirected out of that
+ * interface. Without a neighbour entry yet, the kernel resolves it (bpf_redirect_neigh).
+ * Anything else (no route, a local destination) goes up the stack.
+ */
+static __always_inline int forward_skb(struct __sk_buff *skb, const struct xlate *x, __u8 proto)
+{
+	struct bpf_fib_lookup fib = {};
+	struct iphdr *ip;
+	void *data, *end;
+	int rc;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = proto;
+	fib.sport = x->sport;
+	fib.dport = x->dport;
+	fib.ipv4_src = x->saddr;
+	fib.ipv4_dst = x->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TC_ACT_OK;
+	if (ip->ttl <= 1)
+		return TC_ACT_OK; /* the stack answers with ICMP time exceeded */
+	{
+		__u16 *word = (__u16 *)&ip->ttl; /* ttl and protocol */
+		__u16 old = *word;
+
+		ip->ttl -= 1;
+		bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, check), old,
+				    *word, sizeof(old));
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + sizeof(struct ethhdr) > end)
+		return TC_ACT_OK;
+	__builtin_memcpy(((struct ethhdr *)data)->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(((struct ethhdr *)data)->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("classifier")
+int sy_nodeport_ingress(struct __sk_buff *skb)
+{
+	struct xlate x = {};
+	struct pkt4 p;
+
+	if (!parse4((void *)(long)skb->data, (void *)(long)skb->data_end, &p))
+		return TC_ACT_OK;
+	switch (decide_ingress(&p, &x)) {
+	case ACT_DROP:
+		return TC_ACT_SHOT;
+	case ACT_FORWARD:
+		if (rewrite_skb(skb, &p, &x))
+			return TC_ACT_SHOT;
+		return forward_skb(skb, &x, p.proto);
+	default:
+		return TC_ACT_OK;
+	}
 }
 
 SEC("classifier")
@@ -432,15 +481,137 @@ int sy_nodeport_egress(struct __sk_buff *skb)
 {
 	struct sy_flow flow = {};
 	struct sy_ct_rev *rev;
+	struct xlate x = {};
 	struct pkt4 p;
 
-	if (!parse4(skb, &p))
+	if (!parse4((void *)(long)skb->data, (void *)(long)skb->data_end, &p))
 		return TC_ACT_OK;
 	flow_of(&p, &flow);
 	rev = bpf_map_lookup_elem(&sy_ct_rev, &flow);
 	if (!rev || (rev->flags & SY_CT_SNAT))
 		return TC_ACT_OK;
-	return to_client(skb, &p, rev, bpf_ktime_get_ns(), 0);
+	to_client(&p, rev, bpf_ktime_get_ns(), &x, 0);
+	if (rewrite_skb(skb, &p, &x))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* --- XDP: rewriting in place, checksums by RFC 1624 --- */
+
+static __always_inline __u16 csum_add16(__u16 a, __u16 b)
+{
+	__u32 sum = (__u32)a + b;
+
+	return (__u16)(sum + (sum >> 16));
+}
+
+/* HC' = ~(~HC + ~m + m'), one 16-bit word at a time. Byte order does not matter as long as
+ * the words are read as the checksum is: straight from the packet. */
+static __always_inline void csum_update16(__u16 *sum, __u16 old, __u16 new)
+{
+	*sum = ~csum_add16(csum_add16(~*sum, ~old), new);
+}
+
+static __always_inline void csum_update32(__u16 *sum, __u32 old, __u32 new)
+{
+	csum_update16(sum, (__u16)old, (__u16)new);
+	csum_update16(sum, (__u16)(old >> 16), (__u16)(new >> 16));
+}
+
+/* Rewrites addresses, ports and checksums, decrements the TTL, sets the MACs. 0 on success. */
+static __always_inline int rewrite_xdp(struct xdp_md *ctx, const struct pkt4 *p,
+				       const struct xlate *x, const struct bpf_fib_lookup *fib)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u16 *l4sum;
+	__u16 *ports;
+	__u8 *l4;
+
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return -1;
+	l4 = (__u8 *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 18) > end && p->proto == IPPROTO_TCP)
+		return -1;
+	if ((void *)(l4 + 8) > end)
+		return -1;
+	ports = (__u16 *)l4;
+	l4sum = p->proto == IPPROTO_TCP ? (__u16 *)(l4 + 16) : (__u16 *)(l4 + 6);
+	if (p->proto == IPPROTO_TCP && (void *)(l4 + 18) > end)
+		return -1;
+
+	/* L4: the pseudo-header's addresses and the ports (a UDP checksum of 0 stays 0). */
+	if (p->proto == IPPROTO_TCP || *l4sum != 0) {
+		csum_update32(l4sum, ip->saddr, x->saddr);
+		csum_update32(l4sum, ip->daddr, x->daddr);
+		csum_update16(l4sum, ports[0], x->sport);
+		csum_update16(l4sum, ports[1], x->dport);
+		if (p->proto == IPPROTO_UDP && *l4sum == 0)
+			*l4sum = 0xffff;
+	}
+	ports[0] = x->sport;
+	ports[1] = x->dport;
+
+	/* L3: addresses and the TTL. */
+	{
+		__u16 *word = (__u16 *)&ip->ttl; /* ttl and protocol */
+		__u16 old = *word;
+
+		ip->ttl -= 1;
+		csum_update16(&ip->check, old, *word);
+	}
+	csum_update32(&ip->check, ip->saddr, x->saddr);
+	csum_update32(&ip->check, ip->daddr, x->daddr);
+	ip->saddr = x->saddr;
+	ip->daddr = x->daddr;
+
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	count(SY_STAT_NS_PACKETS);
+	return 0;
+}
+
+SEC("xdp")
+int sy_nodeport_xdp(struct xdp_md *ctx)
+{
+	struct bpf_fib_lookup fib = {};
+	struct xlate x = {};
+	struct pkt4 p;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+
+	if (!parse4(data, end, &p))
+		return XDP_PASS;
+	switch (decide_ingress(&p, &x)) {
+	case ACT_DROP:
+		return XDP_DROP;
+	case ACT_FORWARD:
+		break;
+	default:
+		return XDP_PASS;
+	}
+	if ((void *)(ip + 1) > end || ip->ttl <= 1)
+		return XDP_PASS;
+	fib.family = AF_INET;
+	fib.l4_protocol = p.proto;
+	fib.sport = x.sport;
+	fib.dport = x.dport;
+	fib.ipv4_src = x.saddr;
+	fib.ipv4_dst = x.daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	/* Only what goes back out of this interface is sent from here; the rest (a local pod,
+	 * another interface, no neighbour yet) is left untouched to the tc program, which finds
+	 * the flow this decision recorded. */
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS ||
+	    fib.ifindex != ctx->ingress_ifindex)
+		return XDP_PASS;
+	if (rewrite_xdp(ctx, &p, &x, &fib))
+		return XDP_PASS;
+	count(SY_STAT_XDP_TX);
+	return XDP_TX;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

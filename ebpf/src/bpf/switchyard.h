@@ -207,7 +207,8 @@ enum sy_stat {
 	SY_STAT_NS_DENIED = 5,  /* packet level: dropped, source outside loadBalancerSourceRanges */
 	SY_STAT_NS_SNAT_FAILED = 6, /* packet level: dropped, no free SNAT port */
 	SY_STAT_NS_PACKETS = 7, /* packet level: packets translated, both directions */
-	SY_STAT_MAX = 8,
+	SY_STAT_XDP_TX = 8,     /* of those, sent back out by the XDP program (XDP_TX) */
+	SY_STAT_MAX = 9,
 };
 
 #endif

@@ -128,6 +128,7 @@ fn constants_match_the_c_header() {
             "SY_STAT_NS_DENIED" => u64::from(stat::NS_DENIED),
             "SY_STAT_NS_SNAT_FAILED" => u64::from(stat::NS_SNAT_FAILED),
             "SY_STAT_NS_PACKETS" => u64::from(stat::NS_PACKETS),
+            "SY_STAT_XDP_TX" => u64::from(stat::XDP_TX),
             "SY_STAT_TRANSLATED" => u64::from(stat::TRANSLATED),
             "SY_STAT_NO_BACKEND" => u64::from(stat::NO_BACKEND),
             "SY_STAT_BACKEND_MISSING" => u64::from(stat::BACKEND_MISSING),
