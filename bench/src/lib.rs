@@ -17,6 +17,11 @@
 //! three-node cluster and times how long the node daemons take to program
 //! them, and how long a one-Pod change takes to reach every node.
 //!
+//! The NodePort benchmark (binary `nodeport`, module [`nodeport`]) measures a
+//! NodePort reached from outside the cluster, its endpoint on another node,
+//! through switchyard's tc eBPF datapath and kube-proxy's iptables rules,
+//! against a direct connection to the pod.
+//!
 //! What it never does: pass or fail (it measures), or send traffic anywhere
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
@@ -32,6 +37,7 @@ pub mod haproxy;
 pub mod kube_proxy;
 pub mod loadgen;
 pub mod machine;
+pub mod nodeport;
 pub mod reaper;
 pub mod report;
 pub mod rule_loader;

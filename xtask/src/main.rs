@@ -6,7 +6,8 @@
 //! - `cargo xtask test`: installs what the tests need, builds, and runs every test (unit tests
 //!   and the end-to-end tests, which need root).
 //! - `cargo xtask lint`: `cargo fmt --check` and clippy with warnings denied.
-//! - `cargo xtask bench`: the criterion model benchmark and the comparison against `HAProxy`.
+//! - `cargo xtask bench`: the criterion model benchmark, the comparison against `HAProxy`, the
+//!   socket-LB, API-watch and `NodePort` benchmarks.
 
 mod demo;
 mod packages;
@@ -174,6 +175,20 @@ fn main() -> Result<()> {
                 .context("cannot run the API watch benchmark")?;
             if !status.success() {
                 bail!("the API watch benchmark failed");
+            }
+            step(
+                "NodePort from outside to a pod on another node: switchyard's tc eBPF datapath against kube-proxy's iptables rules and a direct connection",
+            );
+            let status = Command::new(root.join("target/release/nodeport"))
+                .args(["--no-build", "--out"])
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .env("POD_SERVER_BIN", root.join("target/release/pod-server"))
+                .status()
+                .context("cannot run the NodePort benchmark")?;
+            if !status.success() {
+                bail!("the NodePort benchmark failed");
             }
             Ok(())
         }
