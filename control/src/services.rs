@@ -93,6 +93,11 @@ pub fn render_table(views: &[FrontendView]) -> String {
         "TOTAL".into(),
     ]];
     for view in views {
+        // North-south frontends say which kind they are; ClusterIPs are the usual case.
+        let frontend = match view.kind.as_str() {
+            "" | "ClusterIP" => view.frontend.clone(),
+            kind => format!("{} ({kind})", view.frontend),
+        };
         let algorithm = match view.affinity_seconds {
             Some(s) => format!("{} (ClientIP {s}s)", view.algorithm),
             None => view.algorithm.clone(),
@@ -105,7 +110,7 @@ pub fn render_table(views: &[FrontendView]) -> String {
             };
             rows.push([
                 view.service.clone(),
-                view.frontend.clone(),
+                frontend.clone(),
                 algorithm,
                 "-".into(),
                 state.into(),
@@ -116,11 +121,7 @@ pub fn render_table(views: &[FrontendView]) -> String {
         }
         for (i, backend) in view.backends.iter().enumerate() {
             let (service, frontend, algorithm) = if i == 0 {
-                (
-                    view.service.clone(),
-                    view.frontend.clone(),
-                    algorithm.clone(),
-                )
+                (view.service.clone(), frontend.clone(), algorithm.clone())
             } else {
                 (String::new(), String::new(), String::new())
             };

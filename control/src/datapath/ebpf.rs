@@ -919,6 +919,7 @@ fn kernel_views(lb: &SocketLb, names: &BTreeMap<Frontend, String>) -> Vec<Fronte
             };
             FrontendView {
                 frontend: frontend.to_string(),
+                kind: frontend.kind.name().to_owned(),
                 service: names
                     .get(frontend)
                     .cloned()

@@ -78,6 +78,10 @@ pub struct DatapathCounter {
 pub struct FrontendView {
     /// `10.96.0.10:80/TCP`
     pub frontend: String,
+    /// `ClusterIP`, `NodePort`, `ExternalIP` or `LoadBalancer` (empty where the datapath does
+    /// not know it).
+    #[serde(default)]
+    pub kind: String,
     /// `namespace/name:port`
     pub service: String,
     pub algorithm: String,

@@ -252,6 +252,7 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
         .status()
         .into_iter()
         .map(|s| FrontendView {
+            kind: String::new(),
             frontend: match s.frontend {
                 SocketAddr::V4(a) => format!("{a}/{}", s.proto),
                 SocketAddr::V6(a) => format!("{a}/{}", s.proto),
