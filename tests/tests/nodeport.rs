@@ -214,6 +214,30 @@ fn nodeport_external_and_load_balancer_ips_answer_from_outside() -> Result<()> {
         // Maglev on the flow: different source ports spread over both pods.
         ensure!(seen.len() == 2, "node {i}: 24 flows reached only {seen:?}");
     }
+    // What node 0 programmed says so: its NodePort, the external and the load-balancer IP.
+    let services = setup.daemons[0].services_json()?;
+    let kinds: BTreeMap<String, String> = services
+        .as_array()
+        .context("services is a list")?
+        .iter()
+        .map(|v| {
+            (
+                v["frontend"].as_str().unwrap_or("").to_owned(),
+                v["kind"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for (frontend, kind) in [
+        (format!("192.168.0.10:{NODE_PORT}/TCP"), "NodePort"),
+        (format!("{EXTERNAL_SERVICE_IP}:80/TCP"), "ExternalIP"),
+        (format!("{LB_IP}:80/TCP"), "LoadBalancer"),
+        ("10.96.0.10:80/TCP".to_owned(), "ClusterIP"),
+    ] {
+        ensure!(
+            kinds.get(&frontend).map(String::as_str) == Some(kind),
+            "node 0 should list {frontend} as {kind}: {kinds:?}"
+        );
+    }
     // The external IP and the load balancer's IP, routed to node 1 as an upstream router would.
     setup.cluster.route_external_via(1)?;
     for ip in [EXTERNAL_SERVICE_IP, LB_IP] {
