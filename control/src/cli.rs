@@ -103,6 +103,13 @@ pub enum ProxyMode {
     Userspace,
 }
 
+/// How the tc programs attach (`--tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcAttach {
+    Auto,
+    Clsact,
+}
+
 /// The log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -229,6 +236,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub xdp: bool,
 
+    /// eBPF mode: how the tc programs attach: `auto` (pinned TCX links on Linux 6.6 and
+    /// later, clsact filters on older kernels) or `clsact` (filters on the interfaces' clsact
+    /// qdisc, replaced at each start; `switchyard cleanup --devices` removes them).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tc_attach: TcAttach,
+
     /// eBPF mode: the smallest Maglev table of a north-south frontend (one of 251, 509, 1021,
     /// 2039, 4093, 8191, 16381, 32749, 65521, 131071). A frontend gets the smallest of these
     /// with at least 100 entries per backend. Every node must use the same value, so that all
@@ -306,6 +319,11 @@ pub struct CleanupArgs {
     /// The cgroup the daemon attached to (default: the node's cgroup v2 root).
     #[arg(long, value_name = "PATH")]
     pub cgroup_path: Option<PathBuf>,
+
+    /// Interfaces to remove switchyard's clsact filters from (after `--tc-attach clsact`;
+    /// pinned TCX and XDP links are removed without this).
+    #[arg(long, value_name = "IFACE[,IFACE]", value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 /// How `switchyard services` prints.
@@ -378,6 +396,10 @@ impl RunArgs {
                 close_stale_sockets: self.close_stale_sockets,
                 devices: Devices::from_flag(&self.devices),
                 xdp: self.xdp,
+                tc_mode: match self.tc_attach {
+                    TcAttach::Auto => switchyard_ebpf::TcMode::Auto,
+                    TcAttach::Clsact => switchyard_ebpf::TcMode::Clsact,
+                },
                 maglev_table_size: self.maglev_table_size,
             },
             userspace: UserspaceConfig {

@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                 .cgroup_path
                 .unwrap_or_else(switchyard_control::cli::default_cgroup_path);
             switchyard_ebpf::cleanup(&args.bpf_pin_path, &cgroup)?;
+            switchyard_ebpf::cleanup_clsact(&args.devices);
             println!(
                 "removed switchyard's eBPF state from {} (cgroup {})",
                 args.bpf_pin_path.display(),

@@ -49,7 +49,10 @@ pub use maps::{
     FrontendKey, FrontendKind, FrontendValue, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, Proto,
     SlotKey, Stats,
 };
-pub use nodeport::{DeviceLink, Direction, NODEPORT_PROGRAMS, NodePortLb, XDP_PROGRAM, XdpAttach};
+pub use nodeport::{
+    DeviceLink, Direction, NODEPORT_PROGRAMS, NodePortLb, TcMode, XDP_PROGRAM, XdpAttach,
+    cleanup_clsact,
+};
 pub use socket_lb::{
     LinkState, MAPS, OpenReport, PROGRAMS, ProgramLink, SizeMismatch, SocketLb, SocketLbConfig,
     attached_programs, cleanup, probe,

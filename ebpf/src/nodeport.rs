@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::programs::links::FdLink;
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{self, NlOptions, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
 use crate::socket_lb::{SocketLbConfig, parse_over_pins, remove_pin};
@@ -72,6 +74,20 @@ impl Direction {
     }
 }
 
+/// How the tc programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcMode {
+    /// Pinned TCX links where the kernel has them (Linux 6.6 and later),
+    /// clsact filters otherwise.
+    #[default]
+    Auto,
+    /// Filters on the interface's clsact qdisc, through netlink (what
+    /// kernels before 6.6 have). They stay when the daemon exits, but are
+    /// not pinned: the next start replaces them (a moment without them), and
+    /// the periodic check cannot see them.
+    Clsact,
+}
+
 /// How the XDP program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpAttach {
@@ -105,6 +121,7 @@ pub struct NodePortLb {
     pin_path: PathBuf,
     devices: Vec<String>,
     xdp: bool,
+    tc_mode: TcMode,
     links: Vec<DeviceLink>,
 }
 
@@ -127,7 +144,12 @@ impl NodePortLb {
     /// attached in front of the tc programs too (native where the driver has
     /// it, generic otherwise); without, an XDP link left by an earlier run
     /// is detached.
-    pub fn open(sizes: &SocketLbConfig, devices: &[String], xdp: bool) -> Result<Self, EbpfError> {
+    pub fn open(
+        sizes: &SocketLbConfig,
+        devices: &[String],
+        xdp: bool,
+        mut tc_mode: TcMode,
+    ) -> Result<Self, EbpfError> {
         let pin_path = sizes.pin_path.clone();
         let mut ebpf = load(&pin_path, &sizes.max_entries())?;
         let mut links = Vec::new();
@@ -135,7 +157,13 @@ impl NodePortLb {
             let ifindex = ifindex_of(device)?;
             for (program, direction) in NODEPORT_PROGRAMS {
                 let (state, link_id) = ensure_tc_link(
-                    &mut ebpf, &pin_path, program, direction, device, ifindex, true,
+                    &mut ebpf,
+                    &pin_path,
+                    program,
+                    direction,
+                    (device, ifindex),
+                    &mut tc_mode,
+                    true,
                 )?
                 .ok_or_else(|| EbpfError::Pin {
                     path: tc_link_pin(&pin_path, direction, device),
@@ -181,6 +209,7 @@ impl NodePortLb {
             pin_path,
             devices: devices.to_vec(),
             xdp,
+            tc_mode,
             links,
         })
     }
@@ -200,13 +229,16 @@ impl NodePortLb {
                 continue;
             };
             for (program, direction) in NODEPORT_PROGRAMS {
+                if self.tc_mode == TcMode::Clsact {
+                    continue; // filters, not links: nothing to check them by
+                }
                 if let Some((_, link_id)) = ensure_tc_link(
                     &mut self.ebpf,
                     &self.pin_path,
                     program,
                     direction,
-                    device,
-                    ifindex,
+                    (device, ifindex),
+                    &mut self.tc_mode,
                     false,
                 )? {
                     tracing::warn!(%device, program, link_id, "tc program was not attached: re-attached");
@@ -365,20 +397,69 @@ fn ensure_xdp_link(
     Ok(Some((LinkState::Attached, info.id, mode)))
 }
 
-/// Makes sure `program` is attached to `device` in `direction` through a
-/// pinned TCX link. As `ensure_link` of the socket load balancer: a live
-/// link is kept (its program updated with `update`), a stale one replaced.
+/// Attaches `program` as a filter on `device`'s clsact qdisc (created if
+/// missing), replacing the filter of an earlier run. Returns link id 0: a
+/// filter is not a link.
+fn attach_clsact(
+    prog: &mut SchedClassifier,
+    program: &'static str,
+    direction: Direction,
+    device: &str,
+) -> Result<(LinkState, u32), EbpfError> {
+    // Already there is fine; any real trouble fails the attach below.
+    let _ = tc::qdisc_add_clsact(device);
+    let _ = tc::qdisc_detach_program(device, direction.attach_type(), program);
+    let id = prog
+        .attach_with_options(
+            device,
+            direction.attach_type(),
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|source| EbpfError::Program {
+            program,
+            action: format!("attach to {device} ({}, clsact)", direction.name()),
+            source: Box::new(source),
+        })?;
+    let link = prog.take_link(id).map_err(|source| EbpfError::Program {
+        program,
+        action: format!("take its filter on {device}"),
+        source: Box::new(source),
+    })?;
+    // The filter lives on the interface, not in this process: dropping the
+    // link would remove it.
+    std::mem::forget(link);
+    Ok((LinkState::Attached, 0))
+}
+
+/// Removes switchyard's clsact filters from `devices` (for `switchyard
+/// cleanup` after `--tc-attach clsact`); interfaces without them are fine.
+pub fn cleanup_clsact(devices: &[String]) {
+    for device in devices {
+        for (program, direction) in NODEPORT_PROGRAMS {
+            let _ = tc::qdisc_detach_program(device, direction.attach_type(), program);
+        }
+    }
+}
+
+/// Makes sure `program` is attached to `device` in `direction`: through a
+/// pinned TCX link (as `ensure_link` of the socket load balancer: a live
+/// link is kept, its program updated with `update`, a stale one replaced),
+/// or as a clsact filter in [`TcMode::Clsact`], which `Auto` falls back to
+/// when the kernel has no TCX.
 fn ensure_tc_link(
     ebpf: &mut Ebpf,
     pin_path: &Path,
     program: &'static str,
     direction: Direction,
-    device: &str,
-    ifindex: u32,
+    (device, ifindex): (&str, u32),
+    mode: &mut TcMode,
     update: bool,
 ) -> Result<Option<(LinkState, u32)>, EbpfError> {
     let pin = tc_link_pin(pin_path, direction, device);
     let prog = classifier(ebpf, program)?;
+    if *mode == TcMode::Clsact {
+        return attach_clsact(prog, program, direction, device).map(Some);
+    }
     if let Ok(link) = sys::obj_get(&pin) {
         match sys::link_info(link.as_fd()) {
             Ok(info)
@@ -411,9 +492,18 @@ fn ensure_tc_link(
         action: format!("attach to {device} ({})", direction.name()),
         source: Box::new(source),
     };
-    let id = prog
-        .attach(device, direction.attach_type())
-        .map_err(attach_error)?;
+    let id = match prog.attach_with_options(
+        device,
+        direction.attach_type(),
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    ) {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::warn!(%device, %error, "no TCX on this kernel: attaching the tc programs as clsact filters");
+            *mode = TcMode::Clsact;
+            return attach_clsact(prog, program, direction, device).map(Some);
+        }
+    };
     let link = prog.take_link(id).map_err(attach_error)?;
     let fd_link = FdLink::try_from(link).map_err(|error| EbpfError::Pin {
         path: pin.clone(),

@@ -672,3 +672,48 @@ fn xdp_sends_traffic_to_other_nodes_back_out_from_the_driver() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn clsact_filters_serve_where_tcx_is_missing_and_are_replaced_at_restart() -> Result<()> {
+    let setup = Setup::with_args(1, &["--tc-attach", "clsact"])?;
+    web_pods(&setup)?;
+    setup.apply(&service(
+        "web",
+        "web",
+        "10.96.0.10",
+        NODE_PORT,
+        "NodePort",
+        json!({}),
+    ))?;
+    let urls: Vec<String> = (0..NODES)
+        .map(|i| format!("http://{}:{NODE_PORT}/", setup.cluster.node_ip(i)))
+        .collect();
+    for url in &urls {
+        setup.wait_answers(url)?;
+    }
+    let filters = setup
+        .cluster
+        .node(0)
+        .run(["tc", "filter", "show", "dev", "eth0", "ingress"])?;
+    ensure!(
+        filters.contains("sy_nodeport_ingress"),
+        "node 0 should hold the ingress filter: {filters}"
+    );
+    // A restart replaces the filters: one of each, still serving.
+    let mut daemons = setup.daemons;
+    daemons[0].kill()?;
+    daemons[0].restart()?;
+    let filters = setup
+        .cluster
+        .node(0)
+        .run(["tc", "filter", "show", "dev", "eth0", "ingress"])?;
+    ensure!(
+        filters.matches("sy_nodeport_ingress").count() == 1,
+        "exactly one ingress filter after the restart: {filters}"
+    );
+    let result = poll_until("node 0 to answer after its restart", CONVERGE, || {
+        Ok(external_get_from(&setup.cluster, &urls[0], None)?.ok())
+    });
+    daemons[0].with_log(result)?;
+    Ok(())
+}

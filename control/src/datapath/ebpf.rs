@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use switchyard_ebpf::{
     BackendState as KernelBackendState, BackendValue, EbpfError, FLAG_AFFINITY, FLAG_DROP,
     FLAG_MAGLEV, FLAG_SRC_RANGES, FrontendKey, FrontendKind as KernelKind, FrontendValue,
-    NodePortLb, Proto, SlotKey, SocketLb, SocketLbConfig,
+    NodePortLb, Proto, SlotKey, SocketLb, SocketLbConfig, TcMode,
 };
 
 use super::{Applied, BackendView, Datapath, Drift, FrontendView};
@@ -44,6 +44,8 @@ pub struct EbpfConfig {
     pub devices: Devices,
     /// Put the XDP fast path in front of the tc programs.
     pub xdp: bool,
+    /// How the tc programs attach (TCX, or clsact filters).
+    pub tc_mode: TcMode,
     /// The smallest Maglev table (a prime of [`crate::maglev::TABLE_SIZES`]); a frontend
     /// with more than a hundredth of it in backends gets a larger one.
     pub maglev_table_size: u32,
@@ -162,6 +164,7 @@ pub struct EbpfDatapath {
     nodeport: Option<NodePortLb>,
     devices: Devices,
     xdp: bool,
+    tc_mode: TcMode,
     socket_lb_config: SocketLbConfig,
     /// With [`Devices::Auto`]: the node addresses the table uses, and so where the tc programs
     /// are attached.
@@ -315,9 +318,12 @@ impl EbpfDatapath {
         let lb = SocketLb::open(&config.socket_lb)?;
         // The packet-level programs share the maps the socket load balancer just opened.
         let nodeport = match &config.devices {
-            Devices::Listed(devices) => {
-                Some(NodePortLb::open(&config.socket_lb, devices, config.xdp)?)
-            }
+            Devices::Listed(devices) => Some(NodePortLb::open(
+                &config.socket_lb,
+                devices,
+                config.xdp,
+                config.tc_mode,
+            )?),
             Devices::Auto | Devices::Off => None,
         };
         let mut datapath = EbpfDatapath {
@@ -326,6 +332,7 @@ impl EbpfDatapath {
             nodeport,
             devices: config.devices.clone(),
             xdp: config.xdp,
+            tc_mode: config.tc_mode,
             socket_lb_config: config.socket_lb.clone(),
             node_addresses: BTreeSet::new(),
             maglev_table_size: config.maglev_table_size,
@@ -435,7 +442,7 @@ impl EbpfDatapath {
         if devices.is_empty() {
             return;
         }
-        match NodePortLb::open(&self.socket_lb_config, &devices, self.xdp) {
+        match NodePortLb::open(&self.socket_lb_config, &devices, self.xdp, self.tc_mode) {
             Ok(lb) => self.nodeport = Some(lb),
             Err(error) => {
                 tracing::error!(?devices, %error, "cannot attach the north-south tc programs");
