@@ -17,7 +17,7 @@ use aya::programs::links::LinkOrder;
 use aya::programs::tc::{self, NlOptions, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 
-use crate::socket_lb::{SocketLbConfig, parse_over_pins, remove_pin};
+use crate::socket_lb::{SocketLbConfig, parse_over_pins, pin_link, program_as, remove_pin};
 use crate::{EbpfError, LinkState, sys};
 
 /// The compiled `nodeport.bpf.c`.
@@ -296,31 +296,11 @@ fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     program: &'static str,
 ) -> Result<&'a mut SchedClassifier, EbpfError> {
-    ebpf.program_mut(program)
-        .ok_or(EbpfError::Missing {
-            kind: "program",
-            name: program,
-        })?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program,
-            action: "as a tc classifier".to_owned(),
-            source: Box::new(source),
-        })
+    program_as(ebpf, program, "as a tc classifier")
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .ok_or(EbpfError::Missing {
-            kind: "program",
-            name: XDP_PROGRAM,
-        })?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program: XDP_PROGRAM,
-            action: "as an XDP program".to_owned(),
-            source: Box::new(source),
-        })
+    program_as(ebpf, XDP_PROGRAM, "as an XDP program")
 }
 
 fn xdp_link_pin(pin_path: &Path, device: &str) -> PathBuf {
@@ -386,14 +366,7 @@ fn ensure_xdp_link(
         path: pin.clone(),
         detail: format!("the XDP program on {device} was not attached as a link ({error})"),
     })?;
-    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
-        path: pin.clone(),
-        detail: error.to_string(),
-    })?);
-    let link =
-        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
-    let info = sys::link_info(link.as_fd())
-        .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
+    let info = pin_link(fd_link, &pin)?;
     Ok(Some((LinkState::Attached, info.id, mode)))
 }
 
@@ -512,14 +485,7 @@ fn ensure_tc_link(
              programs need Linux 6.6 or later"
         ),
     })?;
-    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
-        path: pin.clone(),
-        detail: error.to_string(),
-    })?);
-    let link =
-        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
-    let info = sys::link_info(link.as_fd())
-        .map_err(|error| EbpfError::io("read link info of", &pin, error))?;
+    let info = pin_link(fd_link, &pin)?;
     Ok(Some((LinkState::Attached, info.id)))
 }
 

@@ -1044,6 +1044,18 @@ fn cgroup_program<'a>(
     ebpf: &'a mut Ebpf,
     program: &'static str,
 ) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+    program_as(ebpf, program, "as cgroup/sock_addr")
+}
+
+/// The program `program` of `ebpf` as a `T` (`what` names `T` in the error).
+pub(crate) fn program_as<'a, T>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    what: &str,
+) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(program)
         .ok_or(EbpfError::Missing {
             kind: "program",
@@ -1052,9 +1064,20 @@ fn cgroup_program<'a>(
         .try_into()
         .map_err(|source| EbpfError::Program {
             program,
-            action: "as cgroup/sock_addr".to_owned(),
+            action: what.to_owned(),
             source: Box::new(source),
         })
+}
+
+/// Pins `link` at `pin` and reads back what the kernel says of it (the pin
+/// keeps the link attached once our fd is closed).
+pub(crate) fn pin_link(link: FdLink, pin: &Path) -> Result<sys::LinkInfo, EbpfError> {
+    drop(link.pin(pin).map_err(|error| EbpfError::Pin {
+        path: pin.to_owned(),
+        detail: error.to_string(),
+    })?);
+    let link = sys::obj_get(pin).map_err(|error| EbpfError::io("open pinned link", pin, error))?;
+    link_info_of(pin, &link)
 }
 
 /// Opens the link pinned at `pin` if it is still attached to cgroup
@@ -1140,13 +1163,7 @@ fn ensure_link(
         detail: format!("link of {program} is not an fd link: {error}"),
     })?;
     // Dropping the pinned link only closes our fd: the pin keeps it attached.
-    drop(fd_link.pin(&pin).map_err(|error| EbpfError::Pin {
-        path: pin.clone(),
-        detail: error.to_string(),
-    })?);
-    let link =
-        sys::obj_get(&pin).map_err(|error| EbpfError::io("open pinned link", &pin, error))?;
-    let info = link_info_of(&pin, &link)?;
+    let info = pin_link(fd_link, &pin)?;
     Ok(Some((LinkState::Attached, info)))
 }
 
