@@ -103,6 +103,13 @@ pub enum ProxyMode {
     Userspace,
 }
 
+/// How north-south flows reach another node's backend (`--nodeport-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NodePortMode {
+    Snat,
+    Dsr,
+}
+
 /// How the tc programs attach (`--tc-attach`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TcAttach {
@@ -241,6 +248,14 @@ pub struct RunArgs {
     /// qdisc, replaced at each start; `switchyard cleanup --devices` removes them).
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_attach: TcAttach,
+
+    /// eBPF mode: how north-south TCP flows reach a backend on another node: `snat` (from
+    /// this node's address, replies come back through it) or `dsr` (direct server return: the
+    /// flow's SYN carries an IP option naming the frontend, and the backend's node sends the
+    /// replies straight to the client from the frontend's address). UDP always uses SNAT.
+    /// Every node must run switchyard with the tc programs for DSR.
+    #[arg(long, value_enum, default_value = "snat")]
+    pub nodeport_mode: NodePortMode,
 
     /// eBPF mode: the smallest Maglev table of a north-south frontend (one of 251, 509, 1021,
     /// 2039, 4093, 8191, 16381, 32749, 65521, 131071). A frontend gets the smallest of these
@@ -396,6 +411,7 @@ impl RunArgs {
                 close_stale_sockets: self.close_stale_sockets,
                 devices: Devices::from_flag(&self.devices),
                 xdp: self.xdp,
+                dsr: self.nodeport_mode == NodePortMode::Dsr,
                 tc_mode: match self.tc_attach {
                     TcAttach::Auto => switchyard_ebpf::TcMode::Auto,
                     TcAttach::Clsact => switchyard_ebpf::TcMode::Clsact,

@@ -45,7 +45,7 @@ mod sys;
 
 pub use error::EbpfError;
 pub use maps::{
-    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_MAGLEV, FLAG_SRC_RANGES,
+    BackendState, BackendValue, FLAG_AFFINITY, FLAG_DROP, FLAG_DSR, FLAG_MAGLEV, FLAG_SRC_RANGES,
     FrontendKey, FrontendKind, FrontendValue, MAGLEV_CHUNK, MAGLEV_MAX_SIZE, MaglevKey, Proto,
     SlotKey, Stats,
 };

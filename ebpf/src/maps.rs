@@ -31,6 +31,9 @@ pub const FLAG_MAGLEV: u16 = 0x2;
 pub const FLAG_DROP: u16 = 0x4;
 /// `SY_F_SRC_RANGES`: packet level, only sources in `sy_srcranges` may open a flow.
 pub const FLAG_SRC_RANGES: u16 = 0x8;
+/// `SY_F_DSR`: packet level, TCP: a backend on another node answers the
+/// client itself (direct server return).
+pub const FLAG_DSR: u16 = 0x10;
 /// `SY_B_TERMINATING`.
 const BACKEND_TERMINATING: u8 = 0x1;
 /// `SY_B_LOCAL`.
@@ -448,6 +451,8 @@ pub struct Stats {
     pub ns_packets: u64,
     /// Of those, sent back out by the XDP program.
     pub xdp_tx: u64,
+    /// DSR: SYNs sent with the option, or received and recorded.
+    pub dsr: u64,
 }
 
 /// Indices into `sy_stats` (`enum sy_stat`).
@@ -461,9 +466,10 @@ pub(crate) mod stat {
     pub const NS_SNAT_FAILED: u32 = 6;
     pub const NS_PACKETS: u32 = 7;
     pub const XDP_TX: u32 = 8;
+    pub const DSR: u32 = 9;
     #[cfg_attr(
         not(test),
         allow(dead_code, reason = "checked against the header by the layout test")
     )]
-    pub const MAX: u32 = 9;
+    pub const MAX: u32 = 10;
 }

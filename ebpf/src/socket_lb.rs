@@ -775,6 +775,7 @@ impl SocketLb {
             ns_snat_failed: read(stat::NS_SNAT_FAILED)?,
             ns_packets: read(stat::NS_PACKETS)?,
             xdp_tx: read(stat::XDP_TX)?,
+            dsr: read(stat::DSR)?,
         })
     }
 }

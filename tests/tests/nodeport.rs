@@ -717,3 +717,69 @@ fn clsact_filters_serve_where_tcx_is_missing_and_are_replaced_at_restart() -> Re
     daemons[0].with_log(result)?;
     Ok(())
 }
+
+#[test]
+fn dsr_lets_the_backend_node_answer_the_client_directly() -> Result<()> {
+    let setup = Setup::with_args(1, &["--nodeport-mode", "dsr"])?;
+    let cluster = &setup.cluster;
+    // The only backend is node 1's pod: through node 0 it is a remote backend.
+    setup.pod(cluster.pod(1, 0), "web")?;
+    setup.apply(&service(
+        "web",
+        "web",
+        "10.96.0.10",
+        NODE_PORT,
+        "NodePort",
+        json!({}),
+    ))?;
+    let base = format!("http://{}:{NODE_PORT}", cluster.node_ip(0));
+    setup.wait_answers(&format!("{base}/"))?;
+    // No SNAT: the pod sees the client itself, and the answers come from the NodePort.
+    for n in 0..20 {
+        let peer = setup
+            .external_get(&format!("{base}/peer"))?
+            .map_err(|code| anyhow::anyhow!("request {n} over DSR failed (curl {code})"))?;
+        ensure!(
+            peer.starts_with(&format!("{EXTERNAL_IP}:")),
+            "with DSR the pod should see the client {EXTERNAL_IP}, saw {peer}"
+        );
+    }
+    let (answers, failures) = spawn_keepalive(
+        cluster,
+        &format!("{}:{NODE_PORT}", cluster.node_ip(0)),
+        Duration::from_secs(2),
+    )?
+    .join()
+    .map_err(|_| anyhow::anyhow!("keep-alive thread panicked"))??;
+    ensure!(
+        failures == 0 && answers > 10,
+        "{answers} answers, {failures} failures"
+    );
+    // Node 0 sent the SYNs with the option, node 1 took them; UDP still goes through SNAT.
+    let dsr = |i: usize| -> Result<f64> {
+        let metrics = switchyard_tests::metrics::parse(&setup.daemons[i].metrics()?);
+        Ok(switchyard_tests::metrics::sum(
+            &metrics,
+            "switchyard_bpf_dsr_total",
+            &[],
+        ))
+    };
+    ensure!(
+        dsr(0)? >= 21.0 && dsr(1)? >= 21.0,
+        "DSR counters: node 0 {}, node 1 {}",
+        dsr(0)?,
+        dsr(1)?
+    );
+    let udp = udp_names(
+        cluster,
+        &cluster.node_ip(0).to_string(),
+        NODE_PORT,
+        41000,
+        4,
+    )?;
+    ensure!(
+        udp.values().all(|n| *n == cluster.pod(1, 0).name()),
+        "UDP through the NodePort: {udp:?}"
+    );
+    Ok(())
+}

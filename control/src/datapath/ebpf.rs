@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use switchyard_ebpf::{
     BackendState as KernelBackendState, BackendValue, EbpfError, FLAG_AFFINITY, FLAG_DROP,
-    FLAG_MAGLEV, FLAG_SRC_RANGES, FrontendKey, FrontendKind as KernelKind, FrontendValue,
+    FLAG_DSR, FLAG_MAGLEV, FLAG_SRC_RANGES, FrontendKey, FrontendKind as KernelKind, FrontendValue,
     NodePortLb, Proto, SlotKey, SocketLb, SocketLbConfig, TcMode,
 };
 
@@ -46,6 +46,9 @@ pub struct EbpfConfig {
     pub xdp: bool,
     /// How the tc programs attach (TCX, or clsact filters).
     pub tc_mode: TcMode,
+    /// TCP north-south flows to a backend on another node are answered by that node directly
+    /// (direct server return) instead of through SNAT here.
+    pub dsr: bool,
     /// The smallest Maglev table (a prime of [`crate::maglev::TABLE_SIZES`]); a frontend
     /// with more than a hundredth of it in backends gets a larger one.
     pub maglev_table_size: u32,
@@ -165,6 +168,7 @@ pub struct EbpfDatapath {
     devices: Devices,
     xdp: bool,
     tc_mode: TcMode,
+    dsr: bool,
     socket_lb_config: SocketLbConfig,
     /// With [`Devices::Auto`]: the node addresses the table uses, and so where the tc programs
     /// are attached.
@@ -247,8 +251,16 @@ fn ranges_of(entry: &ServiceEntry) -> Vec<IpNet> {
     ranges
 }
 
-fn flags_of(entry: &ServiceEntry) -> u16 {
+fn flags_of(entry: &ServiceEntry, dsr: bool) -> u16 {
     let mut flags = 0;
+    // DSR replaces the SNAT of externalTrafficPolicy: Cluster, for TCP.
+    if dsr
+        && entry.snat.is_some()
+        && entry.frontend.kind.is_external()
+        && entry.frontend.proto == Protocol::Tcp
+    {
+        flags |= FLAG_DSR;
+    }
     if entry.source_ranges.is_some() {
         flags |= FLAG_SRC_RANGES;
     }
@@ -333,6 +345,7 @@ impl EbpfDatapath {
             devices: config.devices.clone(),
             xdp: config.xdp,
             tc_mode: config.tc_mode,
+            dsr: config.dsr,
             socket_lb_config: config.socket_lb.clone(),
             node_addresses: BTreeSet::new(),
             maglev_table_size: config.maglev_table_size,
@@ -464,7 +477,7 @@ impl EbpfDatapath {
         let Some(programmed) = self.view.frontends.get(&entry.frontend) else {
             return false;
         };
-        programmed.flags == flags_of(entry)
+        programmed.flags == flags_of(entry, self.dsr)
             && programmed.affinity_timeout == affinity_seconds(entry)
             && programmed.maglev_size == self.maglev_size(entry)
             && programmed.snat == snat_of(entry)
@@ -500,7 +513,7 @@ impl EbpfDatapath {
         }
         let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         let ids = &ids[..];
-        let flags = flags_of(entry);
+        let flags = flags_of(entry, self.dsr);
         let maglev_size = self.maglev_size(entry);
         let source_ranges = ranges_of(entry);
         let old_ids = previous
@@ -891,6 +904,11 @@ impl super::StatusSource for EbpfStatus {
                 "switchyard_bpf_xdp_tx_total",
                 "north-south packets translated and sent back out by the XDP program (--xdp)",
                 stats.xdp_tx,
+            ),
+            counter(
+                "switchyard_bpf_dsr_total",
+                "DSR flows: SYNs sent to another node's backend with the DSR option, or received with it",
+                stats.dsr,
             ),
             counter(
                 "switchyard_bpf_source_range_denied_total",

@@ -150,6 +150,9 @@ struct xlate {
 	__u32 daddr;
 	__u16 sport;
 	__u16 dport;
+	__u8 dsr_opt;  /* add the DSR option naming the frontend (a DSR flow's SYN) */
+	__u32 fe_addr; /* the frontend, with dsr_opt */
+	__u16 fe_port;
 };
 
 static __always_inline __u8 closing(const struct pkt4 *p)
@@ -177,6 +180,11 @@ static __always_inline int to_backend(const struct pkt4 *p, struct sy_ct *ct, __
 	}
 	x->daddr = addr4(ct->backend);
 	x->dport = ct->backend_port;
+	if ((ct->flags & SY_CT_DSR) && is_syn(p)) {
+		x->dsr_opt = 1;
+		x->fe_addr = p->daddr;
+		x->fe_port = p->dport;
+	}
 	return ACT_FORWARD;
 }
 
@@ -312,7 +320,10 @@ static __always_inline int new_flow(const struct pkt4 *p, const struct sy_flow *
 	__builtin_memcpy(rkey.saddr, be->addr, 16);
 	__builtin_memcpy(rval.client, &p->saddr, 4);
 	__builtin_memcpy(rval.frontend, &p->daddr, 4);
-	if (snat && !(be->state & SY_B_LOCAL)) {
+	if ((fe->flags & SY_F_DSR) && p->proto == IPPROTO_TCP && !(be->state & SY_B_LOCAL)) {
+		/* The backend's node answers the client itself: nothing comes back here. */
+		ct.flags = SY_CT_DSR;
+	} else if (snat && !(be->state & SY_B_LOCAL)) {
 		__u16 port;
 
 		rval.flags = SY_CT_SNAT;
@@ -456,19 +467,121 @@ static __always_inline int forward_skb(struct __sk_buff *skb, const struct xlate
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/* Recomputes the checksum of the IPv4 header at `l3`, `len` bytes (20 or 28). */
+static __always_inline int ip_csum_fix(struct __sk_buff *skb, __u32 l3, __u32 len)
+{
+	__u16 words[14] = {};
+	__u32 sum = 0;
+
+	if (len != 20 && len != 28)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l3, words, len))
+		return -1;
+	words[5] = 0;
+	for (int i = 0; i < 14; i++) {
+		if (i * 2 < len)
+			sum += words[i];
+	}
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	words[5] = (__u16)~sum;
+	return bpf_skb_store_bytes(skb, l3 + offsetof(struct iphdr, check), &words[5], 2, 0);
+}
+
+/* Sets the IPv4 header's length fields after it grew or shrank by the DSR option. */
+static __always_inline int set_ip_lengths(struct __sk_buff *skb, __u32 l3, __u8 ihl, int delta)
+{
+	__u8 vihl = 0x40 | ihl;
+	__u16 tot;
+
+	if (bpf_skb_load_bytes(skb, l3 + offsetof(struct iphdr, tot_len), &tot, 2))
+		return -1;
+	tot = bpf_htons(bpf_ntohs(tot) + delta);
+	if (bpf_skb_store_bytes(skb, l3, &vihl, 1, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + offsetof(struct iphdr, tot_len), &tot, 2, 0))
+		return -1;
+	return ip_csum_fix(skb, l3, ihl * 4);
+}
+
+/* Adds the DSR option naming the frontend after a 20-byte IPv4 header. */
+static __always_inline int add_dsr_opt(struct __sk_buff *skb, const struct pkt4 *p,
+				       const struct xlate *x)
+{
+	__u8 opt[SY_DSR_OPT_LEN] = { SY_DSR_OPT_TYPE, SY_DSR_OPT_LEN };
+
+	if (p->l4 - p->l3 != 20)
+		return -1; /* a header with options of its own: no room for ours */
+	__builtin_memcpy(&opt[2], &x->fe_port, 2);
+	__builtin_memcpy(&opt[4], &x->fe_addr, 4);
+	if (bpf_skb_adjust_room(skb, SY_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l3 + 20, opt, sizeof(opt), 0))
+		return -1;
+	if (set_ip_lengths(skb, p->l3, 7, SY_DSR_OPT_LEN))
+		return -1;
+	count(SY_STAT_DSR);
+	return 0;
+}
+
+/*
+ * On the backend's node: a SYN carrying the DSR option. Its replies are recorded to come from
+ * the frontend it names (rewritten on the way out, sy_nodeport_egress) and the option removed.
+ * 1 if it was one.
+ */
+static __always_inline int take_dsr_opt(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	__u8 opt[SY_DSR_OPT_LEN];
+
+	if (p->proto != IPPROTO_TCP || p->l4 - p->l3 != 28)
+		return 0;
+	if (bpf_skb_load_bytes(skb, p->l3 + 20, opt, sizeof(opt)) || opt[0] != SY_DSR_OPT_TYPE ||
+	    opt[1] != SY_DSR_OPT_LEN)
+		return 0;
+
+	struct sy_flow rkey = {
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.family = SY_FAMILY_V4,
+	};
+	struct sy_ct_rev rval = {
+		.last_seen_ns = bpf_ktime_get_ns(),
+		.client_port = p->sport,
+		.family = SY_FAMILY_V4,
+	};
+
+	__builtin_memcpy(rkey.saddr, &p->daddr, 4);
+	__builtin_memcpy(rkey.daddr, &p->saddr, 4);
+	__builtin_memcpy(rval.client, &p->saddr, 4);
+	__builtin_memcpy(&rval.frontend_port, &opt[2], 2);
+	__builtin_memcpy(rval.frontend, &opt[4], 4);
+	bpf_map_update_elem(&sy_ct_rev, &rkey, &rval, BPF_ANY);
+	if (bpf_skb_adjust_room(skb, -SY_DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) ||
+	    set_ip_lengths(skb, p->l3, 5, -SY_DSR_OPT_LEN))
+		return -1;
+	count(SY_STAT_DSR);
+	return 1;
+}
+
 SEC("classifier")
 int sy_nodeport_ingress(struct __sk_buff *skb)
 {
 	struct xlate x = {};
 	struct pkt4 p;
+	int taken;
 
 	if (!parse4((void *)(long)skb->data, (void *)(long)skb->data_end, &p))
 		return TC_ACT_OK;
+	taken = take_dsr_opt(skb, &p);
+	if (taken)
+		return taken < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	switch (decide_ingress(&p, &x)) {
 	case ACT_DROP:
 		return TC_ACT_SHOT;
 	case ACT_FORWARD:
 		if (rewrite_skb(skb, &p, &x))
+			return TC_ACT_SHOT;
+		if (x.dsr_opt && add_dsr_opt(skb, &p, &x))
 			return TC_ACT_SHOT;
 		return forward_skb(skb, &x, p.proto);
 	default:
@@ -585,10 +698,14 @@ int sy_nodeport_xdp(struct xdp_md *ctx)
 
 	if (!parse4(data, end, &p))
 		return XDP_PASS;
+	if (p.l4 - p.l3 != 20)
+		return XDP_PASS; /* IP options (the DSR option among them) are tc's */
 	switch (decide_ingress(&p, &x)) {
 	case ACT_DROP:
 		return XDP_DROP;
 	case ACT_FORWARD:
+		if (x.dsr_opt)
+			return XDP_PASS; /* the DSR option is added by tc */
 		break;
 	default:
 		return XDP_PASS;

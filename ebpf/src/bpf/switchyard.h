@@ -26,6 +26,13 @@
 #define SY_F_MAGLEV 0x2   /* choose through the service's Maglev table (sy_maglev) */
 #define SY_F_DROP 0x4     /* with no backends: drop (EPERM) instead of refusing (ECONNREFUSED) */
 #define SY_F_SRC_RANGES 0x8 /* packet level: only sources in sy_srcranges may open a flow */
+#define SY_F_DSR 0x10       /* packet level, TCP: a backend on another node answers the client
+			     * itself (direct server return) instead of through SNAT */
+
+/* DSR: the IPv4 option the frontend's node adds to a flow's SYN, naming the frontend, so that
+ * the backend's node can make the replies come from it: type, length 8, port, address. */
+#define SY_DSR_OPT_TYPE 0x9a
+#define SY_DSR_OPT_LEN 8
 
 /* sy_frontend.kind: which Service address it is. The packet-level programs (nodeport.bpf.c)
  * serve every kind but ClusterIP; the socket-level ones serve all. */
@@ -161,6 +168,8 @@ struct sy_flow {
 /* sy_ct.flags and sy_ct_rev.flags */
 #define SY_CT_SNAT 0x1    /* the flow goes to its backend from snat_addr:snat_port */
 #define SY_CT_CLOSING 0x2 /* a FIN or RST was seen in this direction */
+#define SY_CT_DSR 0x4     /* the flow's backend answers the client directly (its SYN carries the
+			   * DSR option) */
 
 /*
  * sy_ct (LRU_HASH): packet level, a flow from a client to a frontend (key: client -> frontend)
@@ -208,7 +217,8 @@ enum sy_stat {
 	SY_STAT_NS_SNAT_FAILED = 6, /* packet level: dropped, no free SNAT port */
 	SY_STAT_NS_PACKETS = 7, /* packet level: packets translated, both directions */
 	SY_STAT_XDP_TX = 8,     /* of those, sent back out by the XDP program (XDP_TX) */
-	SY_STAT_MAX = 9,
+	SY_STAT_DSR = 9,        /* DSR flows: SYNs sent with the option, or received and recorded */
+	SY_STAT_MAX = 10,
 };
 
 #endif
