@@ -40,7 +40,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Targets, in round order (known: direct, switchyard-tc, switchyard-xdp,
+    /// Targets, in round order (known: direct, switchyard-tc, switchyard-dsr, switchyard-xdp,
     /// kube-proxy-iptables, kube-proxy-iptables-nft).
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.iter().map(|t| (*t).to_owned()))]
     targets: Vec<String>,

@@ -21,8 +21,9 @@
 //!   remote) the source to its own address, and forwards over the bridge to
 //!   node 1; the replies come back through node 0.
 //!
-//! Node 1 runs no proxy for any target, so the targets differ only in node
-//! 0. The API server holds the Node objects (with their `InternalIP`), the
+//! Node 1 runs no proxy for any target but `switchyard-dsr` (direct server
+//! return needs switchyard on the backend's node), so the other targets differ
+//! only in node 0. The API server holds the Node objects (with their `InternalIP`), the
 //! Service (type NodePort, `externalTrafficPolicy: Cluster`) and the Pod;
 //! switchyard reads them, and kube-proxy's rules are written from the same
 //! description ([`service`]).

@@ -255,7 +255,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "An external client (192.168.0.200, on the bridge, outside the cluster) connects to the NodePort 192.168.0.10:30080 of node 0; the Service's only endpoint is the pod web-1-0 (10.244.1.10:8080) on node 1, so node 0 translates the destination and the source (to its own address) and forwards over the bridge, and the replies come back through node 0. The anchor, direct, connects to the pod's address routed via node 1, with no Service and no NAT. Node 1 runs no proxy. Medians of {} rounds, the targets one after another in each round; only one target is ever set up.\n",
+            "An external client (192.168.0.200, on the bridge, outside the cluster) connects to the NodePort 192.168.0.10:30080 of node 0; the Service's only endpoint is the pod web-1-0 (10.244.1.10:8080) on node 1, so node 0 translates the destination and the source (to its own address) and forwards over the bridge, and the replies come back through node 0. The anchor, direct, connects to the pod's address routed via node 1, with no Service and no NAT. Node 1 runs no proxy, except for switchyard-dsr, which needs switchyard on the backend's node too (node 0 only translates the destination and marks the SYN; node 1 sends the replies straight to the client). Medians of {} rounds, the targets one after another in each round; only one target is ever set up.\n",
             self.method.rounds
         );
         self.write_failures(&mut out);

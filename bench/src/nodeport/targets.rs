@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_tests::{Daemon, Mode, Netns, client, metrics, poll_until};
 
 use super::iptables;
-use super::{ENTRY_NODE, Scene};
+use super::{ENTRY_NODE, POD_NODE, Scene};
 use crate::cpu;
 use crate::kube_proxy;
 use crate::rule_loader::{self, Backend};
@@ -35,6 +35,9 @@ pub enum Kind {
     Switchyard {
         /// Flags added to `switchyard run`.
         extra_args: &'static [&'static str],
+        /// Also run switchyard (with the same flags) on node 1, the backend's node, which
+        /// direct server return needs: the pod then sees the client itself.
+        backend_node: bool,
     },
     /// kube-proxy's iptables rules for the Service, loaded into node 0 by
     /// `backend` (never nftables: this shape is iptables').
@@ -69,7 +72,10 @@ pub const CATALOG: &[Target] = &[
     Target {
         name: "switchyard-tc",
         summary: "switchyard --proxy-mode ebpf --devices eth0 on node 0: tc programs on eth0 (Maglev, conntrack map, SNAT to 192.168.0.10, FIB redirect)",
-        kind: Kind::Switchyard { extra_args: &[] },
+        kind: Kind::Switchyard {
+            extra_args: &[],
+            backend_node: false,
+        },
         needs_xdp_bridge: false,
     },
     Target {
@@ -77,8 +83,18 @@ pub const CATALOG: &[Target] = &[
         summary: "switchyard --proxy-mode ebpf --devices eth0 --xdp on node 0: the same translation in XDP on eth0, the rewritten packets sent back out from the driver (XDP_TX), the rest left to tc",
         kind: Kind::Switchyard {
             extra_args: &["--xdp"],
+            backend_node: false,
         },
         needs_xdp_bridge: true,
+    },
+    Target {
+        name: "switchyard-dsr",
+        summary: "switchyard --proxy-mode ebpf --devices eth0 --nodeport-mode dsr on nodes 0 and 1: node 0 translates the destination only and marks the SYN with the frontend (an IP option); node 1 sends the pod's replies straight to the client",
+        kind: Kind::Switchyard {
+            extra_args: &["--nodeport-mode", "dsr"],
+            backend_node: true,
+        },
+        needs_xdp_bridge: false,
     },
     Target {
         name: "kube-proxy-iptables",
@@ -95,7 +111,12 @@ pub const CATALOG: &[Target] = &[
 ];
 
 /// The targets of a run unless `--targets` says otherwise.
-pub const DEFAULT_TARGETS: &[&str] = &["direct", "switchyard-tc", "kube-proxy-iptables"];
+pub const DEFAULT_TARGETS: &[&str] = &[
+    "direct",
+    "switchyard-tc",
+    "switchyard-dsr",
+    "kube-proxy-iptables",
+];
 
 /// The catalog entry called `name`.
 pub fn find(name: &str) -> Option<Target> {
@@ -133,8 +154,8 @@ pub struct Validation {
 pub enum Active {
     /// Nothing to run.
     Direct,
-    /// The daemon on node 0.
-    Switchyard(Box<Daemon>),
+    /// The daemon on node 0 (and on node 1, for DSR).
+    Switchyard(Box<Daemon>, Option<Box<Daemon>>),
     /// The rules in node 0.
     KubeProxy(Rules),
 }
@@ -143,14 +164,14 @@ impl Active {
     /// The daemon's PID, for a switchyard target.
     pub fn daemon_pid(&self) -> Option<u32> {
         match self {
-            Self::Switchyard(daemon) => Some(daemon.pid()),
+            Self::Switchyard(daemon, _) => Some(daemon.pid()),
             _ => None,
         }
     }
 
     /// Fails if the daemon has exited on its own.
     pub fn check_running(&mut self) -> Result<()> {
-        if let Self::Switchyard(daemon) = self
+        if let Self::Switchyard(daemon, _) = self
             && let Some(status) = daemon.try_wait()?
         {
             bail!(
@@ -223,7 +244,10 @@ pub fn address(scene: &Scene<'_>, target: Target) -> SocketAddr {
 /// The client address the pod must see through `target`.
 fn expected_peer(scene: &Scene<'_>, target: Target) -> IpAddr {
     match target.kind {
-        Kind::Direct => IpAddr::V4(switchyard_tests::cluster::EXTERNAL_IP),
+        Kind::Direct
+        | Kind::Switchyard {
+            backend_node: true, ..
+        } => IpAddr::V4(switchyard_tests::cluster::EXTERNAL_IP),
         Kind::Switchyard { .. } | Kind::KubeProxyIptables(_) => {
             IpAddr::V4(scene.cluster.node_ip(ENTRY_NODE))
         }
@@ -283,7 +307,24 @@ pub fn set_up(scene: &Scene<'_>, target: Target) -> Result<(Active, SetupInfo)> 
     let mut info = SetupInfo::default();
     let active = match target.kind {
         Kind::Direct => Active::Direct,
-        Kind::Switchyard { extra_args } => {
+        Kind::Switchyard {
+            extra_args,
+            backend_node,
+        } => {
+            let backend = if backend_node {
+                let mut config =
+                    scene
+                        .cluster
+                        .daemon_config(POD_NODE, Mode::Ebpf, &scene.kubeconfig)?;
+                config
+                    .extra_args
+                    .extend(extra_args.iter().map(|a| (*a).to_owned()));
+                Some(Box::new(cpu::with_cpu(scene.config.proxy_cpu, || {
+                    scene.cluster.start_daemon(POD_NODE, &config)
+                })?))
+            } else {
+                None
+            };
             let mut config =
                 scene
                     .cluster
@@ -296,9 +337,9 @@ pub fn set_up(scene: &Scene<'_>, target: Target) -> Result<(Active, SetupInfo)> 
             let daemon = cpu::with_cpu(scene.config.proxy_cpu, || {
                 scene.cluster.start_daemon(ENTRY_NODE, &config)
             })?;
-            let mut active = Active::Switchyard(Box::new(daemon));
+            let mut active = Active::Switchyard(Box::new(daemon), backend);
             if let Err(error) = wait_answers(scene, target, &mut active) {
-                let Active::Switchyard(daemon) = &active else {
+                let Active::Switchyard(daemon, _) = &active else {
                     unreachable!("set up as switchyard just above")
                 };
                 return Err(error.context(switchyard_diagnostics(scene, daemon)));
@@ -453,7 +494,11 @@ pub fn tear_down(scene: &Scene<'_>, target: Target, active: Active) -> Result<Te
     let mut info = TearDownInfo::default();
     match active {
         Active::Direct => {}
-        Active::Switchyard(mut daemon) => {
+        Active::Switchyard(mut daemon, backend) => {
+            if let Some(mut backend) = backend {
+                backend.terminate(Duration::from_secs(5))?;
+                backend.cleanup_ebpf()?;
+            }
             info.daemon_cpu_s = cpu::clock_ticks()
                 .and_then(|ticks| cpu::process_time(daemon.pid(), ticks))
                 .ok()
