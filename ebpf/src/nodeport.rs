@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
@@ -303,6 +303,46 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
     program_as(ebpf, XDP_PROGRAM, "as an XDP program")
 }
 
+/// The link an earlier run pinned at `pin`, if it is still attached where
+/// `attached_right` says it should be. A stale one (detached, or attached
+/// elsewhere) is detached and unpinned, and `None` returned.
+fn live_pinned_link(
+    pin: &Path,
+    attached_right: impl Fn(&sys::LinkInfo) -> bool,
+) -> Result<Option<(OwnedFd, sys::LinkInfo)>, EbpfError> {
+    let Ok(link) = sys::obj_get(pin) else {
+        return Ok(None);
+    };
+    match sys::link_info(link.as_fd()) {
+        Ok(info) if attached_right(&info) => Ok(Some((link, info))),
+        info => {
+            tracing::warn!(pin = %pin.display(), ?info, "pinned link is not attached to its interface: replacing it");
+            let _ = sys::link_detach(link.as_fd());
+            remove_pin(pin)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Replaces the program a live link runs with the one just loaded (traffic
+/// never stops); keeps the old one if the kernel refuses.
+fn swap_program(
+    link: &OwnedFd,
+    prog_fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    program: &'static str,
+    device: &str,
+) -> Result<(), EbpfError> {
+    let prog_fd = prog_fd.map_err(|source| EbpfError::Program {
+        program,
+        action: "get its fd".to_owned(),
+        source: Box::new(source),
+    })?;
+    if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
+        tracing::warn!(program, %device, %error, "could not update the pinned link's program; keeping the old one");
+    }
+    Ok(())
+}
+
 fn xdp_link_pin(pin_path: &Path, device: &str) -> PathBuf {
     pin_path.join(format!("{XDP_LINK_PREFIX}{device}"))
 }
@@ -320,28 +360,14 @@ fn ensure_xdp_link(
 ) -> Result<Option<(LinkState, u32, XdpAttach)>, EbpfError> {
     let pin = xdp_link_pin(pin_path, device);
     let prog = xdp_program(ebpf)?;
-    if let Ok(link) = sys::obj_get(&pin) {
-        match sys::link_info(link.as_fd()) {
-            Ok(info) if info.link_type == sys::LINK_TYPE_XDP && info.ifindex == ifindex => {
-                if !update {
-                    return Ok(None);
-                }
-                let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
-                    program: XDP_PROGRAM,
-                    action: "get its fd".to_owned(),
-                    source: Box::new(source),
-                })?;
-                if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
-                    tracing::warn!(%device, %error, "could not update the pinned XDP link's program; keeping the old one");
-                }
-                return Ok(Some((LinkState::Reused, info.id, XdpAttach::Driver)));
-            }
-            info => {
-                tracing::warn!(pin = %pin.display(), ?info, "pinned XDP link is not attached to its interface: replacing it");
-                let _ = sys::link_detach(link.as_fd());
-                remove_pin(&pin)?;
-            }
+    if let Some((link, info)) = live_pinned_link(&pin, |info| {
+        info.link_type == sys::LINK_TYPE_XDP && info.ifindex == ifindex
+    })? {
+        if !update {
+            return Ok(None);
         }
+        swap_program(&link, prog.fd(), XDP_PROGRAM, device)?;
+        return Ok(Some((LinkState::Reused, info.id, XdpAttach::Driver)));
     }
     let (id, mode) = match prog.attach(device, XdpMode::Driver) {
         Ok(id) => (id, XdpAttach::Driver),
@@ -433,32 +459,16 @@ fn ensure_tc_link(
     if *mode == TcMode::Clsact {
         return attach_clsact(prog, program, direction, device).map(Some);
     }
-    if let Ok(link) = sys::obj_get(&pin) {
-        match sys::link_info(link.as_fd()) {
-            Ok(info)
-                if info.link_type == sys::LINK_TYPE_TCX
-                    && info.ifindex == ifindex
-                    && info.tcx_attach_type == direction.tcx() =>
-            {
-                if !update {
-                    return Ok(None);
-                }
-                let prog_fd = prog.fd().map_err(|source| EbpfError::Program {
-                    program,
-                    action: "get its fd".to_owned(),
-                    source: Box::new(source),
-                })?;
-                if let Err(error) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
-                    tracing::warn!(program, %device, %error, "could not update the pinned tc link's program; keeping the old one");
-                }
-                return Ok(Some((LinkState::Reused, info.id)));
-            }
-            info => {
-                tracing::warn!(pin = %pin.display(), ?info, "pinned tc link is not attached to its interface: replacing it");
-                let _ = sys::link_detach(link.as_fd());
-                remove_pin(&pin)?;
-            }
+    if let Some((link, info)) = live_pinned_link(&pin, |info| {
+        info.link_type == sys::LINK_TYPE_TCX
+            && info.ifindex == ifindex
+            && info.tcx_attach_type == direction.tcx()
+    })? {
+        if !update {
+            return Ok(None);
         }
+        swap_program(&link, prog.fd(), program, device)?;
+        return Ok(Some((LinkState::Reused, info.id)));
     }
     let attach_error = |source: aya::programs::ProgramError| EbpfError::Program {
         program,

@@ -349,10 +349,10 @@ fn affinity_keeps_a_client_on_one_backend() -> Result<()> {
 
 #[test]
 fn maglev_picks_through_the_table_consistently() -> Result<()> {
-    let mut fx = Fixture::new(3)?;
-    let ids = fx.program(tcp(VIP, 80), 5, POD_HTTP_PORT, FLAG_MAGLEV, 0)?;
     // A table of two chunks: the programs must find entries beyond the first 1,024.
     const MAGLEV_SIZE: u32 = 2039;
+    let mut fx = Fixture::new(3)?;
+    let ids = fx.program(tcp(VIP, 80), 5, POD_HTTP_PORT, FLAG_MAGLEV, 0)?;
     let mut value = fx.lb().frontend_get(&tcp(VIP, 80))?.context("frontend")?;
     value.maglev_size = MAGLEV_SIZE;
     fx.lb().frontend_put(&tcp(VIP, 80), &value)?;

@@ -95,6 +95,26 @@ impl Setup {
         self.with_logs(result)
     }
 
+    /// The sum of the counter `name` in node `i`'s metrics.
+    fn counter(&self, i: usize, name: &str) -> Result<f64> {
+        let metrics = switchyard_tests::metrics::parse(&self.daemons[i].metrics()?);
+        Ok(switchyard_tests::metrics::sum(&metrics, name, &[]))
+    }
+
+    /// One keep-alive connection from the external client through node 0's NodePort for
+    /// `duration`: fails unless every request is answered, and more than `min` of them.
+    fn keepalive_through_node0(&self, duration: Duration, min: usize) -> Result<()> {
+        let target = format!("{}:{NODE_PORT}", self.cluster.node_ip(0));
+        let (answers, failures) = spawn_keepalive(&self.cluster, &target, duration)?
+            .join()
+            .map_err(|_| anyhow::anyhow!("keep-alive thread panicked"))??;
+        ensure!(
+            failures == 0 && answers > min,
+            "{answers} answers, {failures} failures"
+        );
+        Ok(())
+    }
+
     /// `result`, with every daemon's log added to an error.
     fn with_logs<T>(&self, result: Result<T>) -> Result<T> {
         result.map_err(|error| {
@@ -530,12 +550,7 @@ fn source_ranges_admit_only_listed_sources() -> Result<()> {
         external_get_from(&setup.cluster, &node_port, Some(&EXTERNAL_IP_2.to_string()))?.is_ok(),
         "the NodePort is open to every source"
     );
-    let metrics = setup.daemons[0].metrics()?;
-    let denied = switchyard_tests::metrics::sum(
-        &switchyard_tests::metrics::parse(&metrics),
-        "switchyard_bpf_source_range_denied_total",
-        &[],
-    );
+    let denied = setup.counter(0, "switchyard_bpf_source_range_denied_total")?;
     ensure!(denied >= 5.0, "denied packets are counted: {denied}");
     Ok(())
 }
@@ -650,21 +665,9 @@ fn xdp_sends_traffic_to_other_nodes_back_out_from_the_driver() -> Result<()> {
             .map_err(|code| anyhow::anyhow!("request {n} through XDP failed (curl {code})"))?;
         ensure!(name == cluster.pod(1, 0).name(), "answered by {name}");
     }
-    let (answers, failures) = spawn_keepalive(
-        cluster,
-        &format!("{}:{NODE_PORT}", cluster.node_ip(0)),
-        Duration::from_secs(2),
-    )?
-    .join()
-    .map_err(|_| anyhow::anyhow!("keep-alive thread panicked"))??;
-    ensure!(
-        failures == 0 && answers > 10,
-        "{answers} answers, {failures} failures"
-    );
-    let metrics = switchyard_tests::metrics::parse(&setup.daemons[0].metrics()?);
-    let tx = switchyard_tests::metrics::sum(&metrics, "switchyard_bpf_xdp_tx_total", &[]);
-    let packets =
-        switchyard_tests::metrics::sum(&metrics, "switchyard_bpf_nodeport_packets_total", &[]);
+    setup.keepalive_through_node0(Duration::from_secs(2), 10)?;
+    let tx = setup.counter(0, "switchyard_bpf_xdp_tx_total")?;
+    let packets = setup.counter(0, "switchyard_bpf_nodeport_packets_total")?;
     eprintln!("node 0: {tx} of {packets} translated packets sent back out by XDP");
     ensure!(
         tx >= 0.8 * packets && tx > 100.0,
@@ -744,26 +747,9 @@ fn dsr_lets_the_backend_node_answer_the_client_directly() -> Result<()> {
             "with DSR the pod should see the client {EXTERNAL_IP}, saw {peer}"
         );
     }
-    let (answers, failures) = spawn_keepalive(
-        cluster,
-        &format!("{}:{NODE_PORT}", cluster.node_ip(0)),
-        Duration::from_secs(2),
-    )?
-    .join()
-    .map_err(|_| anyhow::anyhow!("keep-alive thread panicked"))??;
-    ensure!(
-        failures == 0 && answers > 10,
-        "{answers} answers, {failures} failures"
-    );
+    setup.keepalive_through_node0(Duration::from_secs(2), 10)?;
     // Node 0 sent the SYNs with the option, node 1 took them; UDP still goes through SNAT.
-    let dsr = |i: usize| -> Result<f64> {
-        let metrics = switchyard_tests::metrics::parse(&setup.daemons[i].metrics()?);
-        Ok(switchyard_tests::metrics::sum(
-            &metrics,
-            "switchyard_bpf_dsr_total",
-            &[],
-        ))
-    };
+    let dsr = |i: usize| setup.counter(i, "switchyard_bpf_dsr_total");
     ensure!(
         dsr(0)? >= 21.0 && dsr(1)? >= 21.0,
         "DSR counters: node 0 {}, node 1 {}",

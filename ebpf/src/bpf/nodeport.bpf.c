@@ -646,8 +646,6 @@ static __always_inline int rewrite_xdp(struct xdp_md *ctx, const struct pkt4 *p,
 	if ((void *)(ip + 1) > end || ip->ihl < 5)
 		return -1;
 	l4 = (__u8 *)ip + ip->ihl * 4;
-	if ((void *)(l4 + 18) > end && p->proto == IPPROTO_TCP)
-		return -1;
 	if ((void *)(l4 + 8) > end)
 		return -1;
 	ports = (__u16 *)l4;
