@@ -18,7 +18,7 @@ pub mod diff;
 pub mod healthcheck;
 pub mod http;
 pub mod incremental;
-pub mod maglev;
+pub use switchyard_proxy::maglev;
 pub mod metrics;
 pub mod model;
 pub mod services;

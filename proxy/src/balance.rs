@@ -7,14 +7,16 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::l7::endpoint::Endpoint;
+use crate::l7::spec::L7Spec;
 use crate::spec::{Algorithm, ServiceSpec};
 use crate::stats::BackendStats;
 
@@ -28,6 +30,8 @@ pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     pub(crate) terminating: bool,
     pub(crate) stats: Arc<BackendStats>,
+    /// Per-request state, used by L7 frontends only.
+    pub(crate) l7: Arc<Endpoint>,
 }
 
 /// An immutable view of what a frontend serves. A new one is built for every
@@ -38,6 +42,8 @@ pub(crate) struct BackendSet {
     pub(crate) name: String,
     pub(crate) algorithm: Algorithm,
     pub(crate) affinity: Option<Duration>,
+    /// Per-request serving; `None` for an L4 frontend.
+    pub(crate) l7: Option<Arc<L7Spec>>,
     pub(crate) backends: Vec<Backend>,
     /// Indices into `backends` that new connections may use: the ready ones,
     /// or all of them when every backend is terminating.
@@ -47,6 +53,9 @@ pub(crate) struct BackendSet {
     /// Bumped on every update, so a UDP flow can tell cheaply whether it must
     /// check that its backend is still in the set.
     pub(crate) generation: u64,
+    /// The Maglev table over the eligible backends, for consistent-hash L7 frontends;
+    /// built on first use.
+    hash_table: OnceLock<Vec<u32>>,
 }
 
 impl BackendSet {
@@ -55,11 +64,13 @@ impl BackendSet {
             name: String::new(),
             algorithm: Algorithm::default(),
             affinity: None,
+            l7: None,
             backends: Vec::new(),
             eligible: Vec::new(),
             index: HashMap::new(),
             any_ready: false,
             generation: 0,
+            hash_table: OnceLock::new(),
         }
     }
 
@@ -75,14 +86,15 @@ impl BackendSet {
                 existing.terminating &= b.terminating;
                 continue;
             }
-            let stats = previous
-                .backend(b.addr)
-                .map_or_else(Arc::default, |old| Arc::clone(&old.stats));
+            let old = previous.backend(b.addr);
+            let stats = old.map_or_else(Arc::default, |old| Arc::clone(&old.stats));
+            let l7 = old.map_or_else(Arc::default, |old| Arc::clone(&old.l7));
             index.insert(b.addr, backends.len());
             backends.push(Backend {
                 addr: b.addr,
                 terminating: b.terminating,
                 stats,
+                l7,
             });
         }
         let any_ready = backends.iter().any(|b| !b.terminating);
@@ -96,12 +108,38 @@ impl BackendSet {
             name: spec.name,
             algorithm: spec.algorithm,
             affinity: spec.affinity,
+            l7: spec.l7.map(Arc::new),
             backends,
             eligible,
             index,
             any_ready,
             generation: previous.generation.wrapping_add(1),
+            hash_table: OnceLock::new(),
         }
+    }
+
+    /// How many backends new connections or requests may use.
+    pub(crate) fn eligible_len(&self) -> usize {
+        self.eligible.len()
+    }
+
+    /// The `i`-th eligible backend; `i` must be below [`Self::eligible_len`].
+    pub(crate) fn eligible_at(&self, i: usize) -> &Backend {
+        &self.backends[self.eligible[i]]
+    }
+
+    pub(crate) fn eligible(&self) -> impl Iterator<Item = &Backend> {
+        self.eligible.iter().map(|&i| &self.backends[i])
+    }
+
+    /// The Maglev table over the eligible backends (entries are indices for
+    /// [`Self::eligible_at`]), keyed by their addresses so that every node and every
+    /// restart builds the same one.
+    pub(crate) fn hash_table(&self) -> &[u32] {
+        self.hash_table.get_or_init(|| {
+            let names: Vec<String> = self.eligible().map(|b| b.addr.to_string()).collect();
+            crate::maglev::table(&names, crate::maglev::table_size(names.len(), 251) as usize)
+        })
     }
 
     /// The set still has a backend at `addr`, ready or terminating.
@@ -333,6 +371,7 @@ mod tests {
             algorithm,
             affinity: None,
             on_empty: EmptyAction::Reject,
+            l7: None,
         }
     }
 

@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 mod balance;
+pub mod l7;
+pub mod maglev;
 mod socket;
 mod spec;
 mod stats;
@@ -60,6 +62,17 @@ pub enum ProxyError {
     /// Port 0 would bind an ephemeral port, never the Service port.
     #[error("{proto} frontend {frontend}: port 0 is not a frontend port")]
     InvalidFrontend { frontend: SocketAddr, proto: Proto },
+    /// L7 serving is for TCP frontends only.
+    #[error("{proto} frontend {frontend}: HTTP is served on TCP frontends only")]
+    L7OverUdp { frontend: SocketAddr, proto: Proto },
+    /// The frontend's TLS certificate or CA could not be used. The frontend serves its new
+    /// backends but keeps the certificate it had, if any.
+    #[error("{proto} frontend {frontend}: {source}")]
+    Tls {
+        frontend: SocketAddr,
+        proto: Proto,
+        source: l7::TlsError,
+    },
     /// [`Proxy::shutdown`] was called; no frontend is served any more.
     #[error("{proto} frontend {frontend}: the proxy is shut down")]
     ShutDown { frontend: SocketAddr, proto: Proto },
@@ -99,6 +112,8 @@ struct Frontend {
     addr: SocketAddr,
     proto: Proto,
     balancer: Arc<Balancer>,
+    /// Per-request state of an L7 frontend (unused while it is L4).
+    router: Arc<l7::Router>,
     /// The task holding the socket, if any. Changed only under `Inner::control`.
     serving: Mutex<Option<Serving>>,
 }
@@ -107,6 +122,8 @@ struct Frontend {
 struct Serving {
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    /// Serves HTTP (rather than relaying bytes).
+    l7: bool,
 }
 
 impl Frontend {
@@ -125,7 +142,11 @@ impl Frontend {
         root: &CancellationToken,
     ) -> Result<(), ProxyError> {
         let mut serving = self.serving.lock();
-        if serving.as_ref().is_some_and(|s| !s.task.is_finished()) {
+        let l7 = self.balancer.snapshot().l7.is_some();
+        if serving
+            .as_ref()
+            .is_some_and(|s| !s.task.is_finished() && s.l7 == l7)
+        {
             return Ok(());
         }
         let bind_error = |source| {
@@ -139,6 +160,22 @@ impl Frontend {
         let cancel = root.child_token();
         let balancer = Arc::clone(&self.balancer);
         let task = match self.proto {
+            Proto::Tcp if l7 => {
+                let listener =
+                    socket::tcp_listener(self.addr, config.tcp_backlog).map_err(bind_error)?;
+                let ctx = Arc::new(l7::FrontendCtx {
+                    addr: self.addr,
+                    balancer,
+                    router: Arc::clone(&self.router),
+                    config: Arc::clone(config),
+                });
+                tokio::spawn(l7::serve(
+                    listener,
+                    ctx,
+                    connections.clone(),
+                    cancel.clone(),
+                ))
+            }
             Proto::Tcp => {
                 let listener =
                     socket::tcp_listener(self.addr, config.tcp_backlog).map_err(bind_error)?;
@@ -162,8 +199,8 @@ impl Frontend {
                 ))
             }
         };
-        debug!(frontend = %self.addr, proto = %self.proto, "frontend listening");
-        *serving = Some(Serving { cancel, task });
+        debug!(frontend = %self.addr, proto = %self.proto, l7, "frontend listening");
+        *serving = Some(Serving { cancel, task, l7 });
         Ok(())
     }
 
@@ -179,8 +216,17 @@ impl Frontend {
         debug!(frontend = %self.addr, proto = %self.proto, "frontend closed");
     }
 
+    /// Whether the socket is served in the other mode (L4/L7) than `spec` asks.
+    fn mode_differs(&self, wants_l7: bool) -> bool {
+        self.serving
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.l7 != wants_l7)
+    }
+
     fn status(&self) -> FrontendStatus {
         let set = self.balancer.snapshot();
+        let now = tokio::time::Instant::now();
         FrontendStatus {
             frontend: self.addr,
             proto: self.proto,
@@ -189,10 +235,15 @@ impl Frontend {
             affinity: set.affinity,
             listening: self.listening(),
             connections_total: self.balancer.connections_total(&set),
+            l7: set.l7.as_ref().map(|spec| self.router.status(spec)),
             backends: set
                 .backends
                 .iter()
-                .map(|b| b.stats.status(b.addr, b.terminating))
+                .map(|b| {
+                    let mut status = b.stats.status(b.addr, b.terminating);
+                    status.l7 = set.l7.is_some().then(|| b.l7.status(now));
+                    status
+                })
                 .collect(),
         }
     }
@@ -226,6 +277,9 @@ impl Proxy {
         if frontend.port() == 0 {
             return Err(ProxyError::InvalidFrontend { frontend, proto });
         }
+        if proto == Proto::Udp && spec.l7.is_some() {
+            return Err(ProxyError::L7OverUdp { frontend, proto });
+        }
         let shut_down = self.inner.control.lock().await;
         if *shut_down {
             return Err(ProxyError::ShutDown { frontend, proto });
@@ -238,6 +292,7 @@ impl Proxy {
                 addr: frontend,
                 proto,
                 balancer: Arc::new(Balancer::new()),
+                router: Arc::new(l7::Router::new(self.inner.config.connect_timeout)),
                 serving: Mutex::new(None),
             });
             self.inner.frontends.write().insert(key, Arc::clone(&fe));
@@ -245,6 +300,21 @@ impl Proxy {
         });
         let backends = spec.backends.len();
         let wants_socket = !spec.backends.is_empty() || spec.on_empty == EmptyAction::Drop;
+        let wants_l7 = spec.l7.is_some();
+        // TLS first: a bad certificate keeps the old one, but the backends still change.
+        let tls_error = spec.l7.as_ref().and_then(|l7| {
+            fe.router
+                .configure(l7, self.inner.config.connect_timeout)
+                .err()
+        });
+        if let Some(error) = &tls_error {
+            warn!(%frontend, %proto, %error, "TLS settings not applied; the frontend keeps its previous certificate");
+        }
+        if fe.mode_differs(wants_l7) {
+            // Switching between relaying bytes and serving HTTP needs a new accept loop;
+            // open connections finish in the mode they started in.
+            fe.stop().await;
+        }
         // Publish before binding, so the first connection already sees the backends.
         fe.balancer.publish(spec);
         if wants_socket {
@@ -263,7 +333,14 @@ impl Proxy {
             fe.stop().await;
         }
         debug!(%frontend, %proto, backends, listening = wants_socket, "frontend updated");
-        Ok(())
+        match tls_error {
+            Some(source) => Err(ProxyError::Tls {
+                frontend,
+                proto,
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Stops serving the frontend: stops accepting at once (the socket is

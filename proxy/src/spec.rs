@@ -98,6 +98,8 @@ pub struct ServiceSpec {
     /// within this time goes back to the same backend, whatever the algorithm.
     pub affinity: Option<Duration>,
     pub on_empty: EmptyAction,
+    /// Serve HTTP per request instead of relaying bytes (TCP frontends only).
+    pub l7: Option<crate::l7::L7Spec>,
 }
 
 /// Tuning shared by every frontend of a [`crate::Proxy`].
@@ -112,6 +114,9 @@ pub struct ProxyConfig {
     pub udp_idle_timeout: Duration,
     /// Listen backlog of TCP frontends.
     pub tcp_backlog: u32,
+    /// Where L7 frontends write their access log (one JSON object per request); off when
+    /// `None`.
+    pub access_log: Option<crate::l7::AccessLog>,
 }
 
 impl Default for ProxyConfig {
@@ -121,6 +126,7 @@ impl Default for ProxyConfig {
             connect_attempts: 3,
             udp_idle_timeout: Duration::from_secs(30),
             tcp_backlog: 4096,
+            access_log: None,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct FrontendStatus {
     pub listening: bool,
     /// Connections and flows ever accepted, including those sent to backends that have left.
     pub connections_total: u64,
+    /// Request counters of an L7 frontend.
+    pub l7: Option<crate::l7::L7Status>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -41,6 +43,8 @@ pub struct BackendStatus {
     /// TCP connects that were refused or timed out, and UDP flows whose
     /// backend socket could not be set up or reported port unreachable.
     pub connect_failures: u64,
+    /// Requests, latency and outlier state, for a backend of an L7 frontend.
+    pub l7: Option<crate::l7::EndpointStatus>,
 }
 
 /// Counters of one backend. Shared (`Arc`) by the backend-set snapshots that
@@ -84,6 +88,7 @@ impl BackendStats {
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            l7: None,
         }
     }
 }
@@ -185,6 +190,7 @@ mod tests {
                 bytes_sent: 5,
                 bytes_received: 7,
                 connect_failures: 1,
+                l7: None,
             }
         );
     }

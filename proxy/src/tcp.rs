@@ -24,7 +24,7 @@ const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Pause after an accept error caused by resource exhaustion (`EMFILE`…), so
 /// the loop does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections on `listener` until `cancel` fires. Connection tasks
 /// are spawned on `connections` and outlive the loop.
@@ -68,7 +68,7 @@ pub(crate) async fn serve(
     trace!(%frontend, "TCP frontend stopped accepting");
 }
 
-fn is_resource_exhaustion(error: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would fail the same way.
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }

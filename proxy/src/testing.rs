@@ -23,6 +23,7 @@ pub(crate) fn service(backends: &[SocketAddr]) -> ServiceSpec {
         algorithm: Algorithm::RoundRobin,
         affinity: None,
         on_empty: EmptyAction::Reject,
+        l7: None,
     }
 }
 

@@ -17,6 +17,11 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     hash ^ (hash >> 33)
 }
 
+/// The stable hash of a key (a header's or cookie's value) for looking it up in a table.
+pub fn hash(bytes: &[u8]) -> u64 {
+    fnv1a(2, bytes)
+}
+
 /// The table sizes switchyard uses: primes, each about twice the one before (as Cilium's).
 pub const TABLE_SIZES: [u32; 10] = [
     251, 509, 1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071,

@@ -1,0 +1,541 @@
+//! One request, from the client's headers to the backend's response: limits, the headers a
+//! proxy must remove and add, the choice of a backend, retries within the budget, timeouts,
+//! outlier accounting, `Upgrade` tunnels, metrics and the access log.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::access_log::{Entry, rfc3339_now};
+use super::body::{ProxyBody, UpBody};
+use super::pick::pick;
+use super::upstream::{self, SendError, UpstreamError};
+use super::{Conn, L7Spec};
+use crate::balance::BackendSet;
+
+/// Backends one request may try at most (the first attempt and its retries).
+const MAX_ATTEMPTS: usize = 8;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why the proxy answered a request itself.
+#[derive(Debug)]
+enum Failure {
+    NoBackend,
+    Upstream(UpstreamError),
+    Timeout(Duration),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Upstream(e) if e.is_connect() => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::NoBackend => "no backend available".to_owned(),
+            Failure::Upstream(e) if e.is_connect() => "no backend could be reached".to_owned(),
+            Failure::Upstream(_) => "the backend failed to answer".to_owned(),
+            Failure::Timeout(d) => format!("no answer from the backends within {d:?}"),
+        }
+    }
+}
+
+fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(format!("switchyard: {message}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A request that can be sent again as it was: an idempotent method and no body.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn of(req: &Request<UpBody>) -> Option<Template> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        (idempotent && req.body().is_end_stream()).then(|| Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<UpBody> {
+        let mut req = Request::new(UpBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Serves one request of a client connection.
+pub(crate) async fn handle(
+    mut req: Request<Incoming>,
+    conn: Arc<Conn>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let request_guard = conn.activity.request(req.version() == Version::HTTP_2);
+    let ctx = &conn.frontend;
+    let router = &ctx.router;
+    let set = ctx.balancer.snapshot();
+    let Some(spec) = set.l7.clone() else {
+        // The frontend turned L4 under this connection.
+        return Ok(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this frontend no longer serves HTTP",
+        ));
+    };
+    router.budget.deposit(started);
+
+    if let Some(max) = spec.limits.max_body_bytes
+        && req.body().size_hint().lower() > max
+    {
+        let response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        router
+            .counters
+            .response(response.status().as_u16(), started.elapsed());
+        return Ok(response);
+    }
+
+    let upgrade = is_upgrade(&req);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let log = ctx.config.access_log.as_ref().map(|_| LogFields::of(&req));
+    let (mut parts, body) = req.into_parts();
+    prepare_request_headers(&mut parts.headers, &conn, upgrade);
+    let req = Request::from_parts(parts, UpBody::new(body, spec.limits.max_body_bytes));
+
+    let outcome = match spec.timeouts.request {
+        Some(limit) => tokio::time::timeout(limit, attempts(req, &set, &spec, &conn, upgrade))
+            .await
+            .unwrap_or(Outcome {
+                result: Err(Failure::Timeout(limit)),
+                backend: None,
+                retries: 0,
+            }),
+        None => attempts(req, &set, &spec, &conn, upgrade).await,
+    };
+
+    let retries = outcome.retries;
+    let backend = outcome.backend;
+    let response = match outcome.result {
+        Ok(Sent {
+            mut response,
+            reuse,
+            in_flight,
+        }) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_side) = on_upgrade
+            {
+                let backend_side = hyper::upgrade::on(&mut response);
+                tunnel(client_side, backend_side, conn.client);
+                let mut switched = Response::new(ProxyBody::empty());
+                *switched.status_mut() = response.status();
+                *switched.headers_mut() = response.headers().clone();
+                switched
+            } else {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false);
+                Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, reuse, Some(in_flight)).with_request(request_guard),
+                )
+            }
+        }
+        Err(failure) => {
+            if !matches!(failure, Failure::NoBackend) {
+                debug!(frontend = %ctx.addr, error = ?failure, "request failed");
+            }
+            local(failure.status(), &failure.message())
+        }
+    };
+    let elapsed = started.elapsed();
+    router
+        .counters
+        .response(response.status().as_u16(), elapsed);
+    if let (Some(out), Some(fields)) = (ctx.config.access_log.as_ref(), log) {
+        out.write(&Entry {
+            time: rfc3339_now(),
+            service: &set.name,
+            frontend: ctx.addr.to_string(),
+            client: conn.client.to_string(),
+            method: fields.method.as_str(),
+            authority: &fields.authority,
+            path: &fields.path,
+            protocol: fields.protocol,
+            status: response.status().as_u16(),
+            backend: backend.map(|b| b.to_string()).unwrap_or_default(),
+            retries,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+        });
+    }
+    Ok(response)
+}
+
+/// Copies the request line's fields for the access log before the request moves on.
+struct LogFields {
+    method: Method,
+    authority: String,
+    path: String,
+    protocol: &'static str,
+}
+
+impl LogFields {
+    fn of(req: &Request<Incoming>) -> LogFields {
+        LogFields {
+            method: req.method().clone(),
+            authority: authority_of(req.uri(), req.headers()).unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+        }
+    }
+}
+
+struct Sent {
+    response: Response<Incoming>,
+    reuse: Option<super::body::Reuse>,
+    in_flight: super::endpoint::InFlight,
+}
+
+struct Outcome {
+    result: Result<Sent, Failure>,
+    backend: Option<SocketAddr>,
+    retries: u32,
+}
+
+/// Tries backends until one answers, within the retry policy and budget.
+async fn attempts(
+    req: Request<UpBody>,
+    set: &BackendSet,
+    spec: &L7Spec,
+    conn: &Conn,
+    upgrade: bool,
+) -> Outcome {
+    let router = &conn.frontend.router;
+    let upstream = router.upstream();
+    let template = if spec.retries.max_retries > 0 && !upgrade {
+        Template::of(&req)
+    } else {
+        None
+    };
+    let max_attempts = (spec.retries.max_retries as usize + 1).min(MAX_ATTEMPTS);
+    let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
+    let mut attempt = 0;
+    let mut pending = Some(req);
+    let mut last = Failure::NoBackend;
+    let mut retries = 0;
+    let mut backend_addr = None;
+    // A 503 kept while a retry looks for another backend: the answer if none is left.
+    let mut held: Option<(Sent, SocketAddr)> = None;
+    loop {
+        let now = Instant::now();
+        let headers = match (&pending, &template) {
+            (Some(r), _) => r.headers(),
+            (None, Some(t)) => &t.headers,
+            (None, None) => break,
+        };
+        let Some(backend) = pick(
+            set,
+            &spec.balancer,
+            &router.next,
+            headers,
+            &tried[..attempt],
+            now,
+        ) else {
+            break;
+        };
+        tried[attempt] = backend.addr;
+        attempt += 1;
+        backend_addr = Some(backend.addr);
+        let Some(req) = pending
+            .take()
+            .or_else(|| template.as_ref().map(Template::request))
+        else {
+            break;
+        };
+        let endpoint = Arc::clone(&backend.l7);
+        let in_flight = endpoint.start();
+        let sending = async {
+            if upgrade {
+                upstream::send_upgrade(&upstream, backend.addr, &backend.stats, req)
+                    .await
+                    .map(|r| (r, None))
+            } else {
+                upstream::send(&upstream, backend.addr, &endpoint, &backend.stats, req).await
+            }
+        };
+        let result = match spec.timeouts.per_try {
+            Some(limit) => {
+                if let Ok(r) = tokio::time::timeout(limit, sending).await {
+                    r
+                } else {
+                    endpoint.counters.failed();
+                    outlier_failure(set, spec, backend, conn);
+                    last = Failure::Timeout(limit);
+                    break;
+                }
+            }
+            None => sending.await,
+        };
+        let took = now.elapsed();
+        let may_retry = attempt < max_attempts;
+        match result {
+            Ok((response, reuse)) => {
+                let status = response.status();
+                endpoint.counters.response(status.as_u16(), took);
+                endpoint.observe(took, Instant::now());
+                if status.is_server_error() {
+                    outlier_failure(set, spec, backend, conn);
+                } else {
+                    endpoint.succeeded(Instant::now());
+                }
+                let sent = Sent {
+                    response,
+                    reuse,
+                    in_flight,
+                };
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    && template.is_some()
+                    && may_retry
+                    && retry_allowed(conn, spec)
+                {
+                    retries += 1;
+                    held = Some((sent, backend.addr));
+                    continue;
+                }
+                return Outcome {
+                    result: Ok(sent),
+                    backend: backend_addr,
+                    retries,
+                };
+            }
+            Err(SendError::NotSent(req, error)) => {
+                endpoint.counters.failed();
+                if error.is_connect() {
+                    outlier_failure(set, spec, backend, conn);
+                }
+                last = Failure::Upstream(error);
+                pending = Some(req);
+                if may_retry && retry_allowed(conn, spec) {
+                    retries += 1;
+                    continue;
+                }
+                break;
+            }
+            Err(SendError::Sent(error)) => {
+                endpoint.counters.failed();
+                outlier_failure(set, spec, backend, conn);
+                last = Failure::Upstream(error);
+                break;
+            }
+        }
+    }
+    match held {
+        // A backend's own 503 says more than the proxy's error about the retry that failed.
+        Some((sent, addr)) => Outcome {
+            result: Ok(sent),
+            backend: Some(addr),
+            retries,
+        },
+        _ => Outcome {
+            result: Err(last),
+            backend: backend_addr,
+            retries,
+        },
+    }
+}
+
+fn retry_allowed(conn: &Conn, spec: &L7Spec) -> bool {
+    let router = &conn.frontend.router;
+    if router.budget.withdraw(&spec.retries, Instant::now()) {
+        router
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    } else {
+        router
+            .retries_denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        false
+    }
+}
+
+/// Counts a failure of `backend` and ejects it when it crossed the threshold and the
+/// frontend may still eject one more backend.
+fn outlier_failure(
+    set: &BackendSet,
+    spec: &L7Spec,
+    backend: &crate::balance::Backend,
+    conn: &Conn,
+) {
+    if !backend.l7.failed(&spec.outlier) {
+        return;
+    }
+    let now = Instant::now();
+    let total = set.eligible_len();
+    let ejected = set.eligible().filter(|b| b.l7.is_ejected(now)).count();
+    let allowed = (total * spec.outlier.max_ejection_percent as usize / 100).max(1);
+    if total < 2 || ejected >= allowed || ejected + 1 >= total {
+        return;
+    }
+    let length = backend.l7.eject(&spec.outlier, now);
+    conn.frontend
+        .router
+        .ejections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    info!(service = %set.name, backend = %backend.addr, ?length, "backend ejected after consecutive failures");
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes the headers that belong to one hop (RFC 9110 §7.6.1); with `upgrade`, keeps the
+/// `Connection: upgrade` and `Upgrade` pair.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        // gRPC needs it, and it is the one `TE` value HTTP/2 allows.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn prepare_request_headers(headers: &mut HeaderMap, conn: &Conn, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    let ip = conn.client.ip();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    let proto = if conn.tls { "https" } else { "http" };
+    append(headers, &X_FORWARDED_FOR, &ip.to_string());
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    append(headers, &FORWARDED, &format!("for={node};proto={proto}"));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+}
+
+/// Appends `value` to a list-valued header, as one comma-separated line.
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form), else the `Host` header.
+pub(crate) fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    })
+}
+
+/// Joins the client's and the backend's upgraded connections once both are ready.
+fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, peer: SocketAddr) {
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(error) => {
+                debug!(client = %peer, %error, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut backend = TokioIo::new(backend);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            debug!(client = %peer, %error, "upgraded connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,523 @@
+//! The L7 data path: HTTP/1.1, HTTP/2 and gRPC served per request.
+//!
+//! A TCP frontend whose [`crate::ServiceSpec::l7`] is set accepts connections here instead
+//! of relaying bytes. Each connection is served by hyper (HTTP/1.1, or HTTP/2 with prior
+//! knowledge, told apart by the preface; by ALPN behind TLS), and every request is balanced
+//! on its own over the frontend's backends, so the many requests of one long-lived HTTP/2 or
+//! gRPC connection spread over all of them. Upstream connections are pooled per backend
+//! ([`pool`]). Around each request: retries within a budget, per-try and overall timeouts,
+//! passive outlier ejection, optional active health checks, `X-Forwarded-For`/`Forwarded`,
+//! limits on headers, bodies and idle time, and `Upgrade` (WebSocket) tunnels.
+
+mod access_log;
+mod body;
+pub(crate) mod endpoint;
+mod forward;
+mod health;
+mod pick;
+mod pool;
+pub(crate) mod spec;
+mod tls;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, trace};
+
+pub use access_log::AccessLog;
+pub use endpoint::{EndpointStatus, LATENCY_BUCKETS, LatencyHistogram, RequestCounts};
+pub use spec::{
+    HashKey, HealthCheck, L7Spec, Limits, OutlierPolicy, RequestBalancer, RetryPolicy, Timeouts,
+    TlsCertificate, UpstreamProtocol, UpstreamTls,
+};
+pub use tls::TlsError;
+
+use crate::balance::Balancer;
+use crate::spec::ProxyConfig;
+use tls::CertSlot;
+use upstream::Upstream;
+
+/// How often idle upstream connections are swept.
+const POOL_SWEEP: Duration = Duration::from_secs(10);
+/// Seconds of history the retry budget looks at.
+const BUDGET_WINDOW: usize = 10;
+
+/// The L7 state of a frontend that outlives its backend-set snapshots: the certificate it
+/// serves, how it reaches backends, the round-robin position, the retry budget and its
+/// counters.
+#[derive(Debug)]
+pub(crate) struct Router {
+    pub(crate) certs: Arc<CertSlot>,
+    server_tls: ArcSwapOption<rustls::ServerConfig>,
+    upstream: ArcSwap<Upstream>,
+    pub(crate) next: AtomicUsize,
+    budget: RetryBudget,
+    pub(crate) counters: endpoint::Counters,
+    retries: AtomicU64,
+    retries_denied: AtomicU64,
+    ejections: AtomicU64,
+}
+
+/// Counters of an L7 frontend, for status and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct L7Status {
+    pub upstream: String,
+    pub balancer: String,
+    pub tls: bool,
+    /// Every request's outcome as the client saw it (answers of the proxy itself included).
+    pub requests: RequestCounts,
+    pub retries: u64,
+    /// Retries the budget refused.
+    pub retries_denied: u64,
+    pub ejections: u64,
+}
+
+impl Router {
+    pub(crate) fn new(connect_timeout: Duration) -> Router {
+        Router {
+            certs: Arc::new(CertSlot::default()),
+            server_tls: ArcSwapOption::empty(),
+            upstream: ArcSwap::from_pointee(Upstream {
+                protocol: UpstreamProtocol::Http1,
+                tls: None,
+                connect_timeout,
+            }),
+            next: AtomicUsize::new(0),
+            budget: RetryBudget::default(),
+            counters: endpoint::Counters::default(),
+            retries: AtomicU64::new(0),
+            retries_denied: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the TLS settings of `spec`. On error nothing changes: the frontend keeps the
+    /// certificate it had (a bad Secret never takes a working frontend down).
+    pub(crate) fn configure(
+        &self,
+        spec: &L7Spec,
+        connect_timeout: Duration,
+    ) -> Result<(), TlsError> {
+        let cert = spec.tls.as_ref().map(tls::certified_key).transpose()?;
+        let client = (spec.upstream == UpstreamProtocol::Https)
+            .then(|| tls::ClientTls::new(&spec.upstream_tls))
+            .transpose()?;
+        if cert.is_some() && self.server_tls.load().is_none() {
+            self.server_tls
+                .store(Some(tls::server_config(Arc::clone(&self.certs))?));
+        }
+        self.certs.store(cert);
+        self.upstream.store(Arc::new(Upstream {
+            protocol: spec.upstream,
+            tls: client,
+            connect_timeout,
+        }));
+        Ok(())
+    }
+
+    pub(crate) fn upstream(&self) -> Arc<Upstream> {
+        self.upstream.load_full()
+    }
+
+    pub(crate) fn status(&self, spec: &L7Spec) -> L7Status {
+        L7Status {
+            upstream: spec.upstream.to_string(),
+            balancer: spec.balancer.to_string(),
+            tls: spec.tls.is_some(),
+            requests: self.counters.snapshot(),
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_denied: self.retries_denied.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Requests and retries per second over the last [`BUDGET_WINDOW`] seconds.
+#[derive(Debug, Default)]
+struct RetryBudget {
+    slots: Mutex<[(u64, u32, u32); BUDGET_WINDOW]>,
+}
+
+impl RetryBudget {
+    fn second(now: Instant) -> u64 {
+        endpoint::stamp(now) / 1_000_000_000
+    }
+
+    fn deposit(&self, now: Instant) {
+        let second = Self::second(now);
+        let mut slots = self.slots.lock();
+        let slot = &mut slots[second as usize % BUDGET_WINDOW];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot.1 = slot.1.saturating_add(1);
+    }
+
+    /// Takes a retry from the budget, if it has one.
+    fn withdraw(&self, policy: &RetryPolicy, now: Instant) -> bool {
+        let second = Self::second(now);
+        let mut slots = self.slots.lock();
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for (s, req, ret) in slots.iter() {
+            if second.saturating_sub(*s) < BUDGET_WINDOW as u64 {
+                requests += u64::from(*req);
+                retries += u64::from(*ret);
+            }
+        }
+        let allowed = requests * u64::from(policy.budget_percent) / 100
+            + u64::from(policy.min_retries_per_second) * BUDGET_WINDOW as u64;
+        if retries >= allowed {
+            return false;
+        }
+        let slot = &mut slots[second as usize % BUDGET_WINDOW];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot.2 = slot.2.saturating_add(1);
+        true
+    }
+}
+
+/// What every connection of a frontend shares.
+#[derive(Debug)]
+pub(crate) struct FrontendCtx {
+    pub(crate) addr: SocketAddr,
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) config: Arc<ProxyConfig>,
+}
+
+/// Accepts connections on `listener` until `cancel` fires; then every open connection is
+/// shut down gracefully (HTTP/2 clients get `GOAWAY`, requests in flight finish).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<FrontendCtx>,
+    connections: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let frontend = ctx.addr;
+    let health = tokio::spawn(health::run(Arc::clone(&ctx), cancel.clone()));
+    let mut sweep = tokio::time::interval(POOL_SWEEP);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, client)) => {
+                    connections.spawn(serve_connection(stream, client, Arc::clone(&ctx), cancel.clone()));
+                }
+                Err(error) => {
+                    debug!(%frontend, %error, "TCP accept failed");
+                    if crate::tcp::is_resource_exhaustion(&error) {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep(crate::tcp::ACCEPT_BACKOFF) => {}
+                        }
+                    }
+                }
+            },
+            _ = sweep.tick() => {
+                for b in &ctx.balancer.snapshot().backends {
+                    b.l7.pool.sweep();
+                }
+            }
+        }
+    }
+    health.abort();
+    trace!(%frontend, "L7 frontend stopped accepting");
+}
+
+/// What a connection's watchdog needs to know: when bytes last moved, when the head of the
+/// request being read started, and how many requests are in flight.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    last_io: AtomicU64,
+    /// [`endpoint::stamp`] of the first byte of a request head not yet complete; 0 when none.
+    head_since: AtomicU64,
+    in_flight: AtomicU32,
+    /// HTTP/2: streams come and go at any time, only the first request's head is timed.
+    multiplexed: AtomicBool,
+}
+
+impl Activity {
+    fn new(now: Instant) -> Activity {
+        let now = endpoint::stamp(now);
+        Activity {
+            last_io: AtomicU64::new(now),
+            // A new connection must bring its first request within the header timeout.
+            head_since: AtomicU64::new(now),
+            in_flight: AtomicU32::new(0),
+            multiplexed: AtomicBool::new(false),
+        }
+    }
+
+    fn io(&self, read: bool) {
+        let now = endpoint::stamp(Instant::now());
+        self.last_io.store(now, Ordering::Relaxed);
+        if read
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A request's head is complete; it is in flight until the guard drops.
+    pub(crate) fn request(self: &Arc<Self>, http2: bool) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        if http2 {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// When the connection should be closed, and whether abruptly (a slow request head) or
+    /// gracefully (idle).
+    fn deadline(&self, limits: &Limits) -> (u64, bool) {
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            return (head.saturating_add(nanos(limits.header_read_timeout)), true);
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return (u64::MAX, false);
+        }
+        let last = self.last_io.load(Ordering::Relaxed);
+        (last.saturating_add(nanos(limits.idle_timeout)), false)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A request in flight on a client connection.
+#[derive(Debug)]
+pub(crate) struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .last_io
+            .store(endpoint::stamp(Instant::now()), Ordering::Relaxed);
+    }
+}
+
+/// A client stream that reports its reads and writes to the connection's [`Activity`].
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.io(true);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.io(false);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.io(false);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) frontend: Arc<FrontendCtx>,
+    pub(crate) client: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) activity: Arc<Activity>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Versions {
+    Detect,
+    Http1,
+    Http2,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    ctx: Arc<FrontendCtx>,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(spec) = ctx.balancer.snapshot().l7.clone() else {
+        return;
+    };
+    let limits = spec.limits;
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let io = Tracked {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    };
+    let server_tls = spec
+        .tls
+        .as_ref()
+        .and_then(|_| ctx.router.server_tls.load_full());
+    match server_tls {
+        None => {
+            let conn = Arc::new(Conn {
+                frontend: ctx,
+                client,
+                tls: false,
+                activity,
+            });
+            serve_http(io, Versions::Detect, conn, &limits, &cancel).await;
+        }
+        Some(config) => {
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+            let stream = match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    debug!(frontend = %ctx.addr, %client, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(frontend = %ctx.addr, %client, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let versions = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Versions::Http2
+            } else {
+                Versions::Http1
+            };
+            let conn = Arc::new(Conn {
+                frontend: ctx,
+                client,
+                tls: true,
+                activity,
+            });
+            serve_http(stream, versions, conn, &limits, &cancel).await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    versions: Versions,
+    conn: Arc<Conn>,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The header timeout is the watchdog's (hyper's would also cut idle keep-alive).
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_mins(1))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = match versions {
+        Versions::Detect => builder,
+        Versions::Http1 => builder.http1_only(),
+        Versions::Http2 => builder.http2_only(),
+    };
+    let activity = Arc::clone(&conn.activity);
+    let frontend = conn.frontend.addr;
+    let client = conn.client;
+    let service = hyper::service::service_fn(move |req| forward::handle(req, Arc::clone(&conn)));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let tick = (limits.header_read_timeout / 2).max(Duration::from_millis(100));
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%frontend, %client, %error, "client connection ended with an error");
+                }
+                return;
+            }
+            () = cancel.cancelled(), if !draining => {
+                served.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = tokio::time::sleep(tick), if !draining => {
+                let (deadline, abrupt) = activity.deadline(limits);
+                if endpoint::stamp(Instant::now()) >= deadline {
+                    if abrupt {
+                        debug!(%frontend, %client, "request head not complete within the header timeout; closing");
+                        return;
+                    }
+                    debug!(%frontend, %client, "client connection idle; closing");
+                    served.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}
