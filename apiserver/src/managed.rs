@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::resources::{ENDPOINTSLICES, NAMESPACES, NODES, PODS, Resource, SERVICES};
+use crate::resources::{ENDPOINTSLICES, NAMESPACES, NODES, PODS, Resource, SECRETS, SERVICES};
 use crate::rest::{Api, Part, WriteOptions, delete_changes};
 use crate::store::{Change, Commit, Overlay, View, key, prefix};
 
@@ -47,7 +47,7 @@ pub struct ManifestReport {
 }
 
 /// The kinds a manifest folder may define.
-const KINDS: [&Resource; 4] = [&SERVICES, &ENDPOINTSLICES, &PODS, &NODES];
+const KINDS: [&Resource; 5] = [&SERVICES, &ENDPOINTSLICES, &PODS, &NODES, &SECRETS];
 
 fn resource_of_kind(kind: &str) -> Option<&'static Resource> {
     KINDS.into_iter().find(|r| r.kind == kind)

@@ -302,6 +302,25 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub udp_idle_timeout: Duration,
 
+    /// eBPF mode: the address of the node-local L7 listeners that ClusterIP connections of
+    /// L7 ports are sent to, one per family (default: the Node's first InternalIP).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub l7_address: Vec<std::net::IpAddr>,
+
+    /// eBPF mode: the ports L7 listeners may take.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "15100-15999", value_parser = crate::datapath::l7::parse_ports)]
+    pub l7_ports: std::ops::RangeInclusive<u16>,
+
+    /// Write an access log of L7 requests (one JSON object per line) to this file, or `-`
+    /// for standard output. Off by default.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
+
+    /// Watch `kubernetes.io/tls` Secrets for the TLS annotations of L7 Services (needs
+    /// list/watch on Secrets; without it TLS frontends are skipped).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub watch_secrets: bool,
+
     /// Log verbosity as in kube-proxy: 0-1 info, 2-3 debug, 4+ trace (`RUST_LOG` overrides).
     #[arg(long = "v", short = 'v', default_value_t = 0, value_name = "LEVEL")]
     pub verbosity: u8,
@@ -398,6 +417,13 @@ impl RunArgs {
             sync_period: self.sync_period,
             shutdown_grace: self.shutdown_grace_period,
             mode: self.proxy_mode,
+            l7: crate::datapath::l7::L7Config {
+                addresses: self.l7_address.clone(),
+                ports: self.l7_ports.clone(),
+                proxy: self.proxy_config(),
+            },
+            access_log: self.access_log.clone(),
+            watch_secrets: self.watch_secrets,
             ebpf: EbpfConfig {
                 socket_lb: switchyard_ebpf::SocketLbConfig {
                     pin_path: self.bpf_pin_path.clone(),
@@ -420,13 +446,17 @@ impl RunArgs {
             },
             userspace: UserspaceConfig {
                 vip_interface: self.vip_interface.clone(),
-                proxy: switchyard_proxy::ProxyConfig {
-                    connect_timeout: self.backend_connect_timeout,
-                    connect_attempts: usize::from(self.backend_connect_attempts),
-                    udp_idle_timeout: self.udp_idle_timeout,
-                    ..switchyard_proxy::ProxyConfig::default()
-                },
+                proxy: self.proxy_config(),
             },
+        }
+    }
+
+    fn proxy_config(&self) -> switchyard_proxy::ProxyConfig {
+        switchyard_proxy::ProxyConfig {
+            connect_timeout: self.backend_connect_timeout,
+            connect_attempts: usize::from(self.backend_connect_attempts),
+            udp_idle_timeout: self.udp_idle_timeout,
+            ..switchyard_proxy::ProxyConfig::default()
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ProxyMode;
 use crate::controller::{Controller, ControllerConfig, Health};
 use crate::datapath::ebpf::{EbpfConfig, EbpfDatapath};
+use crate::datapath::l7::{L7Config, WithL7, WithL7Status};
 use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
 use crate::datapath::{Datapath, Status};
 use crate::healthcheck::WithHealthChecks;
@@ -38,6 +39,11 @@ pub struct DaemonConfig {
     pub mode: ProxyMode,
     pub userspace: UserspaceConfig,
     pub ebpf: EbpfConfig,
+    /// eBPF mode's L7 listeners.
+    pub l7: L7Config,
+    /// Where L7 requests are logged (`-` for stdout); off when `None`.
+    pub access_log: Option<PathBuf>,
+    pub watch_secrets: bool,
 }
 
 /// Where the daemon reads Services and their endpoints: always an API server's watches.
@@ -87,13 +93,44 @@ pub enum DaemonError {
     ApiServer(#[from] switchyard_apiserver::ApiServerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the access log and starts its writer.
+async fn access_log(
+    path: &std::path::Path,
+) -> Result<switchyard_proxy::l7::AccessLog, DaemonError> {
+    if path.as_os_str() == "-" {
+        return Ok(switchyard_proxy::l7::AccessLog::spawn(tokio::io::stdout()));
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|source| DaemonError::AccessLog {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(switchyard_proxy::l7::AccessLog::spawn(file))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and cleans up.
-pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+pub async fn run(mut config: DaemonConfig) -> Result<(), DaemonError> {
+    if let Some(path) = &config.access_log {
+        let log = access_log(path).await?;
+        config.userspace.proxy.access_log = Some(log.clone());
+        config.l7.proxy.access_log = Some(log);
+    }
     let cluster = ClusterConfig {
         node_name: config.node_name.clone(),
         derive_endpoint_slices: false,
+        watch_secrets: config.watch_secrets,
     };
     let feed = match &config.source {
         Source::Cluster {
@@ -153,7 +190,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     if mode == ProxyMode::Ebpf {
         let datapath = EbpfDatapath::new(&config.ebpf)?;
-        let status: Status = datapath.status();
+        let kernel: Status = datapath.status();
+        let datapath = WithL7::new(datapath, config.l7.clone());
+        let status: Status = Arc::new(WithL7Status {
+            inner: kernel,
+            proxy: datapath.proxy(),
+        });
         let datapath = WithHealthChecks::new(datapath, HEALTH_CHECK_BIND);
         serve(config, feed, datapath, status, "ebpf").await
     } else {

@@ -96,6 +96,7 @@ mod tests {
             snat: None,
             source_ranges: None,
             health_check_node_port: None,
+            l7: None,
         }
     }
 

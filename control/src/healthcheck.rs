@@ -481,6 +481,7 @@ mod tests {
             snat: None,
             source_ranges: None,
             health_check_node_port,
+            l7: None,
         }
     }
 

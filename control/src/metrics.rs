@@ -250,13 +250,226 @@ impl Families {
 
 impl DatapathCollector {
     fn new(status: Status) -> DatapathCollector {
-        let descs = Families::new()
+        let mut descs: Vec<Desc> = Families::new()
             .collectors()
             .iter()
             .flat_map(|c| c.desc().into_iter().cloned())
             .collect();
+        descs.extend(
+            L7Families::new()
+                .collectors()
+                .iter()
+                .flat_map(|c| c.desc().into_iter().cloned()),
+        );
+        descs.extend(L7_HISTOGRAMS.iter().filter_map(|(name, help, labels)| {
+            Desc::new(
+                (*name).to_owned(),
+                (*help).to_owned(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                std::collections::HashMap::new(),
+            )
+            .ok()
+        }));
         DatapathCollector { status, descs }
     }
+}
+
+/// Request metrics of L7 frontends: what clients saw (the frontend's), and what each backend
+/// answered (every attempt, retries included).
+struct L7Families {
+    requests: IntCounterVec,
+    backend_requests: IntCounterVec,
+    retries: IntCounterVec,
+    retries_denied: IntCounterVec,
+    ejections: IntCounterVec,
+    ejected: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    healthy: IntGaugeVec,
+}
+
+const L7_HISTOGRAMS: [(&str, &str, &[&str]); 2] = [
+    (
+        "switchyard_l7_request_duration_seconds",
+        "Time from a request's headers to its response's headers, as the client saw it",
+        SERVICE_LABELS,
+    ),
+    (
+        "switchyard_l7_backend_request_duration_seconds",
+        "Time from sending a request to a backend to its response's headers, per attempt",
+        BACKEND_LABELS,
+    ),
+];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl L7Families {
+    fn new() -> L7Families {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        L7Families {
+            requests: counter(
+                "switchyard_l7_requests_total",
+                "Requests answered by an L7 frontend, by status class (the proxy's own answers included)",
+                &["service", "frontend", "code"],
+            ),
+            backend_requests: counter(
+                "switchyard_l7_backend_requests_total",
+                "Requests sent to a backend, by the class of its answer (code=failed: no answer)",
+                &["service", "frontend", "backend", "code"],
+            ),
+            retries: counter(
+                "switchyard_l7_retries_total",
+                "Requests sent again to another backend",
+                SERVICE_LABELS,
+            ),
+            retries_denied: counter(
+                "switchyard_l7_retries_budget_exhausted_total",
+                "Retries the retry budget refused",
+                SERVICE_LABELS,
+            ),
+            ejections: counter(
+                "switchyard_l7_ejections_total",
+                "Backends ejected by outlier detection",
+                SERVICE_LABELS,
+            ),
+            ejected: gauge(
+                "switchyard_l7_backend_ejected",
+                "1 while outlier detection keeps the backend out",
+                BACKEND_LABELS,
+            ),
+            in_flight: gauge(
+                "switchyard_l7_backend_requests_in_flight",
+                "Requests to the backend not finished yet",
+                BACKEND_LABELS,
+            ),
+            healthy: gauge(
+                "switchyard_l7_backend_healthy",
+                "The active health check's verdict (1 while checks are off)",
+                BACKEND_LABELS,
+            ),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 8] {
+        [
+            &self.requests,
+            &self.backend_requests,
+            &self.retries,
+            &self.retries_denied,
+            &self.ejections,
+            &self.ejected,
+            &self.in_flight,
+            &self.healthy,
+        ]
+    }
+}
+
+/// A Prometheus histogram from non-cumulative bucket counts.
+fn histogram(
+    labels: &[(&str, &str)],
+    requests: &crate::datapath::RequestsView,
+) -> prometheus::proto::Metric {
+    use prometheus::proto;
+    let mut cumulative = 0;
+    let buckets = switchyard_proxy::l7::LATENCY_BUCKETS
+        .iter()
+        .zip(requests.latency_buckets.iter().chain(std::iter::repeat(&0)))
+        .map(|(bound, n)| {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(requests.latency_count);
+    h.set_sample_sum(requests.latency_sum_seconds);
+    h.set_bucket(buckets);
+    let mut m = proto::Metric::from_label(
+        labels
+            .iter()
+            .map(|(k, v)| {
+                let mut pair = proto::LabelPair::default();
+                pair.set_name((*k).to_owned());
+                pair.set_value((*v).to_owned());
+                pair
+            })
+            .collect(),
+    );
+    m.set_histogram(h);
+    m
+}
+
+fn histogram_family(index: usize, metrics: Vec<prometheus::proto::Metric>) -> MetricFamily {
+    let (name, help, _) = L7_HISTOGRAMS[index];
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+    family.set_metric(metrics);
+    family
+}
+
+fn collect_l7(views: &[crate::datapath::FrontendView]) -> Vec<MetricFamily> {
+    let f = L7Families::new();
+    let (mut frontend_histograms, mut backend_histograms) = (Vec::new(), Vec::new());
+    for view in views {
+        let Some(l7) = &view.l7 else { continue };
+        let (s, fr) = (view.service.as_str(), view.frontend.as_str());
+        for (class, n) in CLASSES.iter().zip(l7.requests.by_class) {
+            if n > 0 {
+                f.requests.with_label_values(&[s, fr, class]).inc_by(n);
+            }
+        }
+        f.retries.with_label_values(&[s, fr]).inc_by(l7.retries);
+        f.retries_denied
+            .with_label_values(&[s, fr])
+            .inc_by(l7.retries_denied);
+        f.ejections.with_label_values(&[s, fr]).inc_by(l7.ejections);
+        frontend_histograms.push(histogram(&[("service", s), ("frontend", fr)], &l7.requests));
+        for b in &view.backends {
+            let Some(bl7) = &b.l7 else { continue };
+            let be = b.backend.as_str();
+            for (class, n) in CLASSES.iter().zip(bl7.requests.by_class) {
+                if n > 0 {
+                    f.backend_requests
+                        .with_label_values(&[s, fr, be, class])
+                        .inc_by(n);
+                }
+            }
+            if bl7.requests.failed > 0 {
+                f.backend_requests
+                    .with_label_values(&[s, fr, be, "failed"])
+                    .inc_by(bl7.requests.failed);
+            }
+            f.ejected
+                .with_label_values(&[s, fr, be])
+                .set(i64::from(bl7.ejected));
+            f.healthy
+                .with_label_values(&[s, fr, be])
+                .set(i64::from(bl7.healthy));
+            f.in_flight
+                .with_label_values(&[s, fr, be])
+                .set(i64::try_from(bl7.in_flight).unwrap_or(i64::MAX));
+            backend_histograms.push(histogram(
+                &[("service", s), ("frontend", fr), ("backend", be)],
+                &bl7.requests,
+            ));
+        }
+    }
+    let mut families: Vec<MetricFamily> = f.collectors().iter().flat_map(|c| c.collect()).collect();
+    if !frontend_histograms.is_empty() {
+        families.push(histogram_family(0, frontend_histograms));
+    }
+    if !backend_histograms.is_empty() {
+        families.push(histogram_family(1, backend_histograms));
+    }
+    families
 }
 
 impl Collector for DatapathCollector {
@@ -267,7 +480,8 @@ impl Collector for DatapathCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let f = Families::new();
         let counted = self.status.counts_connections();
-        for view in self.status.frontends() {
+        let views = self.status.frontends();
+        for view in &views {
             let frontend = view.frontend.clone();
             let service = [view.service.as_str(), frontend.as_str()];
             let mut active = 0;
@@ -317,6 +531,7 @@ impl Collector for DatapathCollector {
         }
         let mut families: Vec<MetricFamily> =
             f.collectors().iter().flat_map(|c| c.collect()).collect();
+        families.extend(collect_l7(&views));
         for counter in self.status.counters() {
             match IntCounter::new(counter.name, counter.help) {
                 Ok(c) => {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -63,6 +63,8 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     Node,
+    /// Only `kubernetes.io/tls` Secrets named by a Service's TLS annotations are used.
+    Secret,
 }
 
 impl Kind {
@@ -72,6 +74,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -90,6 +93,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Pod(Pod),
     Node(Node),
+    Secret(Secret),
 }
 
 impl Object {
@@ -99,6 +103,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Pod(_) => Kind::Pod,
             Object::Node(_) => Kind::Node,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -108,6 +113,7 @@ impl Object {
             Object::EndpointSlice(o) => ObjectKey::of(&o.metadata),
             Object::Pod(o) => ObjectKey::of(&o.metadata),
             Object::Node(o) => ObjectKey::cluster_scoped(&o.metadata),
+            Object::Secret(o) => ObjectKey::of(&o.metadata),
         }
     }
 
@@ -151,6 +157,7 @@ pub struct Store {
     slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     pods: BTreeMap<ObjectKey, Pod>,
     nodes: BTreeMap<String, Node>,
+    secrets: BTreeMap<ObjectKey, Secret>,
 }
 
 fn service_of_slice(slice: &EndpointSlice) -> Option<ObjectKey> {
@@ -205,6 +212,10 @@ impl Store {
         self.nodes.get(name)
     }
 
+    pub fn secret(&self, key: &ObjectKey) -> Option<&Secret> {
+        self.secrets.get(key)
+    }
+
     /// Adds or replaces an object; returns the Services it can affect.
     pub fn upsert(&mut self, object: Object) -> (Affected, ChangeCounts) {
         let key = object.key();
@@ -239,6 +250,10 @@ impl Store {
             Object::Node(node) => {
                 affected.all = true;
                 self.nodes.insert(key.name, node);
+            }
+            Object::Secret(secret) => {
+                affected.services = self.services_naming_secret(&key);
+                self.secrets.insert(key, secret);
             }
         }
         (affected, counts)
@@ -275,6 +290,11 @@ impl Store {
                     affected.all = true;
                 }
             }
+            Kind::Secret => {
+                if self.secrets.remove(key).is_some() {
+                    affected.services = self.services_naming_secret(key);
+                }
+            }
         }
         (affected, counts)
     }
@@ -289,6 +309,17 @@ impl Store {
             }
         }
         Some(owner)
+    }
+
+    /// Services in the Secret's namespace whose annotations name it.
+    fn services_naming_secret(&self, secret: &ObjectKey) -> BTreeSet<ObjectKey> {
+        let start = ObjectKey::new(&secret.namespace, "");
+        self.services
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == secret.namespace)
+            .filter(|(_, svc)| crate::model::secrets_named(svc).any(|name| name == secret.name))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Services in the namespace whose selector matches the pod before or after the change.

@@ -40,10 +40,11 @@ pub const BUILD: [Need; 4] = [
 ];
 
 /// What the demo and the tests run: `ip` and `sysctl` for namespaces, `ethtool` for the XDP
-/// test's offloads, curl and python3 as clients, kubectl against the API server (Debian's
-/// `kubernetes-client` when no kubectl is on PATH).
-pub const RUN: [Need; 6] = [
+/// test's offloads, curl, h2load and python3 as clients, kubectl against the API server
+/// (Debian's `kubernetes-client` when no kubectl is on PATH).
+pub const RUN: [Need; 7] = [
     command("ip", "iproute2"),
+    command("h2load", "nghttp2-client"),
     command("sysctl", "procps"),
     command("ethtool", "ethtool"),
     command("curl", "curl"),
@@ -51,9 +52,12 @@ pub const RUN: [Need; 6] = [
     command("kubectl", "kubernetes-client"),
 ];
 
-/// What the benchmarks run besides: `HAProxy`, `taskset`, `iptables` and `nft`.
-pub const BENCH: [Need; 4] = [
+/// What the benchmarks run besides: `HAProxy`, nginx and wrk (the L7 anchors), `taskset`,
+/// `iptables` and `nft`.
+pub const BENCH: [Need; 6] = [
     command("haproxy", "haproxy"),
+    command("nginx", "nginx-light"),
+    command("wrk", "wrk"),
     command("taskset", "util-linux"),
     command("iptables-restore", "iptables"),
     command("nft", "nftables"),

@@ -954,6 +954,7 @@ fn kernel_views(lb: &SocketLb, names: &BTreeMap<Frontend, String>) -> Vec<Fronte
                     .then_some(u64::from(programmed.affinity_timeout)),
                 listening: programmed.flags & FLAG_DROP != 0 || !programmed.backends.is_empty(),
                 connections_total: 0,
+                l7: None,
                 backends: programmed
                     .backends
                     .iter()
@@ -978,6 +979,7 @@ fn kernel_views(lb: &SocketLb, names: &BTreeMap<Frontend, String>) -> Vec<Fronte
                             bytes_sent: 0,
                             bytes_received: 0,
                             connect_failures: 0,
+                            l7: None,
                         }
                     })
                     .collect(),

@@ -2,6 +2,7 @@
 //! into calls of a lower crate's plain API (`switchyard-proxy` for userspace).
 
 pub mod ebpf;
+pub mod l7;
 mod stale;
 pub mod userspace;
 pub mod vip;
@@ -90,7 +91,64 @@ pub struct FrontendView {
     pub listening: bool,
     /// Connections and flows ever accepted, including to backends that have left.
     pub connections_total: u64,
+    /// Request counters of a frontend served per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7View>,
     pub backends: Vec<BackendView>,
+}
+
+/// Requests of an L7 frontend, as its clients saw them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct L7View {
+    /// `http1`, `h2c` or `https`: what is spoken to backends.
+    pub upstream: String,
+    pub balancer: String,
+    /// TLS is terminated.
+    pub tls: bool,
+    pub requests: RequestsView,
+    pub retries: u64,
+    /// Retries the budget refused.
+    pub retries_denied: u64,
+    pub ejections: u64,
+}
+
+/// Request outcomes and latency (request headers to response headers).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RequestsView {
+    /// Responses with status 1xx..5xx.
+    pub by_class: [u64; 5],
+    /// Requests that got no response (connect failure, reset, timeout).
+    pub failed: u64,
+    /// Observations per bucket of [`switchyard_proxy::l7::LATENCY_BUCKETS`] (not cumulative).
+    pub latency_buckets: Vec<u64>,
+    pub latency_count: u64,
+    pub latency_sum_seconds: f64,
+}
+
+impl From<&switchyard_proxy::l7::RequestCounts> for RequestsView {
+    fn from(c: &switchyard_proxy::l7::RequestCounts) -> Self {
+        RequestsView {
+            by_class: c.by_class,
+            failed: c.failed,
+            latency_buckets: c.latency.buckets.to_vec(),
+            latency_count: c.latency.count,
+            latency_sum_seconds: c.latency.sum_nanos as f64 / 1e9,
+        }
+    }
+}
+
+/// The per-request state of one backend of an L7 frontend.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackendL7View {
+    pub requests: RequestsView,
+    pub in_flight: u64,
+    /// The peak-EWMA latency estimate, in microseconds.
+    pub ewma_micros: u64,
+    /// Ejected by outlier detection right now.
+    pub ejected: bool,
+    pub ejections_total: u64,
+    /// The active health check's verdict (true while checks are off).
+    pub healthy: bool,
 }
 
 /// The live state of one backend of a frontend.
@@ -105,4 +163,6 @@ pub struct BackendView {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub connect_failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<BackendL7View>,
 }

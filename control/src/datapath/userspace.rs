@@ -44,7 +44,9 @@ fn proto(p: Protocol) -> proxy::Proto {
     }
 }
 
-fn spec_of(entry: &ServiceEntry) -> proxy::ServiceSpec {
+/// What the proxy serves for `entry`: its backends, balancing and, for an L7 port, its HTTP
+/// settings.
+pub(crate) fn spec_of(entry: &ServiceEntry) -> proxy::ServiceSpec {
     proxy::ServiceSpec {
         name: entry.display_name(),
         backends: entry
@@ -66,6 +68,11 @@ fn spec_of(entry: &ServiceEntry) -> proxy::ServiceSpec {
             EmptyAction::Reject => proxy::EmptyAction::Reject,
             EmptyAction::Drop => proxy::EmptyAction::Drop,
         },
+        l7: entry
+            .l7
+            .as_ref()
+            .filter(|_| entry.frontend.proto == Protocol::Tcp)
+            .map(|l7| l7.spec.clone()),
     }
 }
 
@@ -267,6 +274,15 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
             affinity_seconds: s.affinity.map(|d| d.as_secs()),
             listening: s.listening,
             connections_total: s.connections_total,
+            l7: s.l7.map(|l7| super::L7View {
+                upstream: l7.upstream,
+                balancer: l7.balancer,
+                tls: l7.tls,
+                requests: (&l7.requests).into(),
+                retries: l7.retries,
+                retries_denied: l7.retries_denied,
+                ejections: l7.ejections,
+            }),
             backends: s
                 .backends
                 .into_iter()
@@ -283,6 +299,14 @@ pub fn views(proxy: &proxy::Proxy) -> Vec<FrontendView> {
                     bytes_sent: b.bytes_sent,
                     bytes_received: b.bytes_received,
                     connect_failures: b.connect_failures,
+                    l7: b.l7.map(|l7| super::BackendL7View {
+                        requests: (&l7.requests).into(),
+                        in_flight: l7.in_flight,
+                        ewma_micros: l7.ewma_micros,
+                        ejected: l7.ejected,
+                        ejections_total: l7.ejections_total,
+                        healthy: l7.healthy,
+                    }),
                 })
                 .collect(),
         })

@@ -7,6 +7,7 @@
 //! same objects always give the same table, which is what makes it testable by tables of cases.
 
 mod derive;
+mod l7;
 mod validate;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use crate::store::{ObjectKey, Store};
 
 pub use derive::{derive_endpoint_slices, selects};
+pub use l7::*;
 pub use validate::{
     ValidationError, validate_endpoint_slice, validate_node, validate_pod, validate_service,
 };
@@ -197,6 +199,29 @@ pub struct ServiceEntry {
     /// North-south frontends of a LoadBalancer Service with `externalTrafficPolicy: Local`:
     /// its `healthCheckNodePort`, where switchyard answers load balancers' health checks.
     pub health_check_node_port: Option<u16>,
+    /// Served per request (HTTP) rather than per connection; see [`L7Entry`].
+    pub l7: Option<L7Entry>,
+}
+
+/// How an L7 port is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Entry {
+    pub spec: switchyard_proxy::l7::L7Spec,
+    /// The node's address of the frontend's family (its first `InternalIP`), where the eBPF
+    /// datapath's L7 listener can be reached from the node's pods.
+    pub node_address: Option<IpAddr>,
+}
+
+impl serde::Serialize for L7Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A summary: never the certificate's key.
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("L7Entry", 3)?;
+        out.serialize_field("upstream", &self.spec.upstream.to_string())?;
+        out.serialize_field("balancer", &self.spec.balancer.to_string())?;
+        out.serialize_field("tls", &self.spec.tls.is_some())?;
+        out.end()
+    }
 }
 
 impl ServiceEntry {
@@ -560,6 +585,27 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
         let Ok(service_port) = u16::try_from(port.port) else {
             continue; // validate_service rejected this already
         };
+        let l7 = if proto == Protocol::Tcp {
+            match l7::l7_spec(service, key, port, store, &mut |m| {
+                warn(
+                    &mut outcome,
+                    format!("port {}: {m}", port_label(port)),
+                    false,
+                );
+            }) {
+                Ok(spec) => spec,
+                Err(message) => {
+                    warn(
+                        &mut outcome,
+                        format!("port {}: {message}", port_label(port)),
+                        false,
+                    );
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let node_port = port
             .node_port
             .and_then(|p| u16::try_from(p).ok())
@@ -651,6 +697,10 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                         })
                         .flatten(),
                     health_check_node_port: health_check_node_port.filter(|_| is_external),
+                    l7: l7.clone().map(|spec| L7Entry {
+                        spec,
+                        node_address: snat_address(this_node, ipv4),
+                    }),
                 });
             }
         }

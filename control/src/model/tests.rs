@@ -1289,3 +1289,331 @@ fn nodeport_addresses_flag() {
     let error = NodePortAddresses::parse("192.168.0.0/24,eth0").unwrap_err();
     assert!(error.contains("\"eth0\""), "{error}");
 }
+
+fn tls_secret(name: &str, kind: &str, data: Value) -> Object {
+    Object::Secret(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "type": kind,
+            "data": data,
+        }))
+        .expect("test Secret parses"),
+    )
+}
+
+/// `upstream balancer tls` of each frontend's L7 settings, or `L4`.
+fn l7_summary(table: &ServiceTable) -> Vec<String> {
+    table
+        .entries()
+        .map(|e| match &e.l7 {
+            None => format!("{} L4", e.frontend),
+            Some(l7) => format!(
+                "{} {} {}{}",
+                e.frontend,
+                l7.spec.upstream,
+                l7.spec.balancer,
+                if l7.spec.tls.is_some() { " tls" } else { "" }
+            ),
+        })
+        .collect()
+}
+
+#[test]
+fn which_ports_are_served_per_request() {
+    use base64_free::b64;
+    struct Case {
+        name: &'static str,
+        annotations: Value,
+        ports: Value,
+        secrets: Vec<Object>,
+        want: Vec<&'static str>,
+        warnings: Vec<&'static str>,
+    }
+    let port = |name: &str, number: u16, app: Option<&str>, proto: &str| {
+        let mut p = json!({"name": name, "port": number, "targetPort": 8080, "protocol": proto});
+        if let Some(app) = app {
+            p["appProtocol"] = json!(app);
+        }
+        p
+    };
+    let cert = json!({"tls.crt": b64("CERT"), "tls.key": b64("KEY")});
+    let cases = vec![
+        Case {
+            name: "appProtocol picks the upstream protocol; others stay L4",
+            annotations: json!({}),
+            ports: json!([
+                port("a", 80, Some("http"), "TCP"),
+                port("b", 81, Some("kubernetes.io/h2c"), "TCP"),
+                port("c", 82, Some("grpc"), "TCP"),
+                port("d", 83, Some("https"), "TCP"),
+                port("e", 84, Some("kubernetes.io/ws"), "TCP"),
+                port("f", 85, None, "TCP"),
+                port("g", 86, Some("http"), "UDP"),
+            ]),
+            secrets: vec![],
+            want: vec![
+                "10.96.0.10:80/TCP http1 peak-ewma",
+                "10.96.0.10:81/TCP h2c peak-ewma",
+                "10.96.0.10:82/TCP h2c peak-ewma",
+                "10.96.0.10:83/TCP https peak-ewma",
+                "10.96.0.10:84/TCP L4",
+                "10.96.0.10:85/TCP L4",
+                "10.96.0.10:86/UDP L4",
+            ],
+            warnings: vec![],
+        },
+        Case {
+            name: "the l7 annotation turns every TCP port on, or every port off",
+            annotations: json!({"switchyard.io/l7": "true"}),
+            ports: json!([
+                port("a", 80, None, "TCP"),
+                port("b", 81, Some("grpc"), "TCP"),
+                port("u", 53, None, "UDP")
+            ]),
+            secrets: vec![],
+            want: vec![
+                "10.96.0.10:53/UDP L4",
+                "10.96.0.10:80/TCP http1 peak-ewma",
+                "10.96.0.10:81/TCP h2c peak-ewma",
+            ],
+            warnings: vec![],
+        },
+        Case {
+            name: "l7 false wins over appProtocol",
+            annotations: json!({"switchyard.io/l7": "false"}),
+            ports: json!([port("a", 80, Some("http"), "TCP")]),
+            secrets: vec![],
+            want: vec!["10.96.0.10:80/TCP L4"],
+            warnings: vec![],
+        },
+        Case {
+            name: "balancers by annotation, and the L4 one where it means something per request",
+            annotations: json!({"switchyard.io/l7-balancer": "header:X-User"}),
+            ports: json!([port("a", 80, Some("http"), "TCP")]),
+            secrets: vec![],
+            want: vec!["10.96.0.10:80/TCP http1 hash(header x-user)"],
+            warnings: vec![],
+        },
+        Case {
+            name: "lb-algorithm round-robin applies per request",
+            annotations: json!({"switchyard.io/lb-algorithm": "round-robin"}),
+            ports: json!([port("a", 80, Some("http"), "TCP")]),
+            secrets: vec![],
+            want: vec!["10.96.0.10:80/TCP http1 round-robin"],
+            warnings: vec![],
+        },
+        Case {
+            name: "bad values warn, name the annotation and fall back to defaults",
+            annotations: json!({
+                "switchyard.io/l7": "yes",
+                "switchyard.io/l7-balancer": "fastest",
+                "switchyard.io/l7-timeout": "soon",
+                "switchyard.io/l7-retries": "-1",
+                "switchyard.io/l7-health-check-path": "healthz",
+            }),
+            ports: json!([port("a", 80, Some("http"), "TCP")]),
+            secrets: vec![],
+            want: vec!["10.96.0.10:80/TCP http1 peak-ewma"],
+            warnings: vec![
+                "switchyard.io/l7: \"yes\" is not true or false",
+                "switchyard.io/l7-balancer: \"fastest\"",
+                "switchyard.io/l7-timeout: \"soon\" is not a duration",
+                "switchyard.io/l7-retries: \"-1\" is not a whole number",
+                "switchyard.io/l7-health-check-path: \"healthz\" is not a path",
+            ],
+        },
+        Case {
+            name: "TLS from a kubernetes.io/tls Secret",
+            annotations: json!({"switchyard.io/tls-secret": "web-tls"}),
+            ports: json!([port("a", 443, Some("http"), "TCP")]),
+            secrets: vec![tls_secret("web-tls", "kubernetes.io/tls", cert.clone())],
+            want: vec!["10.96.0.10:443/TCP http1 peak-ewma tls"],
+            warnings: vec![],
+        },
+        Case {
+            name: "a missing Secret skips the port rather than serve plaintext",
+            annotations: json!({"switchyard.io/tls-secret": "web-tls"}),
+            ports: json!([
+                port("a", 443, Some("http"), "TCP"),
+                port("b", 80, None, "TCP")
+            ]),
+            secrets: vec![],
+            want: vec!["10.96.0.10:80/TCP L4"],
+            warnings: vec!["secret default/web-tls not found"],
+        },
+        Case {
+            name: "a Secret of another type, or without its keys, skips the port",
+            annotations: json!({"switchyard.io/tls-secret": "web-tls", "switchyard.io/upstream-ca-secret": "ca"}),
+            ports: json!([port("a", 443, Some("https"), "TCP")]),
+            secrets: vec![
+                tls_secret("web-tls", "Opaque", cert.clone()),
+                tls_secret("ca", "kubernetes.io/tls", cert),
+            ],
+            want: vec![],
+            warnings: vec!["secret default/web-tls is not of type kubernetes.io/tls"],
+        },
+    ];
+    for case in cases {
+        let mut objects = vec![
+            service_with(
+                json!({"name": "web", "namespace": "default", "annotations": case.annotations}),
+                json!({"clusterIP": "10.96.0.10", "ports": case.ports}),
+            ),
+            slice(
+                "web-1",
+                "IPv4",
+                json!([
+                    {"name": "a", "port": 8080, "protocol": "TCP"}, {"name": "b", "port": 8080, "protocol": "TCP"},
+                    {"name": "c", "port": 8080, "protocol": "TCP"}, {"name": "d", "port": 8080, "protocol": "TCP"},
+                    {"name": "e", "port": 8080, "protocol": "TCP"}, {"name": "f", "port": 8080, "protocol": "TCP"},
+                    {"name": "g", "port": 8080, "protocol": "UDP"}, {"name": "u", "port": 8080, "protocol": "UDP"},
+                ]),
+                json!([ep("10.244.0.5", ready())]),
+            ),
+        ];
+        objects.extend(case.secrets);
+        let (table, warnings) = run(objects);
+        let mut got = l7_summary(&table);
+        got.sort();
+        let mut want: Vec<String> = case.want.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        assert_eq!(got, want, "{}", case.name);
+        assert_eq!(
+            warnings.len(),
+            case.warnings.len(),
+            "{}: {warnings:?}",
+            case.name
+        );
+        for expected in &case.warnings {
+            assert!(
+                warnings.iter().any(|w| w.message.contains(expected)),
+                "{}: no warning contains {expected:?}: {warnings:?}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn l7_settings_come_from_annotations() {
+    let (table, warnings) = run(vec![
+        service_with(
+            json!({"name": "web", "namespace": "default", "annotations": {
+                "switchyard.io/l7-timeout": "15s",
+                "switchyard.io/l7-per-try-timeout": "2s",
+                "switchyard.io/l7-retries": "0",
+                "switchyard.io/l7-retry-budget-percent": "50",
+                "switchyard.io/l7-retry-min-per-second": "3",
+                "switchyard.io/l7-outlier-failures": "2",
+                "switchyard.io/l7-outlier-ejection": "1m",
+                "switchyard.io/l7-outlier-max-ejection-percent": "34",
+                "switchyard.io/l7-health-check-path": "/healthz",
+                "switchyard.io/l7-health-check-interval": "3s",
+                "switchyard.io/l7-max-header-bytes": "16384",
+                "switchyard.io/l7-max-body-bytes": "1048576",
+                "switchyard.io/l7-idle-timeout": "90s",
+                "switchyard.io/l7-header-timeout": "2s",
+                "switchyard.io/l7-balancer": "cookie:session",
+                "switchyard.io/upstream-server-name": "web.default.svc",
+            }}),
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80, "appProtocol": "http", "targetPort": 8080}]}),
+        ),
+        slice(
+            "web-1",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([ep("10.244.0.5", ready())]),
+        ),
+    ]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let spec = &table.entries().next().unwrap().l7.as_ref().unwrap().spec;
+    use switchyard_proxy::l7::*;
+    assert_eq!(spec.timeouts.request, Some(Duration::from_secs(15)));
+    assert_eq!(spec.timeouts.per_try, Some(Duration::from_secs(2)));
+    assert_eq!(
+        spec.retries,
+        RetryPolicy {
+            max_retries: 0,
+            budget_percent: 50,
+            min_retries_per_second: 3
+        }
+    );
+    assert_eq!(
+        spec.outlier,
+        OutlierPolicy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(60),
+            max_ejection_percent: 34
+        }
+    );
+    let check = spec.health_check.as_ref().unwrap();
+    assert_eq!(
+        (check.path.as_str(), check.interval),
+        ("/healthz", Duration::from_secs(3))
+    );
+    assert_eq!(
+        spec.limits,
+        Limits {
+            max_header_bytes: 16_384,
+            max_body_bytes: Some(1_048_576),
+            idle_timeout: Duration::from_secs(90),
+            header_read_timeout: Duration::from_secs(2),
+        }
+    );
+    assert_eq!(
+        spec.balancer,
+        RequestBalancer::ConsistentHash(HashKey::Cookie("session".into()))
+    );
+    assert_eq!(
+        spec.upstream_tls.server_name.as_deref(),
+        Some("web.default.svc")
+    );
+}
+
+#[test]
+fn a_secret_change_recomputes_the_services_naming_it() {
+    let mut store = Store::new();
+    store.upsert(service_with(
+        json!({"name": "web", "namespace": "default", "annotations": {"switchyard.io/tls-secret": "web-tls"}}),
+        basic_spec(),
+    ));
+    store.upsert(service_with(
+        json!({"name": "other", "namespace": "default"}),
+        basic_spec(),
+    ));
+    let (affected, _) = store.upsert(tls_secret("web-tls", "kubernetes.io/tls", json!({})));
+    assert_eq!(
+        affected.services.into_iter().collect::<Vec<_>>(),
+        [ObjectKey::new("default", "web")]
+    );
+    let (affected, _) = store.delete(
+        crate::store::Kind::Secret,
+        &ObjectKey::new("default", "web-tls"),
+    );
+    assert_eq!(affected.services.len(), 1);
+    let (affected, _) = store.upsert(tls_secret("unrelated", "kubernetes.io/tls", json!({})));
+    assert!(affected.is_empty());
+}
+
+/// Base64 for the test Secrets, without a dependency.
+mod base64_free {
+    pub fn b64(s: &str) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let bytes = s.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
@@ -114,6 +114,10 @@ pub struct ClusterConfig {
     /// EndpointSlices gets slices derived here; for API servers without an EndpointSlice
     /// controller.
     pub derive_endpoint_slices: bool,
+    /// Also watch `kubernetes.io/tls` Secrets, for the certificates of L7 frontends that
+    /// terminate or originate TLS. Their list does not hold up the first sync, so a node
+    /// proxy without read access to Secrets serves everything else.
+    pub watch_secrets: bool,
 }
 
 /// Watches the API server until cancelled. Returns only when cancelled or when the controller
@@ -160,6 +164,15 @@ pub async fn run(
         Object::Node,
         Arc::clone(&shared),
     ));
+    if config.watch_secrets {
+        tasks.spawn(watch::<Secret>(
+            kube::Api::all(client.clone()),
+            watcher::Config::default().fields("type=kubernetes.io/tls"),
+            Kind::Secret,
+            Object::Secret,
+            Arc::clone(&shared),
+        ));
+    }
     if config.derive_endpoint_slices {
         tasks.spawn(watch::<Pod>(
             kube::Api::all(client),
@@ -241,6 +254,7 @@ fn resource_version(object: &Object) -> String {
         Object::EndpointSlice(o) => &o.metadata,
         Object::Pod(o) => &o.metadata,
         Object::Node(o) => &o.metadata,
+        Object::Secret(o) => &o.metadata,
     };
     meta.resource_version.clone().unwrap_or_default()
 }
@@ -342,7 +356,8 @@ async fn watch<K>(
         if state.relist.is_none() && !state.synced {
             state.synced = true;
             tracing::info!(kind = %kind, objects = state.known.len(), "initial list received");
-            if shared.unsynced.fetch_sub(1, Ordering::AcqRel) == 1
+            if kind != Kind::Secret
+                && shared.unsynced.fetch_sub(1, Ordering::AcqRel) == 1
                 && shared.events.send(SourceEvent::Synced).await.is_err()
             {
                 return;

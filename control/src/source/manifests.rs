@@ -125,6 +125,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, (Option<Kind>, Strin
         ("v1", "Service") => Kind::Service,
         ("v1", "Pod") => Kind::Pod,
         ("v1", "Node") => Kind::Node,
+        ("v1", "Secret") => Kind::Secret,
         ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
         ("", _) | (_, "") => {
             return Err((None, "apiVersion and kind are required".to_owned()));
@@ -133,7 +134,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, (Option<Kind>, Strin
             return Err((
                 None,
                 format!(
-                    "{api_version} {kind} {name}: unsupported kind (switchyard reads v1 Service, Pod, Node and discovery.k8s.io/v1 EndpointSlice)"
+                    "{api_version} {kind} {name}: unsupported kind (switchyard reads v1 Service, Pod, Node, Secret and discovery.k8s.io/v1 EndpointSlice)"
                 ),
             ));
         }
@@ -155,6 +156,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, (Option<Kind>, Strin
             Kind::Pod => Object::Pod(read(value).map_err(context)?),
             Kind::Node => Object::Node(read(value).map_err(context)?),
             Kind::EndpointSlice => Object::EndpointSlice(read(value).map_err(context)?),
+            Kind::Secret => Object::Secret(read(value).map_err(context)?),
         })
     };
     let object = typed(value)?;
@@ -163,6 +165,7 @@ fn parse_object(value: serde_json::Value) -> Result<Object, (Option<Kind>, Strin
         Object::Pod(o) => validate_pod(o),
         Object::Node(o) => validate_node(o),
         Object::EndpointSlice(o) => validate_endpoint_slice(o),
+        Object::Secret(_) => Ok(()),
     };
     checked.map_err(|e| context(e.to_string()))?;
     Ok(object)
@@ -365,7 +368,7 @@ pub async fn load_into(
             tracing::warn!("the API server refused a manifest object: {error}; skipped");
             let kind = error.split(' ').next().unwrap_or("Unknown");
             metrics.invalid_object(match kind {
-                "Service" | "EndpointSlice" | "Pod" | "Node" => kind,
+                "Service" | "EndpointSlice" | "Pod" | "Node" | "Secret" => kind,
                 _ => "Unknown",
             });
         }
@@ -396,6 +399,7 @@ fn to_manifest_object(object: &Object) -> Option<switchyard_apiserver::ManifestO
         Object::EndpointSlice(o) => serde_json::to_value(o),
         Object::Pod(o) => serde_json::to_value(o),
         Object::Node(o) => serde_json::to_value(o),
+        Object::Secret(o) => serde_json::to_value(o),
     };
     match value {
         Ok(value) => Some(switchyard_apiserver::ManifestObject(value)),
