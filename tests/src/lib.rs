@@ -46,6 +46,7 @@
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod h2_backend;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;

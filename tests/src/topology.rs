@@ -58,6 +58,8 @@ pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2);
 pub const NODE_NAME: &str = "node-0";
 /// The HTTP port every pod server listens on by default.
 pub const POD_HTTP_PORT: u16 = 8080;
+/// The TCP port every pod server serves HTTP/1.1 and h2c on (hyper) by default.
+pub const POD_H2_PORT: u16 = 8082;
 /// The UDP port every pod server echoes on by default.
 pub const POD_UDP_PORT: u16 = 5353;
 /// At most this many pods fit the address plan (`10.244.0.10` ... `.254`).
@@ -72,16 +74,29 @@ pub struct PodServerConfig {
     pub http_ports: Vec<u16>,
     /// UDP ports it echoes on, on both `0.0.0.0` and `[::]`.
     pub udp_ports: Vec<u16>,
+    /// TCP ports it serves HTTP/1.1 and h2c on (hyper), on both `0.0.0.0` and `[::]`.
+    pub h2_ports: Vec<u16>,
+    /// The status its h2 listener answers with (200 unless set).
+    pub h2_status: Option<u16>,
 }
 
 impl PodServerConfig {
-    /// `web-<index>`, HTTP on 8080, UDP on 5353.
+    /// `web-<index>`, HTTP on 8080, HTTP/1.1 and h2c on 8082, UDP on 5353.
     pub fn web(index: usize) -> Self {
         Self {
             name: format!("web-{index}"),
             http_ports: vec![POD_HTTP_PORT],
             udp_ports: vec![POD_UDP_PORT],
+            h2_ports: vec![POD_H2_PORT],
+            h2_status: None,
         }
+    }
+
+    /// Makes the h2 listener answer every request with `status` (a failing pod).
+    #[must_use]
+    pub fn h2_status(mut self, status: u16) -> Self {
+        self.h2_status = Some(status);
+        self
     }
 
     /// Renames the server.
@@ -177,6 +192,13 @@ impl PodServer {
         for port in &config.udp_ports {
             argv.extend(["--udp".into(), format!("0.0.0.0:{port}")]);
             argv.extend(["--udp".into(), format!("[::]:{port}")]);
+        }
+        for port in &config.h2_ports {
+            argv.extend(["--h2".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--h2".into(), format!("[::]:{port}")]);
+        }
+        if let Some(status) = config.h2_status {
+            argv.extend(["--h2-status".into(), status.to_string()]);
         }
         let mut process = ns.spawn(&argv, log)?;
         process.wait_for_line("ready", Duration::from_secs(10))?;

@@ -84,11 +84,7 @@ fn choose<'a>(
             let j = (i + 1 + fastrand::usize(..count - 1)) % count;
             let (a, b) = (set.eligible_at(i), set.eligible_at(j));
             match (ok(a), ok(b)) {
-                (true, true) => Some(if a.l7.cost(now) <= b.l7.cost(now) {
-                    a
-                } else {
-                    b
-                }),
+                (true, true) => Some(cheaper(a, b, now)),
                 (true, false) => Some(a),
                 (false, true) => Some(b),
                 // Rare (retries, ejections): the cheapest of the ones left.
@@ -113,6 +109,22 @@ fn choose<'a>(
                     .find(|b| ok(b))
             }
         },
+    }
+}
+
+/// Costs closer than this fraction are a tie, broken at random: the estimates of equally
+/// fast backends differ by noise, and a strict order would send sequential traffic to
+/// whichever happened to look fastest first.
+const TIE: f64 = 0.1;
+
+fn cheaper<'a>(a: &'a Backend, b: &'a Backend, now: Instant) -> &'a Backend {
+    let (ca, cb) = (a.l7.cost(now), b.l7.cost(now));
+    if (ca - cb).abs() <= TIE * ca.max(cb) {
+        if fastrand::bool() { a } else { b }
+    } else if ca < cb {
+        a
+    } else {
+        b
     }
 }
 

@@ -1152,3 +1152,30 @@ async fn access_log_lines_name_the_request() {
     assert_eq!(line["service"], "default/web:http");
     assert_eq!(line["backend"], b.addr.to_string());
 }
+
+#[tokio::test]
+async fn sequential_requests_spread_with_the_default_balancer() {
+    let backends = [
+        backend("a", Behaviour::Ok).await,
+        backend("b", Behaviour::Ok).await,
+        backend("c", Behaviour::Ok).await,
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let proxy = Proxy::new(ProxyConfig::default());
+    let frontend = serve(&proxy, &addrs, L7Spec::default()).await;
+    let mut client = h1_client(frontend).await;
+    let mut replies = Vec::new();
+    for _ in 0..300 {
+        replies.push(h1_get(&mut client, get("/")).await);
+    }
+    // Equally fast backends tie: one request at a time does not stick to whichever looked
+    // fastest first.
+    let counts = counts(&replies);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (pod, n) in &counts {
+        assert!(
+            (60..=141).contains(n),
+            "pod {pod} got {n} of 300: {counts:?}"
+        );
+    }
+}

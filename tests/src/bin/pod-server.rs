@@ -34,6 +34,13 @@ struct Args {
     /// An address to echo UDP datagrams on.
     #[arg(long = "udp")]
     udp: Vec<SocketAddr>,
+    /// An address to serve HTTP/1.1 and HTTP/2 with prior knowledge on (hyper; see
+    /// `switchyard_tests::h2_backend` for its paths).
+    #[arg(long = "h2")]
+    h2: Vec<SocketAddr>,
+    /// The status the `--h2` listeners answer `/` with (a failing pod: 503).
+    #[arg(long, default_value_t = 200)]
+    h2_status: u16,
 }
 
 /// Requests larger than this (head only) are refused: the tests never send one.
@@ -57,8 +64,8 @@ fn bind_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> Result<Socket> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.http.is_empty() && args.udp.is_empty() {
-        bail!("nothing to serve: give at least one --http or --udp address");
+    if args.http.is_empty() && args.udp.is_empty() && args.h2.is_empty() {
+        bail!("nothing to serve: give at least one --http, --h2 or --udp address");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +82,16 @@ async fn serve(args: Args) -> Result<()> {
         socket.listen(1024)?;
         let listener = TcpListener::from_std(socket.into())?;
         tasks.spawn(accept_loop(listener, name.clone()));
+    }
+    for addr in &args.h2 {
+        let socket = bind_socket(*addr, Type::STREAM, Protocol::TCP)?;
+        socket.listen(1024)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        tasks.spawn(switchyard_tests::h2_backend::serve(
+            listener,
+            name.clone(),
+            args.h2_status,
+        ));
     }
     for addr in &args.udp {
         let socket = bind_socket(*addr, Type::DGRAM, Protocol::UDP)?;

@@ -1,0 +1,85 @@
+//! The pod server's HTTP/1.1-and-h2c listener (hyper, told apart by the HTTP/2 preface), for
+//! the L7 tests: every answer says which pod sent it, and a few paths misbehave on purpose.
+//!
+//! - `/` (and any other path): `200` (or `--h2-status`), body `NAME\n`, header `X-Pod: NAME`;
+//! - `/status/N`: status `N`, same body;
+//! - `/slow/MS`: answers after `MS` milliseconds;
+//! - `/headers`: the request's headers as `name: value` lines (to see what the proxy added);
+//! - `/peer`: the client's address as this server saw it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Serves every connection of `listener` until the process ends.
+pub async fn serve(listener: TcpListener, name: Arc<str>, status: u16) -> anyhow::Result<()> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                eprintln!("accept: {error}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let name = Arc::clone(&name);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req| answer(req, Arc::clone(&name), peer, status));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                eprintln!("h2 connection from {peer}: {error}");
+            }
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    peer: SocketAddr,
+    default_status: StatusCode,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut status = default_status;
+    let mut body = format!("{name}\n");
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    } else if path == "/headers" {
+        body = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+    } else if path == "/peer" {
+        body = format!("{peer}\n");
+    }
+    // Read the request body whole, as a real server would.
+    let _ = req.into_body().collect().await;
+    let response = Response::builder()
+        .status(status)
+        .header("x-pod", &*name)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+    Ok(response)
+}

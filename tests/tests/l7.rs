@@ -1,0 +1,559 @@
+//! End-to-end tests of L7 ports (per-request balancing), each in both proxy modes: real
+//! namespaces, real pod servers speaking HTTP/1.1 and h2c (`pod-server --h2`), the real
+//! daemon over a manifest folder, and real clients (curl, h2load, Python's ssl module) in the
+//! client namespace.
+//!
+//! In userspace mode the L7 listener is bound on the VIP; in eBPF mode the socket-level
+//! programs send the client's connection to a listener on the node's address, which balances
+//! each request over the pods.
+
+#![allow(clippy::disallowed_types)] // synchronous tests: std's clock is the right one
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use switchyard_tests::objects::{self, Pod};
+use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME, POD_H2_PORT};
+use switchyard_tests::{
+    Daemon, Manifests, Mode, PodServerConfig, Topology, client, metrics, poll_until,
+};
+
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn userspace() -> anyhow::Result<()> {
+                super::$name(switchyard_tests::Mode::Userspace)
+            }
+
+            #[test]
+            fn ebpf() -> anyhow::Result<()> {
+                super::$name(switchyard_tests::Mode::Ebpf)
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    requests_of_one_connection_spread_over_every_pod,
+    failing_pods_are_retried_then_ejected,
+    a_slow_request_head_is_cut_off,
+    tls_certificate_rotates_under_an_open_connection,
+);
+
+const PICKUP: Duration = Duration::from_secs(10);
+
+/// A topology with `pods` pods (their servers started) and a manifest folder with the Node.
+fn cluster(pods: usize) -> Result<(Topology, Manifests)> {
+    let mut topo = Topology::new(pods)?;
+    topo.start_pod_servers()?;
+    let manifests = Manifests::new_in(topo.scratch_dir())?;
+    manifests.write_objects(
+        "node.yaml",
+        &[objects::node(
+            NODE_NAME,
+            &[IpAddr::V4(NODE_IP4), IpAddr::V6(NODE_IP6)],
+        )],
+    )?;
+    Ok((topo, manifests))
+}
+
+/// A ClusterIP Service with one TCP port `port` → the pods' h2 port, with `appProtocol` and
+/// `annotations`, selecting `selector`.
+fn l7_service(
+    name: &str,
+    vip: &str,
+    port: u16,
+    app_protocol: &str,
+    selector: (&str, &str),
+    annotations: Value,
+) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {
+            "clusterIP": vip,
+            "clusterIPs": [vip],
+            "selector": {selector.0: selector.1},
+            "ports": [{"name": "http", "port": port, "targetPort": POD_H2_PORT,
+                       "protocol": "TCP", "appProtocol": app_protocol}],
+        },
+    })
+}
+
+/// Every pod `web-<i>` with label `app=web` (and `extra` labels per pod).
+fn write_pods(topo: &Topology, manifests: &Manifests, extra: &[&[(&str, &str)]]) -> Result<()> {
+    for index in 0..topo.pods().len() {
+        let mut pod = Pod::web(topo, index);
+        for (k, v) in extra.get(index).copied().unwrap_or_default() {
+            pod = pod.label(k, v);
+        }
+        manifests.write_objects(&format!("pod-{}.yaml", pod.name()), &[pod.to_value()])?;
+    }
+    Ok(())
+}
+
+/// `n` GETs of `url` by ONE curl process over one connection (no `Connection: close`);
+/// returns the bodies and how many connections curl opened.
+fn curl_one_connection(
+    topo: &Topology,
+    url: &str,
+    n: usize,
+    extra: &[&str],
+) -> Result<(Vec<String>, u64)> {
+    let mut config = String::new();
+    for _ in 0..n {
+        let _ = writeln!(config, "url = \"{url}\"");
+    }
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "30",
+        "-w",
+        "~~%{http_code} %{num_connects}\n",
+    ];
+    argv.extend_from_slice(extra);
+    argv.extend(["-K", "-"]);
+    let output = topo
+        .client()
+        .exec_with(&argv, Some(config.as_bytes()), Duration::from_mins(1))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "curl failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut bodies = Vec::new();
+    let mut connects = 0;
+    let mut parts = stdout.split("~~");
+    let mut body = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        let (status, rest) = part.split_once('\n').unwrap_or((part, ""));
+        let mut fields = status.split_whitespace();
+        let code = fields.next().unwrap_or_default();
+        ensure!(code == "200", "a request answered {code}: {body}");
+        connects += fields
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        bodies.push(body.trim().to_owned());
+        rest.clone_into(&mut body);
+    }
+    ensure!(
+        bodies.len() == n,
+        "{} answers for {n} requests",
+        bodies.len()
+    );
+    Ok((bodies, connects))
+}
+
+fn check_spread(
+    what: &str,
+    counts: &BTreeMap<String, usize>,
+    total: usize,
+    pods: usize,
+) -> Result<()> {
+    ensure!(counts.len() == pods, "{what}: pods reached: {counts:?}");
+    for (pod, n) in counts {
+        // 20%..47% of the requests each, as the issue asks for 300 over three.
+        ensure!(
+            *n * 100 >= total * 20 && *n * 100 <= total * 47,
+            "{what}: {pod} got {n} of {total}: {counts:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Per pod address: responses of class `code` the backends gave, from the metrics.
+fn backend_responses(daemon: &Daemon, service: &str, code: &str) -> Result<BTreeMap<String, f64>> {
+    let samples = metrics::parse(&daemon.metrics()?);
+    let mut out = BTreeMap::new();
+    for s in metrics::samples(&samples, "switchyard_l7_backend_requests_total") {
+        if s.label("service") == Some(service) && s.label("code") == Some(code) {
+            *out.entry(s.label("backend").unwrap_or_default().to_owned())
+                .or_default() += s.value;
+        }
+    }
+    Ok(out)
+}
+
+fn wait_served(topo: &Topology, url: &str, extra: &[&str]) -> Result<()> {
+    poll_until(&format!("{url} to be served"), PICKUP, || {
+        let mut argv = vec![
+            "-sS",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(url);
+        let out = client::curl(topo.client(), &argv)?;
+        Ok((out.stdout.trim() == "200").then_some(()))
+    })
+}
+
+fn requests_of_one_connection_spread_over_every_pod(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "web-h2",
+            "10.96.0.20",
+            80,
+            "kubernetes.io/h2c",
+            ("app", "web"),
+            json!({}),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let url = "http://10.96.0.20/";
+        wait_served(&topo, url, &[])?;
+
+        // HTTP/1.1 keep-alive: 300 requests, one connection, every pod.
+        let (bodies, connects) = curl_one_connection(&topo, url, 300, &[])?;
+        ensure!(
+            connects == 1,
+            "curl opened {connects} connections for 300 keep-alive requests"
+        );
+        check_spread("HTTP/1.1 keep-alive", &client::tally(&bodies), 300, 3)?;
+
+        // HTTP/2 with prior knowledge, one request per curl: Debian's curl 7.88 cannot reuse
+        // an h2c connection (curl/curl#10634, fixed in 8.0), so one connection carrying many
+        // requests is h2load's part below.
+        let mut bodies = Vec::new();
+        for _ in 0..30 {
+            let out = client::curl(
+                topo.client(),
+                &[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--max-time",
+                    "5",
+                    "-w",
+                    "~%{http_version}",
+                    url,
+                ],
+            )?;
+            let (body, version) = out.stdout.rsplit_once('~').unwrap_or_default();
+            ensure!(version == "2", "curl spoke HTTP/{version}: {}", out.stderr);
+            bodies.push(body.trim().to_owned());
+        }
+        check_spread("HTTP/2", &client::tally(&bodies), 30, 3)?;
+
+        // h2load: one client, one connection, ten streams at a time.
+        let before = backend_responses(&daemon, "default/web-h2:http", "2xx")?;
+        let out = topo.client().exec_with(
+            ["h2load", "-n", "300", "-c", "1", "-m", "10", url],
+            None,
+            Duration::from_mins(1),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains("300 succeeded, 0 failed"),
+            "h2load did not succeed 300 times:\n{text}"
+        );
+        ensure!(text.contains("300 2xx"), "h2load status codes:\n{text}");
+        let after = backend_responses(&daemon, "default/web-h2:http", "2xx")?;
+        let counts: BTreeMap<String, usize> = after
+            .iter()
+            .map(|(b, n)| {
+                (
+                    b.clone(),
+                    (n - before.get(b).copied().unwrap_or(0.0)) as usize,
+                )
+            })
+            .collect();
+        check_spread("h2load", &counts, 300, 3)?;
+        Ok(())
+    })())
+}
+
+fn failing_pods_are_retried_then_ejected(mode: Mode) -> Result<()> {
+    // web-0 and web-1 are healthy; web-2 answers 503 to everything; web-3 refuses
+    // connections (its server is stopped, its Pod still ready).
+    let (mut topo, manifests) = cluster(4)?;
+    topo.start_pod_server(2, PodServerConfig::web(2).h2_status(503))?;
+    topo.stop_pod_server(3)?;
+    write_pods(
+        &topo,
+        &manifests,
+        &[
+            &[("a", "y"), ("b", "y")],
+            &[("a", "y"), ("b", "y")],
+            &[("a", "y")],
+            &[("b", "y")],
+        ],
+    )?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[
+            l7_service(
+                "unavailable",
+                "10.96.0.21",
+                80,
+                "http",
+                ("a", "y"),
+                json!({}),
+            ),
+            l7_service("refused", "10.96.0.22", 80, "http", ("b", "y"), json!({})),
+        ],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        for (vip, service) in [
+            ("10.96.0.21", "default/unavailable:http"),
+            ("10.96.0.22", "default/refused:http"),
+        ] {
+            let url = format!("http://{vip}/");
+            wait_served(&topo, &url, &[])?;
+            // Every request succeeds: the failing pod is retried elsewhere, then ejected.
+            let results = client::curl_many_results(topo.client(), &url, 60)?;
+            let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+            ensure!(
+                failed.is_empty(),
+                "{service}: the client saw failures: {failed:?}"
+            );
+            let names = client::tally(
+                &results
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect::<Vec<_>>(),
+            );
+            ensure!(
+                names.keys().map(String::as_str).eq(["web-0", "web-1"]),
+                "{service}: answers came from {names:?}"
+            );
+            let samples = metrics::parse(&daemon.metrics()?);
+            let retries = metrics::sum(
+                &samples,
+                "switchyard_l7_retries_total",
+                &[("service", service)],
+            );
+            let ejections = metrics::sum(
+                &samples,
+                "switchyard_l7_ejections_total",
+                &[("service", service)],
+            );
+            ensure!(retries >= 5.0, "{service}: {retries} retries");
+            ensure!(ejections >= 1.0, "{service}: {ejections} ejections");
+            let ejected = metrics::sum(
+                &samples,
+                "switchyard_l7_backend_ejected",
+                &[("service", service)],
+            );
+            ensure!(ejected == 1.0, "{service}: {ejected} backends ejected now");
+        }
+        Ok(())
+    })())
+}
+
+const SLOW_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+start = time.time()
+head = b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: " + b"a" * 300
+for byte in head:
+    try:
+        s.send(bytes([byte]))
+    except OSError:
+        print("closed %.2f" % (time.time() - start)); sys.exit(0)
+    time.sleep(0.05)
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b"":
+            print("closed %.2f" % (time.time() - start)); sys.exit(0)
+    except BlockingIOError:
+        pass
+    except OSError:
+        print("closed %.2f" % (time.time() - start)); sys.exit(0)
+    s.setblocking(True)
+print("never closed"); sys.exit(1)
+"#;
+
+fn a_slow_request_head_is_cut_off(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(1)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "slow",
+            "10.96.0.23",
+            80,
+            "http",
+            ("app", "web"),
+            json!({"switchyard.io/l7-header-timeout": "1s"}),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        wait_served(&topo, "http://10.96.0.23/", &[])?;
+        let out = client::python(
+            topo.client(),
+            SLOW_CLIENT,
+            &["10.96.0.23", "80"],
+            Duration::from_secs(30),
+        )?;
+        let seconds: f64 = out
+            .trim()
+            .strip_prefix("closed ")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("slow client: {out}"))?;
+        ensure!(
+            (0.9..=3.0).contains(&seconds),
+            "the slow client was cut after {seconds} s (header timeout 1 s)"
+        );
+        // A normal client on the same Service is served meanwhile.
+        wait_served(&topo, "http://10.96.0.23/", &[])?;
+        Ok(())
+    })())
+}
+
+/// A CA and a certificate for `web.default.svc` signed by it, in PEM.
+fn certificate(cn: &str) -> Result<(String, String, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("switchyard test CA {cn}"),
+    );
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["web.default.svc".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), ca.pem()))
+}
+
+fn tls_secret(cert: &str, key: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "web-tls", "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    })
+}
+
+const TLS_CLIENT: &str = r#"
+import os, socket, ssl, sys, time
+host, port, ca, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname="web.default.svc")
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: web.default.svc\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            return "connection closed"
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0]
+    while len(body) < length:
+        body += s.recv(4096)
+    pod = body.decode().strip()
+    return head.split(b"\r\n")[0].decode() + (" from a pod" if pod.startswith("web-") else " from " + pod)
+print("first", get(), flush=True)
+deadline = time.time() + 60
+while not os.path.exists(flag):
+    if time.time() > deadline:
+        print("no flag", flush=True); sys.exit(1)
+    time.sleep(0.05)
+print("second", get(), flush=True)
+"#;
+
+fn tls_certificate_rotates_under_an_open_connection(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_pods(&topo, &manifests, &[])?;
+    let (cert_a, key_a, ca_a) = certificate("first")?;
+    let (cert_b, key_b, ca_b) = certificate("second")?;
+    let dir = topo.scratch_dir();
+    std::fs::write(dir.join("ca-a.pem"), &ca_a)?;
+    std::fs::write(dir.join("ca-b.pem"), &ca_b)?;
+    manifests.write_objects("secret.yaml", &[tls_secret(&cert_a, &key_a)])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "web",
+            "10.96.0.24",
+            443,
+            "http",
+            ("app", "web"),
+            json!({"switchyard.io/tls-secret": "web-tls"}),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let ca_a_path = dir.join("ca-a.pem").display().to_string();
+        let ca_b_path = dir.join("ca-b.pem").display().to_string();
+        let url = "https://web.default.svc/";
+        let resolve = "web.default.svc:443:10.96.0.24";
+        wait_served(&topo, url, &["--cacert", &ca_a_path, "--resolve", resolve])?;
+
+        // A client that keeps its TLS connection open across the rotation.
+        let flag = dir.join("rotated");
+        let log = dir.join("tls-client.log");
+        let mut python = topo.client().spawn(
+            [
+                "python3",
+                "-c",
+                TLS_CLIENT,
+                "10.96.0.24",
+                "443",
+                ca_a_path.as_str(),
+                &flag.display().to_string(),
+            ],
+            &log,
+        )?;
+        python.wait_for_line("first HTTP/1.1 200 OK from a pod", Duration::from_secs(10))?;
+
+        manifests.write_objects("secret.yaml", &[tls_secret(&cert_b, &key_b)])?;
+        // New connections get the new certificate...
+        wait_served(&topo, url, &["--cacert", &ca_b_path, "--resolve", resolve])?;
+        let old = client::curl(
+            topo.client(),
+            &[
+                "-sS",
+                "--max-time",
+                "3",
+                "--cacert",
+                &ca_a_path,
+                "--resolve",
+                resolve,
+                url,
+            ],
+        )?;
+        ensure!(
+            !old.status.success(),
+            "a new connection still got the old certificate"
+        );
+        // ...and the open one goes on.
+        std::fs::write(&flag, b"")?;
+        python.wait_for_line("second HTTP/1.1 200 OK from a pod", Duration::from_secs(10))?;
+        let started = Instant::now();
+        while python.try_wait()?.is_none() {
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("the TLS client did not exit: {}", python.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    })())
+}
