@@ -22,6 +22,10 @@
 //! through switchyard's tc eBPF datapath and kube-proxy's iptables rules,
 //! against a direct connection to the pod.
 //!
+//! The L7 benchmark (binary `l7`, module [`l7`]) measures switchyard's HTTP
+//! proxy against nginx and HAProxy in HTTP mode, with wrk (HTTP/1.1) and
+//! h2load (HTTP/2 cleartext), against backends of its own (`l7-backend`).
+//!
 //! What it never does: pass or fail (it measures), or send traffic anywhere
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
@@ -35,6 +39,7 @@ pub mod cluster;
 pub mod cpu;
 pub mod haproxy;
 pub mod kube_proxy;
+pub mod l7;
 pub mod loadgen;
 pub mod machine;
 pub mod nodeport;
