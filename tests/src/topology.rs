@@ -508,22 +508,29 @@ impl Drop for Topology {
 /// running test or bench executable (`target/<profile>/`), else
 /// `<workspace>/target/debug/pod-server`.
 pub fn pod_server_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("POD_SERVER_BIN") {
+    test_bin("pod-server")
+}
+
+/// A binary of this crate (`pod-server`, `grpc-echo`, `ws-tool`): `$<NAME>_BIN` (upper case,
+/// `-` as `_`), else beside the running test or bench executable, else `target/debug/`.
+pub fn test_bin(name: &str) -> Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
         return Ok(PathBuf::from(path));
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         // Test and bench executables live in target/<profile>/deps/.
         for dir in exe.ancestors().skip(1).take(2) {
-            candidates.push(dir.join("pod-server"));
+            candidates.push(dir.join(name));
         }
     }
-    candidates.push(crate::workspace_dir().join("target/debug/pod-server"));
+    candidates.push(crate::workspace_dir().join("target/debug").join(name));
     if let Some(found) = candidates.iter().find(|path| path.is_file()) {
         return Ok(found.clone());
     }
     bail!(
-        "pod-server binary not found (looked at {candidates:?}): run `cargo build -p switchyard-tests` or set POD_SERVER_BIN"
+        "{name} binary not found (looked at {candidates:?}): run `cargo build -p switchyard-tests` or set {var}"
     )
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use switchyard_tests::objects::{self, Pod};
-use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME, POD_H2_PORT};
+use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME, POD_H2_PORT, test_bin};
 use switchyard_tests::{
     Daemon, Manifests, Mode, PodServerConfig, Topology, client, metrics, poll_until,
 };
@@ -43,6 +43,8 @@ in_both_modes!(
     failing_pods_are_retried_then_ejected,
     a_slow_request_head_is_cut_off,
     tls_certificate_rotates_under_an_open_connection,
+    grpc_calls_of_one_channel_spread_over_every_pod,
+    websocket_upgrades_are_tunnelled,
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
@@ -72,6 +74,27 @@ fn l7_service(
     selector: (&str, &str),
     annotations: Value,
 ) -> Value {
+    l7_service_to(
+        name,
+        vip,
+        port,
+        POD_H2_PORT,
+        app_protocol,
+        selector,
+        annotations,
+    )
+}
+
+/// Like [`l7_service`], to another target port.
+fn l7_service_to(
+    name: &str,
+    vip: &str,
+    port: u16,
+    target: u16,
+    app_protocol: &str,
+    selector: (&str, &str),
+    annotations: Value,
+) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -80,7 +103,7 @@ fn l7_service(
             "clusterIP": vip,
             "clusterIPs": [vip],
             "selector": {selector.0: selector.1},
-            "ports": [{"name": "http", "port": port, "targetPort": POD_H2_PORT,
+            "ports": [{"name": "http", "port": port, "targetPort": target,
                        "protocol": "TCP", "appProtocol": app_protocol}],
         },
     })
@@ -205,21 +228,35 @@ fn wait_served(topo: &Topology, url: &str, extra: &[&str]) -> Result<()> {
 fn requests_of_one_connection_spread_over_every_pod(mode: Mode) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     write_pods(&topo, &manifests, &[])?;
+    // The default balancer (peak EWMA) for concurrent requests; round robin for one request
+    // at a time, where peak EWMA rightly keeps away from a pod that just answered slowly
+    // (until its estimate decays), which on a shared machine can be any of them.
     manifests.write_objects(
         "svc.yaml",
-        &[l7_service(
-            "web-h2",
-            "10.96.0.20",
-            80,
-            "kubernetes.io/h2c",
-            ("app", "web"),
-            json!({}),
-        )],
+        &[
+            l7_service(
+                "web-h2",
+                "10.96.0.20",
+                80,
+                "kubernetes.io/h2c",
+                ("app", "web"),
+                json!({}),
+            ),
+            l7_service(
+                "web-rr",
+                "10.96.0.27",
+                80,
+                "kubernetes.io/h2c",
+                ("app", "web"),
+                json!({"switchyard.io/l7-balancer": "round-robin"}),
+            ),
+        ],
     )?;
     let daemon = topo.start_daemon_mode(&manifests, mode)?;
     daemon.with_log((|| {
-        let url = "http://10.96.0.20/";
+        let url = "http://10.96.0.27/";
         wait_served(&topo, url, &[])?;
+        wait_served(&topo, "http://10.96.0.20/", &[])?;
 
         // HTTP/1.1 keep-alive: 300 requests, one connection, every pod.
         let (bodies, connects) = curl_one_connection(&topo, url, 300, &[])?;
@@ -252,7 +289,8 @@ fn requests_of_one_connection_spread_over_every_pod(mode: Mode) -> Result<()> {
         }
         check_spread("HTTP/2", &client::tally(&bodies), 30, 3)?;
 
-        // h2load: one client, one connection, ten streams at a time.
+        // h2load: one client, one connection, ten streams at a time, the default balancer.
+        let url = "http://10.96.0.20/";
         let before = backend_responses(&daemon, "default/web-h2:http", "2xx")?;
         let out = topo.client().exec_with(
             ["h2load", "-n", "300", "-c", "1", "-m", "10", url],
@@ -553,6 +591,182 @@ fn tls_certificate_rotates_under_an_open_connection(mode: Mode) -> Result<()> {
                 bail!("the TLS client did not exit: {}", python.log());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    })())
+}
+
+/// Starts `argv` (a tool of this crate, then its arguments) in every pod, each named after
+/// its pod; waits until each printed `ready`.
+fn start_in_pods(
+    topo: &Topology,
+    tool: &str,
+    args: &[&str],
+) -> Result<Vec<switchyard_tests::netns::Process>> {
+    let bin = test_bin(tool)?.display().to_string();
+    let mut out = Vec::new();
+    for index in 0..topo.pods().len() {
+        let name = format!("web-{index}");
+        let mut argv = vec![bin.as_str(), "server", "--name", name.as_str()];
+        argv.extend_from_slice(args);
+        let log = topo.scratch_dir().join(format!("{tool}-{index}.log"));
+        let mut process = topo.pod(index).ns().spawn(&argv, &log)?;
+        process.wait_for_line("ready", Duration::from_secs(10))?;
+        out.push(process);
+    }
+    Ok(out)
+}
+
+fn grpc_calls_of_one_channel_spread_over_every_pod(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    let _servers = start_in_pods(&topo, "grpc-echo", &["--listen", "0.0.0.0:9090"])?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[
+            l7_service_to(
+                "echo",
+                "10.96.0.25",
+                9090,
+                9090,
+                "grpc",
+                ("app", "web"),
+                json!({}),
+            ),
+            l7_service_to(
+                "echo-rr",
+                "10.96.0.28",
+                9090,
+                9090,
+                "grpc",
+                ("app", "web"),
+                json!({"switchyard.io/l7-balancer": "round-robin"}),
+            ),
+        ],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let bin = test_bin("grpc-echo")?.display().to_string();
+        let run = |target: &str, requests: &str, concurrency: &str| -> Result<Value> {
+            let out = topo.client().exec_with(
+                [
+                    bin.as_str(),
+                    "client",
+                    "--target",
+                    target,
+                    "--requests",
+                    requests,
+                    "--concurrency",
+                    concurrency,
+                    "--stream",
+                    "30",
+                ],
+                None,
+                Duration::from_mins(2),
+            )?;
+            ensure!(
+                out.status.success(),
+                "grpc-echo client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(serde_json::from_slice(&out.stdout)?)
+        };
+        // The channel may come up before the first sync reached the datapath: wait for it.
+        poll_until("the gRPC Service to answer", PICKUP, || {
+            let ready = ["http://10.96.0.25:9090", "http://10.96.0.28:9090"]
+                .iter()
+                .all(|t| run(t, "1", "1").is_ok_and(|v| v["ok"] == 1));
+            Ok(ready.then_some(()))
+        })?;
+        // One HTTP/2 connection: ten calls in flight with the default balancer, then one call
+        // at a time with round robin; both spread over every pod.
+        for (target, concurrency) in [
+            ("http://10.96.0.25:9090", "10"),
+            ("http://10.96.0.28:9090", "1"),
+        ] {
+            let result = run(target, "300", concurrency)?;
+            ensure!(
+                result["ok"] == 300,
+                "gRPC calls failed (concurrency {concurrency}): {result}"
+            );
+            let counts: BTreeMap<String, usize> = result["pods"]
+                .as_object()
+                .context("pods")?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0) as usize))
+                .collect();
+            check_spread(&format!("gRPC, {concurrency} in flight"), &counts, 300, 3)?;
+            // A server stream stays on one pod and arrives whole.
+            ensure!(
+                result["stream"]["received"] == 30,
+                "stream: {}",
+                result["stream"]
+            );
+            ensure!(
+                result["stream"]["pods"]
+                    .as_object()
+                    .is_some_and(|p| p.len() == 1),
+                "one stream, one pod: {}",
+                result["stream"]
+            );
+        }
+        Ok(())
+    })())
+}
+
+fn websocket_upgrades_are_tunnelled(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    let _servers = start_in_pods(&topo, "ws-tool", &["--listen", "0.0.0.0:9091"])?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service_to(
+            "ws",
+            "10.96.0.26",
+            80,
+            9091,
+            "http",
+            ("app", "web"),
+            json!({}),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let bin = test_bin("ws-tool")?.display().to_string();
+        let answers = poll_until("the WebSocket Service to answer", PICKUP, || {
+            let out = topo.client().exec_with(
+                [
+                    bin.as_str(),
+                    "client",
+                    "--url",
+                    "ws://10.96.0.26/chat",
+                    "--messages",
+                    "5",
+                ],
+                None,
+                Duration::from_secs(30),
+            )?;
+            if !out.status.success() {
+                return Ok(None);
+            }
+            let v: Value = serde_json::from_slice(&out.stdout)?;
+            Ok(Some(v["answers"].clone()))
+        })?;
+        let answers: Vec<String> = answers
+            .as_array()
+            .context("answers")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        ensure!(answers.len() == 5, "answers: {answers:?}");
+        // One connection, one pod: every message of the tunnel reaches the same one.
+        let pod = answers[0].split(':').next().unwrap_or_default().to_owned();
+        ensure!(pod.starts_with("web-"), "answers: {answers:?}");
+        for (i, a) in answers.iter().enumerate() {
+            ensure!(
+                *a == format!("{pod}:m{i}"),
+                "answer {i}: {a:?} ({answers:?})"
+            );
         }
         Ok(())
     })())
