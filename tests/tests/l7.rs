@@ -314,6 +314,23 @@ fn requests_of_one_connection_spread_over_every_pod(mode: Mode) -> Result<()> {
             })
             .collect();
         check_spread("h2load", &counts, 300, 3)?;
+        // The request duration histograms count them.
+        let samples = metrics::parse(&daemon.metrics()?);
+        let timed = metrics::sum(
+            &samples,
+            "switchyard_l7_request_duration_seconds_count",
+            &[("service", "default/web-h2:http")],
+        );
+        ensure!(timed >= 300.0, "{timed} requests in the duration histogram");
+        let under_10s = metrics::sum(
+            &samples,
+            "switchyard_l7_request_duration_seconds_bucket",
+            &[("service", "default/web-h2:http"), ("le", "10")],
+        );
+        ensure!(
+            (under_10s - timed).abs() < 0.5,
+            "buckets {under_10s} vs count {timed}"
+        );
         Ok(())
     })())
 }
@@ -434,9 +451,36 @@ fn a_slow_request_head_is_cut_off(mode: Mode) -> Result<()> {
             json!({"switchyard.io/l7-header-timeout": "1s"}),
         )],
     )?;
-    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    let access_log = topo.scratch_dir().join("access.log");
+    let config = switchyard_tests::DaemonConfig::for_mode(mode, &topo)?
+        .arg("--access-log")
+        .arg(&access_log.display().to_string());
+    let daemon = topo.start_daemon_with(&manifests, &config)?;
     daemon.with_log((|| {
         wait_served(&topo, "http://10.96.0.23/", &[])?;
+        // The access log has a JSON line for the request.
+        let line = poll_until("an access log line", PICKUP, || {
+            let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+            Ok(text
+                .lines()
+                .find(|l| l.contains("\"status\":200"))
+                .map(str::to_owned))
+        })?;
+        let entry: Value = serde_json::from_str(&line)?;
+        ensure!(
+            entry["service"] == "default/slow:http",
+            "access log: {entry}"
+        );
+        ensure!(
+            entry["method"] == "GET" && entry["path"] == "/",
+            "access log: {entry}"
+        );
+        ensure!(
+            entry["backend"]
+                .as_str()
+                .is_some_and(|b| b.ends_with(":8082")),
+            "access log: {entry}"
+        );
         let out = client::python(
             topo.client(),
             SLOW_CLIENT,
