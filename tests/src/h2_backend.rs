@@ -65,11 +65,13 @@ async fn answer(
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     } else if path == "/headers" {
-        body = req
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        body = String::new();
+        for (k, v) in req.headers() {
+            body.push_str(k.as_str());
+            body.push_str(": ");
+            body.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            body.push('\n');
+        }
     } else if path == "/peer" {
         body = format!("{peer}\n");
     }
