@@ -165,6 +165,34 @@ impl BackendSet {
     }
 }
 
+/// The backend with the least `load`; ties broken uniformly at random.
+pub(crate) fn least_loaded<'a>(
+    backends: impl Iterator<Item = &'a Backend>,
+    load: impl Fn(&Backend) -> u64,
+) -> Option<&'a Backend> {
+    let mut best: Option<(u64, &Backend)> = None;
+    let mut ties = 0usize;
+    for backend in backends {
+        let l = load(backend);
+        match best {
+            Some((least, _)) if l > least => {}
+            Some((least, _)) if l == least => {
+                // Reservoir sampling: each tied backend ends up chosen with equal
+                // probability.
+                ties += 1;
+                if fastrand::usize(..ties) == 0 {
+                    best = Some((l, backend));
+                }
+            }
+            _ => {
+                best = Some((l, backend));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sticky {
     backend: SocketAddr,
@@ -318,29 +346,7 @@ impl Balancer {
                     .map(|offset| &set.backends[set.eligible[start.wrapping_add(offset) % n]])
                     .find(|b| !tried.contains(&b.addr))
             }
-            Algorithm::LeastConnections => {
-                let mut best: Option<(u64, &Backend)> = None;
-                let mut ties = 0usize;
-                for backend in set.candidates(tried) {
-                    let load = backend.stats.load();
-                    match best {
-                        Some((least, _)) if load > least => {}
-                        Some((least, _)) if load == least => {
-                            // Reservoir sampling: each tied backend ends up
-                            // chosen with equal probability.
-                            ties += 1;
-                            if fastrand::usize(..ties) == 0 {
-                                best = Some((load, backend));
-                            }
-                        }
-                        _ => {
-                            best = Some((load, backend));
-                            ties = 1;
-                        }
-                    }
-                }
-                best.map(|(_, b)| b)
-            }
+            Algorithm::LeastConnections => least_loaded(set.candidates(tried), |b| b.stats.load()),
         }
     }
 }

@@ -24,7 +24,7 @@ const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Pause after an accept error caused by resource exhaustion (`EMFILE`…), so
 /// the loop does not spin while the condition lasts.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections on `listener` until `cancel` fires. Connection tasks
 /// are spawned on `connections` and outlive the loop.
@@ -41,9 +41,8 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
+            accepted = accept(&listener, frontend, &cancel) => match accepted {
+                Some((client, peer)) => {
                     connections.spawn(serve_connection(
                         client,
                         peer,
@@ -52,15 +51,7 @@ pub(crate) async fn serve(
                         Arc::clone(&config),
                     ));
                 }
-                Err(error) => {
-                    debug!(%frontend, %error, "TCP accept failed");
-                    if is_resource_exhaustion(&error) {
-                        tokio::select! {
-                            () = cancel.cancelled() => break,
-                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                        }
-                    }
-                }
+                None => break,
             },
             _ = sweep.tick() => balancer.sweep(Instant::now()),
         }
@@ -68,7 +59,34 @@ pub(crate) async fn serve(
     trace!(%frontend, "TCP frontend stopped accepting");
 }
 
-pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
+/// The next connection of `listener`; `None` once `cancel` fires. Accept errors are logged
+/// and, when they come from resource exhaustion, waited out.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    frontend: SocketAddr,
+    cancel: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(error) => {
+                    debug!(%frontend, %error, "TCP accept failed");
+                    if is_resource_exhaustion(&error) {
+                        tokio::select! {
+                            () = cancel.cancelled() => return None,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would fail the same way.
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }

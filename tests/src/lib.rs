@@ -73,3 +73,41 @@ pub fn workspace_dir() -> PathBuf {
         .parent()
         .map_or_else(|| manifest_dir.clone(), std::path::Path::to_path_buf)
 }
+
+/// Generates `mod NAME { fn userspace(); fn ebpf(); }` for each scenario `NAME(mode)`: two
+/// `#[test]`s, one per proxy mode.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn userspace() -> anyhow::Result<()> {
+                super::$name($crate::Mode::Userspace)
+            }
+
+            #[test]
+            fn ebpf() -> anyhow::Result<()> {
+                super::$name($crate::Mode::Ebpf)
+            }
+        }
+    )*};
+}
+
+/// A topology with `pods` pods running the default servers (`web-<i>`) and a manifest
+/// folder holding this node's Node object (its IPv4 and IPv6 `InternalIP`s).
+pub fn cluster(pods: usize) -> anyhow::Result<(Topology, Manifests)> {
+    let mut topo = Topology::new(pods)?;
+    topo.start_pod_servers()?;
+    let manifests = Manifests::new_in(topo.scratch_dir())?;
+    manifests.write_objects(
+        "node.yaml",
+        &[objects::node(
+            topology::NODE_NAME,
+            &[
+                std::net::IpAddr::V4(topology::NODE_IP4),
+                std::net::IpAddr::V6(topology::NODE_IP6),
+            ],
+        )],
+    )?;
+    Ok((topo, manifests))
+}

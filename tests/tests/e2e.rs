@@ -22,31 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use switchyard_tests::objects::{self, Endpoint, EndpointSlice, Pod, Service, ServicePort};
-use switchyard_tests::topology::{CLIENT_IP4, CLIENT_IP6, NODE_IP4, NODE_IP6, NODE_NAME};
+use switchyard_tests::objects::{Endpoint, EndpointSlice, Pod, Service, ServicePort};
+use switchyard_tests::topology::{CLIENT_IP4, CLIENT_IP6};
 use switchyard_tests::{
-    Daemon, Manifests, Mode, PodServerConfig, Topology, client, metrics, poll_until,
+    Daemon, Manifests, Mode, PodServerConfig, Topology, client, cluster, metrics, poll_until,
 };
 
-/// Generates `mod NAME { fn userspace(); fn ebpf(); }`, two `#[test]`s
-/// calling the scenario function `NAME(mode)`.
-macro_rules! in_both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn userspace() -> anyhow::Result<()> {
-                super::$name(switchyard_tests::Mode::Userspace)
-            }
-
-            #[test]
-            fn ebpf() -> anyhow::Result<()> {
-                super::$name(switchyard_tests::Mode::Ebpf)
-            }
-        }
-    )*};
-}
-
-in_both_modes!(
+switchyard_tests::in_both_modes!(
     even_spread_over_ready_pods,
     relabelled_pod_leaves_rotation_within_a_second,
     unready_pod_leaves_rotation_within_a_second,
@@ -69,22 +51,6 @@ const PICKUP: Duration = Duration::from_secs(5);
 
 const WEB_VIP: &str = "10.96.0.10";
 const WEB_URL: &str = "http://10.96.0.10:80/";
-
-/// A topology with `pods` pods running the default servers (`web-<i>`),
-/// and a manifest folder holding the Node.
-fn cluster(pods: usize) -> Result<(Topology, Manifests)> {
-    let mut topo = Topology::new(pods)?;
-    topo.start_pod_servers()?;
-    let manifests = Manifests::new_in(topo.scratch_dir())?;
-    manifests.write_objects(
-        "node.yaml",
-        &[objects::node(
-            NODE_NAME,
-            &[IpAddr::V4(NODE_IP4), IpAddr::V6(NODE_IP6)],
-        )],
-    )?;
-    Ok((topo, manifests))
-}
 
 /// Each pod's manifest in a file of its own, `pod-web-<i>.yaml`.
 fn write_web_pods(topo: &Topology, manifests: &Manifests) -> Result<()> {

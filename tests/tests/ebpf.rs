@@ -29,16 +29,7 @@ const PICKUP: Duration = Duration::from_secs(5);
 /// A topology with `pods` pods running the default servers (`web-<i>`),
 /// each pod's manifest in `pod-web-<i>.yaml`, and the Node.
 fn cluster(pods: usize) -> Result<(Topology, Manifests)> {
-    let mut topo = Topology::new(pods)?;
-    topo.start_pod_servers()?;
-    let manifests = Manifests::new_in(topo.scratch_dir())?;
-    manifests.write_objects(
-        "node.yaml",
-        &[objects::node(
-            NODE_NAME,
-            &[IpAddr::V4(NODE_IP4), IpAddr::V6(NODE_IP6)],
-        )],
-    )?;
+    let (topo, manifests) = switchyard_tests::cluster(pods)?;
     for index in 0..pods {
         let pod = Pod::web(&topo, index);
         manifests.write_objects(&format!("pod-{}.yaml", pod.name()), &[pod.to_value()])?;

@@ -11,34 +11,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use switchyard_tests::objects::{self, Pod};
-use switchyard_tests::topology::{NODE_IP4, NODE_IP6, NODE_NAME, POD_H2_PORT, test_bin};
+use switchyard_tests::objects::Pod;
+use switchyard_tests::topology::{POD_H2_PORT, test_bin};
 use switchyard_tests::{
-    Daemon, Manifests, Mode, PodServerConfig, Topology, client, metrics, poll_until,
+    Daemon, Manifests, Mode, PodServerConfig, Topology, client, cluster, metrics, poll_until,
 };
 
-macro_rules! in_both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn userspace() -> anyhow::Result<()> {
-                super::$name(switchyard_tests::Mode::Userspace)
-            }
-
-            #[test]
-            fn ebpf() -> anyhow::Result<()> {
-                super::$name(switchyard_tests::Mode::Ebpf)
-            }
-        }
-    )*};
-}
-
-in_both_modes!(
+switchyard_tests::in_both_modes!(
     requests_of_one_connection_spread_over_every_pod,
     failing_pods_are_retried_then_ejected,
     a_slow_request_head_is_cut_off,
@@ -48,21 +31,6 @@ in_both_modes!(
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
-
-/// A topology with `pods` pods (their servers started) and a manifest folder with the Node.
-fn cluster(pods: usize) -> Result<(Topology, Manifests)> {
-    let mut topo = Topology::new(pods)?;
-    topo.start_pod_servers()?;
-    let manifests = Manifests::new_in(topo.scratch_dir())?;
-    manifests.write_objects(
-        "node.yaml",
-        &[objects::node(
-            NODE_NAME,
-            &[IpAddr::V4(NODE_IP4), IpAddr::V6(NODE_IP6)],
-        )],
-    )?;
-    Ok((topo, manifests))
-}
 
 /// A ClusterIP Service with one TCP port `port` → the pods' h2 port, with `appProtocol` and
 /// `annotations`, selecting `selector`.

@@ -219,20 +219,11 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
+            accepted = crate::tcp::accept(&listener, frontend, &cancel) => match accepted {
+                Some((stream, client)) => {
                     connections.spawn(serve_connection(stream, client, Arc::clone(&ctx), cancel.clone()));
                 }
-                Err(error) => {
-                    debug!(%frontend, %error, "TCP accept failed");
-                    if crate::tcp::is_resource_exhaustion(&error) {
-                        tokio::select! {
-                            () = cancel.cancelled() => break,
-                            () = tokio::time::sleep(crate::tcp::ACCEPT_BACKOFF) => {}
-                        }
-                    }
-                }
+                None => break,
             },
             _ = sweep.tick() => {
                 for b in &ctx.balancer.snapshot().backends {

@@ -54,25 +54,7 @@ fn choose<'a>(
                 .find(|b| ok(b))
         }
         RequestBalancer::LeastRequest => {
-            let mut best: Option<(u64, &Backend)> = None;
-            let mut ties = 0usize;
-            for b in set.eligible().filter(|b| ok(b)) {
-                let load = b.l7.in_flight();
-                match best {
-                    Some((least, _)) if load > least => {}
-                    Some((least, _)) if load == least => {
-                        ties += 1;
-                        if fastrand::usize(..ties) == 0 {
-                            best = Some((load, b));
-                        }
-                    }
-                    _ => {
-                        best = Some((load, b));
-                        ties = 1;
-                    }
-                }
-            }
-            best.map(|(_, b)| b)
+            crate::balance::least_loaded(set.eligible().filter(|b| ok(b)), |b| b.l7.in_flight())
         }
         RequestBalancer::PeakEwma => {
             if count == 1 {
