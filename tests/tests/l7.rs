@@ -28,6 +28,7 @@ switchyard_tests::in_both_modes!(
     tls_certificate_rotates_under_an_open_connection,
     grpc_calls_of_one_channel_spread_over_every_pod,
     websocket_upgrades_are_tunnelled,
+    at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish,
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
@@ -782,4 +783,61 @@ fn websocket_upgrades_are_tunnelled(mode: Mode) -> Result<()> {
         }
         Ok(())
     })())
+}
+
+fn at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "web-h2",
+            "10.96.0.29",
+            80,
+            "kubernetes.io/h2c",
+            ("app", "web"),
+            json!({}),
+        )],
+    )?;
+    let mut daemon = topo.start_daemon_mode(&manifests, mode)?;
+    let result = (|| {
+        wait_served(&topo, "http://10.96.0.29/", &[])?;
+        // A request that takes 1.5 s, on an HTTP/2 connection (nghttp prints every frame).
+        let log = topo.scratch_dir().join("nghttp.log");
+        let mut client = topo
+            .client()
+            .spawn(["nghttp", "-nv", "http://10.96.0.29/slow/1500"], &log)?;
+        poll_until("the slow request to be in flight", PICKUP, || {
+            let samples = metrics::parse(&daemon.metrics()?);
+            let in_flight = metrics::sum(
+                &samples,
+                "switchyard_l7_backend_requests_in_flight",
+                &[("service", "default/web-h2:http")],
+            );
+            Ok((in_flight >= 1.0).then_some(()))
+        })?;
+        let status = daemon.terminate(Duration::from_secs(15))?;
+        ensure!(
+            status.success(),
+            "switchyard exited with {status} after SIGTERM"
+        );
+        let started = Instant::now();
+        while client.try_wait()?.is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("nghttp did not finish: {}", client.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = client.log();
+        ensure!(
+            out.contains("recv GOAWAY frame"),
+            "no GOAWAY reached the client:\n{out}"
+        );
+        ensure!(
+            out.contains(":status: 200"),
+            "the request in flight did not finish:\n{out}"
+        );
+        Ok(())
+    })();
+    daemon.with_log(result)
 }
