@@ -482,34 +482,60 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A client's elements of `X-Forwarded-For` and `Forwarded` (RFC 7239), and the scheme it
+/// spoke: made once per connection, so a request without these headers only clones them.
+#[derive(Debug)]
+pub(crate) struct ForwardedFor {
+    xff: HeaderValue,
+    forwarded: HeaderValue,
+    proto: HeaderValue,
+}
+
+impl ForwardedFor {
+    pub(crate) fn new(client: SocketAddr, tls: bool) -> ForwardedFor {
+        let ip = client.ip();
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        let proto = if tls { "https" } else { "http" };
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let value =
+            |s: String| HeaderValue::from_str(&s).expect("an address is a valid header value");
+        ForwardedFor {
+            xff: value(ip.to_string()),
+            forwarded: value(format!("for={node};proto={proto}")),
+            proto: HeaderValue::from_static(proto),
+        }
+    }
+}
+
 fn prepare_request_headers(headers: &mut HeaderMap, conn: &Conn, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
-    let ip = conn.client.ip();
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
-    let proto = if conn.tls { "https" } else { "http" };
-    append(headers, &X_FORWARDED_FOR, &ip.to_string());
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    append(headers, &FORWARDED, &format!("for={node};proto={proto}"));
+    let f = &conn.forwarded;
+    append(headers, &X_FORWARDED_FOR, &f.xff);
+    append(headers, &FORWARDED, &f.forwarded);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(&X_FORWARDED_PROTO, f.proto.clone());
     }
 }
 
 /// Appends `value` to a list-valued header, as one comma-separated line.
-fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_owned(),
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let joined = match headers.get(name) {
+        Some(existing) if !existing.is_empty() => {
+            let mut bytes = Vec::with_capacity(existing.len() + 2 + value.len());
+            bytes.extend_from_slice(existing.as_bytes());
+            bytes.extend_from_slice(b", ");
+            bytes.extend_from_slice(value.as_bytes());
+            HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| value.clone())
+        }
+        _ => value.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
-    }
+    headers.insert(name, joined);
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form), else the `Host` header.

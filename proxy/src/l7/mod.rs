@@ -380,6 +380,25 @@ pub(crate) struct Conn {
     pub(crate) client: SocketAddr,
     pub(crate) tls: bool,
     pub(crate) activity: Arc<Activity>,
+    /// This client's `X-Forwarded-For` and `Forwarded` elements, made once per connection.
+    pub(crate) forwarded: forward::ForwardedFor,
+}
+
+impl Conn {
+    fn new(
+        frontend: Arc<FrontendCtx>,
+        client: SocketAddr,
+        tls: bool,
+        activity: Arc<Activity>,
+    ) -> Conn {
+        Conn {
+            forwarded: forward::ForwardedFor::new(client, tls),
+            frontend,
+            client,
+            tls,
+            activity,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -411,12 +430,7 @@ async fn serve_connection(
         .and_then(|_| ctx.router.server_tls.load_full());
     match server_tls {
         None => {
-            let conn = Arc::new(Conn {
-                frontend: ctx,
-                client,
-                tls: false,
-                activity,
-            });
+            let conn = Arc::new(Conn::new(ctx, client, false, activity));
             serve_http(io, Versions::Detect, conn, &limits, &cancel).await;
         }
         Some(config) => {
@@ -437,12 +451,7 @@ async fn serve_connection(
             } else {
                 Versions::Http1
             };
-            let conn = Arc::new(Conn {
-                frontend: ctx,
-                client,
-                tls: true,
-                activity,
-            });
+            let conn = Arc::new(Conn::new(ctx, client, true, activity));
             serve_http(stream, versions, conn, &limits, &cancel).await;
         }
     }
