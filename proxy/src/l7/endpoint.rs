@@ -19,6 +19,10 @@ use super::spec::{HealthCheck, OutlierPolicy};
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Decay time of the peak-EWMA estimate.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// A backend without a response for this long is tried again whatever its estimate says:
+/// with requests one at a time (none in flight), an estimate raised by one slow answer would
+/// otherwise never be corrected, as only the backends chosen are measured.
+pub(crate) const STALE: Duration = Duration::from_secs(1);
 /// Ejections beyond this many in a row no longer lengthen the ejection.
 const MAX_EJECTION_MULTIPLIER: u32 = 10;
 
@@ -111,6 +115,8 @@ struct PeakEwma {
 pub(crate) struct Endpoint {
     in_flight: AtomicU64,
     ewma: Mutex<PeakEwma>,
+    /// [`stamp`] of the last response observed; 0 before the first.
+    observed: AtomicU64,
     consecutive_failures: AtomicU32,
     /// [`stamp`] until which the backend is ejected; 0 when it is not.
     ejected_until: AtomicU64,
@@ -133,6 +139,7 @@ impl Default for Endpoint {
                 cost_ns: DEFAULT_RTT.as_nanos() as f64,
                 at: Instant::now(),
             }),
+            observed: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections_in_row: AtomicU32::new(0),
@@ -166,6 +173,7 @@ impl Endpoint {
     /// Records a round trip: a slower one replaces the estimate at once (peak), a faster one
     /// pulls it down with the decay.
     pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
+        self.observed.store(stamp(now).max(1), Ordering::Relaxed);
         let rtt = rtt.as_nanos() as f64;
         let mut ewma = self.ewma.lock();
         let elapsed = now.saturating_duration_since(ewma.at).as_nanos() as f64;
@@ -176,6 +184,12 @@ impl Endpoint {
             ewma.cost_ns = ewma.cost_ns * w + rtt * (1.0 - w);
         }
         ewma.at = ewma.at.max(now);
+    }
+
+    /// No response measured for [`STALE`] (or never).
+    pub(crate) fn is_stale(&self, now: Instant) -> bool {
+        let observed = self.observed.load(Ordering::Relaxed);
+        observed == 0 || stamp(now).saturating_sub(observed) >= super::nanos(STALE)
     }
 
     fn ewma_micros(&self) -> u64 {

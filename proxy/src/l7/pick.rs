@@ -100,6 +100,12 @@ fn choose<'a>(
 const TIE: f64 = 0.1;
 
 fn cheaper<'a>(a: &'a Backend, b: &'a Backend, now: Instant) -> &'a Backend {
+    // A backend not measured lately is measured again (see `endpoint::STALE`).
+    match (a.l7.is_stale(now), b.l7.is_stale(now)) {
+        (true, false) => return a,
+        (false, true) => return b,
+        _ => {}
+    }
     let (ca, cb) = (a.l7.cost(now), b.l7.cost(now));
     if (ca - cb).abs() <= TIE * ca.max(cb) {
         if fastrand::bool() { a } else { b }
@@ -142,5 +148,75 @@ pub(crate) fn hash_of(headers: &HeaderMap, key: &HashKey) -> Option<u64> {
                 let (k, v) = pair.trim().split_once('=')?;
                 (k == name).then(|| crate::maglev::hash(v.as_bytes()))
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::l7::endpoint::STALE;
+    use crate::l7::spec::L7Spec;
+    use crate::spec::{BackendSpec, ServiceSpec};
+
+    fn set(n: u8) -> BackendSet {
+        let spec = ServiceSpec {
+            backends: (1..=n)
+                .map(|i| BackendSpec::ready(SocketAddr::from(([10, 0, 0, i], 80))))
+                .collect(),
+            l7: Some(L7Spec::default()),
+            ..ServiceSpec::default()
+        };
+        BackendSet::build(spec, &BackendSet::empty())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_measured_slow_once_is_measured_again() {
+        let set = set(3);
+        let slow = set.eligible_at(2).addr;
+        let now = Instant::now();
+        for (i, b) in set.eligible().enumerate() {
+            let rtt = if i == 2 { 100 } else { 1 };
+            b.l7.observe(Duration::from_millis(rtt), now);
+        }
+        let next = AtomicUsize::new(0);
+        let headers = HeaderMap::new();
+        let pick_one = |now| {
+            pick(&set, &RequestBalancer::PeakEwma, &next, &headers, &[], now)
+                .unwrap()
+                .addr
+        };
+        // Its peak keeps it out...
+        for _ in 0..50 {
+            assert_ne!(pick_one(now), slow);
+        }
+        // ...until it has not been measured for a while, while the others have.
+        tokio::time::advance(STALE).await;
+        let later = Instant::now();
+        for b in set.eligible().take(2) {
+            b.l7.observe(Duration::from_millis(1), later);
+        }
+        assert!(
+            (0..20).any(|_| pick_one(later) == slow),
+            "never measured again"
+        );
+    }
+
+    #[test]
+    fn hash_keys_from_headers_and_cookies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().unwrap());
+        headers.append("cookie", "a=1; session=s1".parse().unwrap());
+        let header = hash_of(&headers, &HashKey::Header("x-user".into()));
+        assert_eq!(header, Some(crate::maglev::hash(b"alice")));
+        let cookie = hash_of(&headers, &HashKey::Cookie("session".into()));
+        assert_eq!(cookie, Some(crate::maglev::hash(b"s1")));
+        assert_eq!(hash_of(&headers, &HashKey::Cookie("missing".into())), None);
+        assert_eq!(
+            hash_of(&HeaderMap::new(), &HashKey::Header("x-user".into())),
+            None
+        );
     }
 }
