@@ -236,64 +236,95 @@ pub(crate) async fn serve(
     trace!(%frontend, "L7 frontend stopped accepting");
 }
 
-/// What a connection's watchdog needs to know: when bytes last moved, when the head of the
-/// request being read started, and how many requests are in flight.
-#[derive(Debug)]
+/// What a client connection's watchdog needs to know, kept without reading the clock on the
+/// data path: whether bytes moved since it last looked, whether bytes were read while no
+/// request was in flight (a request head being read), how many requests started and how many
+/// are in flight. The watchdog turns these into times at each of its ticks.
+#[derive(Debug, Default)]
 pub(crate) struct Activity {
-    last_io: AtomicU64,
-    /// [`endpoint::stamp`] of the first byte of a request head not yet complete; 0 when none.
-    head_since: AtomicU64,
+    moved: AtomicBool,
+    read_while_idle: AtomicBool,
+    requests: AtomicU64,
     in_flight: AtomicU32,
     /// HTTP/2: streams come and go at any time, only the first request's head is timed.
     multiplexed: AtomicBool,
 }
 
 impl Activity {
-    fn new(now: Instant) -> Activity {
-        let now = endpoint::stamp(now);
-        Activity {
-            last_io: AtomicU64::new(now),
-            // A new connection must bring its first request within the header timeout.
-            head_since: AtomicU64::new(now),
-            in_flight: AtomicU32::new(0),
-            multiplexed: AtomicBool::new(false),
-        }
-    }
-
     fn io(&self, read: bool) {
-        let now = endpoint::stamp(Instant::now());
-        self.last_io.store(now, Ordering::Relaxed);
-        if read
-            && self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.multiplexed.load(Ordering::Relaxed)
-            && self.head_since.load(Ordering::Relaxed) == 0
-        {
-            self.head_since.store(now, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
+        if read && self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.read_while_idle.store(true, Ordering::Relaxed);
         }
     }
 
     /// A request's head is complete; it is in flight until the guard drops.
     pub(crate) fn request(self: &Arc<Self>, http2: bool) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_since.store(0, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.read_while_idle.store(false, Ordering::Relaxed);
         if http2 {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         RequestGuard(Arc::clone(self))
     }
+}
 
-    /// When the connection should be closed, and whether abruptly (a slow request head) or
-    /// gracefully (idle).
-    fn deadline(&self, limits: &Limits) -> (u64, bool) {
-        let head = self.head_since.load(Ordering::Relaxed);
-        if head != 0 {
-            return (head.saturating_add(nanos(limits.header_read_timeout)), true);
+/// The watchdog's view of one connection, updated at each tick.
+struct Watch {
+    last_io: Instant,
+    /// When the head of a request not yet complete was first seen (the accept, for the first).
+    head_since: Option<Instant>,
+    requests: u64,
+}
+
+/// What the watchdog decided.
+enum Verdict {
+    Keep,
+    /// The request head took too long: close at once.
+    SlowHead,
+    /// Nothing in flight and nothing moving: close gracefully.
+    Idle,
+}
+
+impl Watch {
+    fn new(now: Instant) -> Watch {
+        Watch {
+            last_io: now,
+            head_since: Some(now),
+            requests: 0,
         }
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return (u64::MAX, false);
+    }
+
+    fn tick(&mut self, activity: &Activity, limits: &Limits, now: Instant) -> Verdict {
+        if activity.moved.swap(false, Ordering::Relaxed) {
+            self.last_io = now;
         }
-        let last = self.last_io.load(Ordering::Relaxed);
-        (last.saturating_add(nanos(limits.idle_timeout)), false)
+        let requests = activity.requests.load(Ordering::Relaxed);
+        if requests != self.requests {
+            self.requests = requests;
+            self.head_since = None;
+        }
+        let idle = activity.in_flight.load(Ordering::Relaxed) == 0;
+        if idle && !activity.multiplexed.load(Ordering::Relaxed) {
+            if activity.read_while_idle.load(Ordering::Relaxed) {
+                let since = *self.head_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= limits.header_read_timeout {
+                    return Verdict::SlowHead;
+                }
+            } else if requests > 0 {
+                self.head_since = None;
+            } else if let Some(since) = self.head_since
+                && now.saturating_duration_since(since) >= limits.header_read_timeout
+            {
+                // A new connection that never sent its first request.
+                return Verdict::SlowHead;
+            }
+        }
+        if idle && now.saturating_duration_since(self.last_io) >= limits.idle_timeout {
+            return Verdict::Idle;
+        }
+        Verdict::Keep
     }
 }
 
@@ -308,9 +339,7 @@ pub(crate) struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0
-            .last_io
-            .store(endpoint::stamp(Instant::now()), Ordering::Relaxed);
+        self.0.moved.store(true, Ordering::Relaxed);
     }
 }
 
@@ -378,7 +407,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 pub(crate) struct Conn {
     pub(crate) frontend: Arc<FrontendCtx>,
     pub(crate) client: SocketAddr,
-    pub(crate) tls: bool,
     pub(crate) activity: Arc<Activity>,
     /// This client's `X-Forwarded-For` and `Forwarded` elements, made once per connection.
     pub(crate) forwarded: forward::ForwardedFor,
@@ -395,7 +423,6 @@ impl Conn {
             forwarded: forward::ForwardedFor::new(client, tls),
             frontend,
             client,
-            tls,
             activity,
         }
     }
@@ -419,7 +446,7 @@ async fn serve_connection(
         return;
     };
     let limits = spec.limits;
-    let activity = Arc::new(Activity::new(Instant::now()));
+    let activity = Arc::new(Activity::default());
     let io = Tracked {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -492,7 +519,10 @@ async fn serve_http<I>(
     let service = hyper::service::service_fn(move |req| forward::handle(req, Arc::clone(&conn)));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
-    let tick = (limits.header_read_timeout / 2).max(Duration::from_millis(100));
+    let tick = (limits.header_read_timeout / 4)
+        .min(limits.idle_timeout / 4)
+        .max(Duration::from_millis(50));
+    let mut watch = Watch::new(Instant::now());
     let mut draining = false;
     loop {
         tokio::select! {
@@ -507,15 +537,17 @@ async fn serve_http<I>(
                 draining = true;
             }
             () = tokio::time::sleep(tick), if !draining => {
-                let (deadline, abrupt) = activity.deadline(limits);
-                if endpoint::stamp(Instant::now()) >= deadline {
-                    if abrupt {
+                match watch.tick(&activity, limits, Instant::now()) {
+                    Verdict::Keep => {}
+                    Verdict::SlowHead => {
                         debug!(%frontend, %client, "request head not complete within the header timeout; closing");
                         return;
                     }
-                    debug!(%frontend, %client, "client connection idle; closing");
-                    served.as_mut().graceful_shutdown();
-                    draining = true;
+                    Verdict::Idle => {
+                        debug!(%frontend, %client, "client connection idle; closing");
+                        served.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
                 }
             }
         }
