@@ -60,10 +60,46 @@ pub fn run(config: &L7Config, paths: &RunPaths) -> Result<(Report, PathBuf, Path
     if let Some(date) = &paths.date {
         date.clone_into(&mut machine.date);
     }
+    let binary_note = binary_older_than_sources(&paths.switchyard_bin);
+    if let Some(note) = &binary_note {
+        eprintln!("warning: {note}");
+    }
     let outcome = suite::run(config)?;
-    let report = Report::new(machine, tools, Method::of(config), outcome);
+    let mut report = Report::new(machine, tools, Method::of(config), outcome);
+    report.switchyard_binary_note = binary_note;
     let (md, json) = report.write(&paths.out_dir)?;
     Ok((report, md, json))
+}
+
+/// A warning when the switchyard binary was built before the last commit
+/// that touched `proxy/` or `control/`: the report's commit line then names
+/// a commit the binary may not contain (cargo builds from the working tree,
+/// and both crates change while the benchmark runs).
+fn binary_older_than_sources(bin: &Path) -> Option<String> {
+    let built = std::fs::metadata(bin)
+        .and_then(|meta| meta.modified())
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let workspace = switchyard_tests::workspace_dir();
+    let dir = workspace.to_string_lossy();
+    let safe = format!("safe.directory={dir}");
+    let mut git = Command::new("git");
+    git.args(["-c", &safe, "-C", &dir]);
+    git.args(["log", "-1", "--format=%ct %h", "--", "proxy", "control"]);
+    let output = git.output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (time, commit) = text.trim().split_once(' ')?;
+    let committed: u64 = time.parse().ok()?;
+    (committed > built).then(|| {
+        format!(
+            "the switchyard binary {} was built {} s before commit {commit} changed proxy/ or \
+             control/: it may not contain that commit (rebuild, or drop --no-build)",
+            bin.display(),
+            committed - built
+        )
+    })
 }
 
 /// The first line `program args` prints on stdout, whatever its exit

@@ -222,6 +222,10 @@ pub struct Report {
     pub ratios: Vec<Ratio>,
     /// Everything measured and seen.
     pub outcome: Outcome,
+    /// Set when the switchyard binary is older than the last commit to
+    /// `proxy/` or `control/`.
+    #[serde(default)]
+    pub switchyard_binary_note: Option<String>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -310,6 +314,7 @@ impl Report {
             rows,
             ratios,
             outcome,
+            switchyard_binary_note: None,
         }
     }
 
@@ -382,6 +387,9 @@ impl Report {
             ("benchmark build profile", m.profile.clone()),
         ] {
             let _ = writeln!(out, "| {key} | {value} |");
+        }
+        if let Some(note) = &self.switchyard_binary_note {
+            let _ = writeln!(out, "\n**Note**: {note}.");
         }
         let streams = shape.h2_connections * shape.h2_streams;
         let _ = write!(

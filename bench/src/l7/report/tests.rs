@@ -210,3 +210,21 @@ fn peak_memory_is_the_highest_window_and_cpu_efficiency_the_median() {
     assert_eq!(stat.per_cpu_s, Some(20_000.0));
     assert_eq!(stat.proxy_cpu_pct, Some(50.0));
 }
+
+#[test]
+fn a_stale_binary_is_noted_under_the_machine_table() {
+    let targets = vec![Target::Nginx];
+    let mut report = Report::new(
+        Machine::default(),
+        Tools::default(),
+        method(targets),
+        outcome(Vec::new(), Vec::new()),
+    );
+    assert!(!report.markdown().contains("**Note**"));
+    report.switchyard_binary_note = Some("built before commit abc".to_owned());
+    assert!(
+        report
+            .markdown()
+            .contains("**Note**: built before commit abc.")
+    );
+}
