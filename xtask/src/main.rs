@@ -7,7 +7,7 @@
 //!   and the end-to-end tests, which need root).
 //! - `cargo xtask lint`: `cargo fmt --check` and clippy with warnings denied.
 //! - `cargo xtask bench`: the criterion model benchmark, the comparison against `HAProxy`, the
-//!   socket-LB, API-watch and `NodePort` benchmarks.
+//!   socket-LB, API-watch, `NodePort` and L7 benchmarks.
 
 mod demo;
 mod packages;
@@ -189,6 +189,19 @@ fn main() -> Result<()> {
                 .context("cannot run the NodePort benchmark")?;
             if !status.success() {
                 bail!("the NodePort benchmark failed");
+            }
+            step(
+                "L7: switchyard's HTTP proxy against nginx and HAProxy with wrk (HTTP/1.1) and h2load (h2c)",
+            );
+            let status = Command::new(root.join("target/release/l7"))
+                .args(["--no-build", "--out"])
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .status()
+                .context("cannot run the L7 benchmark")?;
+            if !status.success() {
+                bail!("the L7 benchmark failed");
             }
             Ok(())
         }
