@@ -35,12 +35,18 @@ pub fn build(with_switchyard: bool) -> Result<()> {
     if with_switchyard {
         packages.push(("switchyard-control", "switchyard"));
     }
+    build_bins(&packages, 2)
+}
+
+/// Builds each `(package, binary)` with the profile of the running binary, one cargo call
+/// each (see [`build`]), with `jobs` jobs.
+pub fn build_bins(packages: &[(&str, &str)], jobs: usize) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for (package, bin) in packages {
+    for &(package, bin) in packages {
         let mut command = Command::new(&cargo);
         command
             .current_dir(switchyard_tests::workspace_dir())
-            .args(["build", "-j2", "-p", package, "--bin", bin]);
+            .args(["build", &format!("-j{jobs}"), "-p", package, "--bin", bin]);
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }

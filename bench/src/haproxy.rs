@@ -102,7 +102,18 @@ pub fn start(
     log: &Path,
     cpu: usize,
 ) -> Result<Process> {
-    std::fs::write(path, config.render()).with_context(|| format!("write {}", path.display()))?;
+    start_rendered(ns, &config.render(), path, log, cpu)
+}
+
+/// [`start`] with a configuration already rendered (the L7 benchmark's `mode http` one).
+pub fn start_rendered(
+    ns: &Netns,
+    config: &str,
+    path: &Path,
+    log: &Path,
+    cpu: usize,
+) -> Result<Process> {
+    std::fs::write(path, config).with_context(|| format!("write {}", path.display()))?;
     let path_arg = path.to_string_lossy();
     let check = ns.exec(["haproxy", "-c", "-q", "-f", &path_arg])?;
     if !check.status.success() {

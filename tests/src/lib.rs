@@ -53,6 +53,7 @@ pub mod netns;
 pub mod objects;
 pub mod poll;
 pub mod scratch;
+pub mod sockets;
 pub mod topology;
 pub mod yaml;
 

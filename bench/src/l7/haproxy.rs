@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use switchyard_tests::{Netns, Process};
 
 /// How HAProxy is set up for the L7 comparison: `mode http`, one thread,
@@ -78,22 +78,7 @@ pub fn start(
     log: &Path,
     cpu: usize,
 ) -> Result<Process> {
-    std::fs::write(path, config.render()).with_context(|| format!("write {}", path.display()))?;
-    let path_arg = path.to_string_lossy();
-    let check = ns.exec(["haproxy", "-c", "-q", "-f", &path_arg])?;
-    if !check.status.success() {
-        bail!(
-            "haproxy rejects its configuration {}: {}{}",
-            path.display(),
-            String::from_utf8_lossy(&check.stderr).trim(),
-            String::from_utf8_lossy(&check.stdout).trim()
-        );
-    }
-    let cpu = cpu.to_string();
-    ns.spawn(
-        ["taskset", "-c", &cpu, "haproxy", "-db", "-f", &path_arg],
-        log,
-    )
+    crate::haproxy::start_rendered(ns, &config.render(), path, log, cpu)
 }
 
 #[cfg(test)]

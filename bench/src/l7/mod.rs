@@ -24,7 +24,7 @@ pub mod suite;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::machine::Machine;
 use report::{Method, Report, Tools};
@@ -126,24 +126,7 @@ pub fn build(with_switchyard: bool, jobs: usize) -> Result<()> {
     if with_switchyard {
         packages.push(("switchyard-control", "switchyard"));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for (package, bin) in packages {
-        let mut command = Command::new(&cargo);
-        command
-            .current_dir(switchyard_tests::workspace_dir())
-            .args(["build", &format!("-j{jobs}"), "-p", package, "--bin", bin]);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        eprintln!("building {bin}: {command:?}");
-        let status = command
-            .status()
-            .with_context(|| format!("run {}", cargo.to_string_lossy()))?;
-        if !status.success() {
-            bail!("building {bin} failed ({status}); fix the build or pass --no-build");
-        }
-    }
-    Ok(())
+    crate::binaries::build_bins(&packages, jobs)
 }
 
 /// Fails unless `path` is a file, saying how to make it.

@@ -182,6 +182,16 @@ impl hyper::body::Body for WithTrailers {
     }
 }
 
+/// Healthy backends `a`, `b` and `c`, and their addresses.
+async fn three_backends() -> (Vec<TestBackend>, Vec<SocketAddr>) {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(backend(name, Behaviour::Ok).await);
+    }
+    let addrs = backends.iter().map(|b| b.addr).collect();
+    (backends, addrs)
+}
+
 fn l7_service(backends: &[SocketAddr], l7: L7Spec) -> ServiceSpec {
     ServiceSpec {
         name: "default/web:http".into(),
@@ -296,12 +306,7 @@ fn counts(replies: &[Reply]) -> BTreeMap<String, usize> {
 
 #[tokio::test]
 async fn requests_of_one_http1_connection_are_balanced_each() {
-    let backends = [
-        backend("a", Behaviour::Ok).await,
-        backend("b", Behaviour::Ok).await,
-        backend("c", Behaviour::Ok).await,
-    ];
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let (_backends, addrs) = three_backends().await;
     let proxy = Proxy::new(ProxyConfig::default());
     let frontend = serve(&proxy, &addrs, round_robin()).await;
     let mut client = h1_client(frontend).await;
@@ -331,12 +336,7 @@ async fn requests_of_one_http1_connection_are_balanced_each() {
 
 #[tokio::test]
 async fn requests_of_one_http2_connection_spread_over_every_backend() {
-    let backends = [
-        backend("a", Behaviour::Ok).await,
-        backend("b", Behaviour::Ok).await,
-        backend("c", Behaviour::Ok).await,
-    ];
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let (_backends, addrs) = three_backends().await;
     let proxy = Proxy::new(ProxyConfig::default());
     // The default balancer (peak EWMA), HTTP/2 to the backends as for gRPC.
     let frontend = serve(
@@ -749,6 +749,16 @@ async fn tls_client(
     ca_pem: &[u8],
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    try_tls_client(addr, ca_pem, alpn).await.unwrap()
+}
+
+/// A TLS connection trusting only `ca_pem`; the handshake's error if the server's
+/// certificate is not signed by it.
+async fn try_tls_client(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.unwrap()).unwrap();
@@ -765,7 +775,6 @@ async fn tls_client(
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("web.default.svc".try_into().unwrap(), stream)
         .await
-        .unwrap()
 }
 
 use rustls::pki_types::pem::PemObject as _;
@@ -837,7 +846,12 @@ async fn tls_is_terminated_and_a_rotated_certificate_spares_open_connections() {
         .unwrap();
     tokio::spawn(conn);
     assert_eq!(h1_get(&mut h1, get("/")).await.status, StatusCode::OK);
-    assert!(!first_ca.is_empty());
+    // And the first certificate is gone for new connections.
+    assert!(
+        try_tls_client(frontend, &first_ca, &[b"http/1.1"])
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -900,12 +914,7 @@ async fn tls_is_originated_to_backends() {
 
 #[tokio::test]
 async fn a_consistent_hash_keeps_a_key_on_one_backend() {
-    let backends = [
-        backend("a", Behaviour::Ok).await,
-        backend("b", Behaviour::Ok).await,
-        backend("c", Behaviour::Ok).await,
-    ];
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let (_backends, addrs) = three_backends().await;
     let proxy = Proxy::new(ProxyConfig::default());
     let frontend = serve(
         &proxy,
@@ -1155,12 +1164,7 @@ async fn access_log_lines_name_the_request() {
 
 #[tokio::test]
 async fn sequential_requests_spread_with_the_default_balancer() {
-    let backends = [
-        backend("a", Behaviour::Ok).await,
-        backend("b", Behaviour::Ok).await,
-        backend("c", Behaviour::Ok).await,
-    ];
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let (_backends, addrs) = three_backends().await;
     let proxy = Proxy::new(ProxyConfig::default());
     let frontend = serve(&proxy, &addrs, L7Spec::default()).await;
     let mut client = h1_client(frontend).await;

@@ -44,7 +44,6 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use http::uri::PathAndQuery;
 use serde_json::json;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::Endpoint;
@@ -141,7 +140,7 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------- server
 
 async fn serve(config: ServerConfig) -> Result<()> {
-    let listener = bind_listener(config.listen)?;
+    let listener = switchyard_tests::sockets::tcp_listener(config.listen)?;
     let service = EchoService {
         name: Arc::from(config.name.as_str()),
     };
@@ -155,24 +154,6 @@ async fn serve(config: ServerConfig) -> Result<()> {
         )
         .await
         .with_context(|| format!("serve gRPC on {}", config.listen))
-}
-
-/// Binds like `pod-server` does: IPv6 sockets `IPV6_V6ONLY`, so a test can
-/// serve `0.0.0.0:P` and `[::]:P` side by side.
-fn bind_listener(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    socket
-        .listen(1024)
-        .with_context(|| format!("listen on {addr}"))?;
-    Ok(tokio::net::TcpListener::from_std(socket.into())?)
 }
 
 /// The `echo.Echo` service: what tonic-build would generate, dispatching on

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Protocol, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -49,19 +49,6 @@ const MAX_HEAD: usize = 64 * 1024;
 /// The body bytes of `/bytes/N`, written a chunk at a time.
 static FILL: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
-fn bind_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    Ok(socket)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.http.is_empty() && args.udp.is_empty() && args.h2.is_empty() {
@@ -78,15 +65,11 @@ async fn serve(args: Args) -> Result<()> {
     let name: Arc<str> = Arc::from(args.name.as_str());
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &args.http {
-        let socket = bind_socket(*addr, Type::STREAM, Protocol::TCP)?;
-        socket.listen(1024)?;
-        let listener = TcpListener::from_std(socket.into())?;
+        let listener = switchyard_tests::sockets::tcp_listener(*addr)?;
         tasks.spawn(accept_loop(listener, name.clone()));
     }
     for addr in &args.h2 {
-        let socket = bind_socket(*addr, Type::STREAM, Protocol::TCP)?;
-        socket.listen(1024)?;
-        let listener = TcpListener::from_std(socket.into())?;
+        let listener = switchyard_tests::sockets::tcp_listener(*addr)?;
         tasks.spawn(switchyard_tests::h2_backend::serve(
             listener,
             name.clone(),
@@ -94,7 +77,7 @@ async fn serve(args: Args) -> Result<()> {
         ));
     }
     for addr in &args.udp {
-        let socket = bind_socket(*addr, Type::DGRAM, Protocol::UDP)?;
+        let socket = switchyard_tests::sockets::bind(*addr, Type::DGRAM, Protocol::UDP)?;
         let socket = UdpSocket::from_std(socket.into())?;
         tasks.spawn(udp_echo(socket, name.clone()));
     }

@@ -20,8 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The limit on the handshake and on each answer.
@@ -74,7 +73,7 @@ fn main() -> Result<()> {
 }
 
 async fn serve(config: ServerConfig) -> Result<()> {
-    let listener = bind_listener(config.listen)?;
+    let listener = switchyard_tests::sockets::tcp_listener(config.listen)?;
     let name: Arc<str> = Arc::from(config.name.as_str());
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready")?;
@@ -91,24 +90,6 @@ async fn serve(config: ServerConfig) -> Result<()> {
             }
         });
     }
-}
-
-/// Binds like `pod-server` does: IPv6 sockets `IPV6_V6ONLY`, so a test can
-/// serve `0.0.0.0:P` and `[::]:P` side by side.
-fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    socket
-        .listen(1024)
-        .with_context(|| format!("listen on {addr}"))?;
-    Ok(TcpListener::from_std(socket.into())?)
 }
 
 /// Serves one connection until the peer closes it. Pings are answered by
