@@ -311,6 +311,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FIRST-LAST", default_value = "15100-15999", value_parser = crate::datapath::l7::parse_ports)]
     pub l7_ports: std::ops::RangeInclusive<u16>,
 
+    /// Threads that serve L7 client connections, each with a single-threaded runtime of
+    /// its own (connections are dealt to them in turn); `0` serves them on the daemon's
+    /// main runtime. Default: as many as the CPUs the daemon may run on.
+    #[arg(long, value_name = "N")]
+    pub l7_threads: Option<usize>,
+
     /// Write an access log of L7 requests (one JSON object per line) to this file, or `-`
     /// for standard output. Off by default.
     #[arg(long, value_name = "PATH|-")]
@@ -456,6 +462,9 @@ impl RunArgs {
             connect_timeout: self.backend_connect_timeout,
             connect_attempts: usize::from(self.backend_connect_attempts),
             udp_idle_timeout: self.udp_idle_timeout,
+            l7_threads: self.l7_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             ..switchyard_proxy::ProxyConfig::default()
         }
     }

@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use switchyard_proxy::l7::{L7Spec, RequestBalancer, UpstreamProtocol};
 use switchyard_proxy::{BackendSpec, Proto, Proxy, ProxyConfig, ServiceSpec};
 
+// As the `switchyard` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let frontend: SocketAddr = args
@@ -34,7 +38,15 @@ fn main() {
     .build()
     .expect("runtime");
     runtime.block_on(async {
-        let proxy = Proxy::new(ProxyConfig::default());
+        // SY_L7_THREADS=N: N L7 threads of their own, as the daemon's `--l7-threads`.
+        let l7_threads = std::env::var("SY_L7_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let proxy = Proxy::new(ProxyConfig {
+            l7_threads,
+            ..ProxyConfig::default()
+        });
         let spec = ServiceSpec {
             name: "bench/web:http".into(),
             backends,

@@ -99,6 +99,31 @@ struct Inner {
     connections: TaskTracker,
     /// Parent of every frontend's token: fires when the last `Proxy` is dropped.
     root: CancellationToken,
+    /// The threads serving L7 connections (`ProxyConfig::l7_threads`), once an L7 frontend
+    /// started them (`None` in it after they could not be started).
+    l7_workers: std::sync::OnceLock<Option<Arc<l7::Workers>>>,
+}
+
+impl Inner {
+    /// The L7 threads, started on first use; `None` to serve on the caller's runtime.
+    fn l7_workers(&self) -> Option<Arc<l7::Workers>> {
+        let threads = self.config.l7_threads;
+        if threads == 0 {
+            return None;
+        }
+        self.l7_workers
+            .get_or_init(|| match l7::Workers::start(threads) {
+                Ok(workers) => {
+                    info!(threads, "L7 threads started");
+                    Some(Arc::new(workers))
+                }
+                Err(error) => {
+                    warn!(threads, %error, "cannot start the L7 threads; serving L7 connections on the main runtime");
+                    None
+                }
+            })
+            .clone()
+    }
 }
 
 impl Drop for Inner {
@@ -135,12 +160,8 @@ impl Frontend {
     }
 
     /// Binds the socket and starts serving, unless it already does.
-    fn start(
-        &self,
-        config: &Arc<ProxyConfig>,
-        connections: &TaskTracker,
-        root: &CancellationToken,
-    ) -> Result<(), ProxyError> {
+    fn start(&self, inner: &Inner) -> Result<(), ProxyError> {
+        let (config, connections, root) = (&inner.config, &inner.connections, &inner.root);
         let mut serving = self.serving.lock();
         let l7 = self.balancer.snapshot().l7.is_some();
         if serving
@@ -168,6 +189,7 @@ impl Frontend {
                     balancer,
                     router: Arc::clone(&self.router),
                     config: Arc::clone(config),
+                    workers: inner.l7_workers(),
                 });
                 tokio::spawn(l7::serve(
                     listener,
@@ -258,6 +280,7 @@ impl Proxy {
                 frontends: RwLock::new(BTreeMap::new()),
                 connections: TaskTracker::new(),
                 root: CancellationToken::new(),
+                l7_workers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -318,11 +341,7 @@ impl Proxy {
         // Publish before binding, so the first connection already sees the backends.
         fe.balancer.publish(spec);
         if wants_socket {
-            let started = fe.start(
-                &self.inner.config,
-                &self.inner.connections,
-                &self.inner.root,
-            );
+            let started = fe.start(&self.inner);
             if let Err(error) = started {
                 if created {
                     self.inner.frontends.write().remove(&key);

@@ -117,6 +117,10 @@ pub struct ProxyConfig {
     /// Where L7 frontends write their access log (one JSON object per request); off when
     /// `None`.
     pub access_log: Option<crate::l7::AccessLog>,
+    /// Threads of their own that serve L7 client connections, each a current-thread
+    /// runtime (connections are dealt to them in turn); 0 serves them on the runtime of the
+    /// caller instead. Started with the first L7 frontend.
+    pub l7_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -127,6 +131,7 @@ impl Default for ProxyConfig {
             udp_idle_timeout: Duration::from_secs(30),
             tcp_backlog: 4096,
             access_log: None,
+            l7_threads: 0,
         }
     }
 }

@@ -300,9 +300,14 @@ async fn attempts(
         let in_flight = endpoint.start();
         let sending = async {
             if upgrade {
-                upstream::send_upgrade(&upstream, backend.addr, &backend.stats, req)
-                    .await
-                    .map(|r| (r, None))
+                Box::pin(upstream::send_upgrade(
+                    &upstream,
+                    backend.addr,
+                    &backend.stats,
+                    req,
+                ))
+                .await
+                .map(|r| (r, None))
             } else {
                 upstream::send(&upstream, backend.addr, &endpoint, &backend.stats, req).await
             }
@@ -320,17 +325,18 @@ async fn attempts(
             }
             None => sending.await,
         };
-        let took = now.elapsed();
+        let answered = Instant::now();
+        let took = answered.saturating_duration_since(now);
         let may_retry = attempt < max_attempts;
         match result {
             Ok((response, reuse)) => {
                 let status = response.status();
                 endpoint.counters.response(status.as_u16(), took);
-                endpoint.observe(took, Instant::now());
+                endpoint.observe(took, answered);
                 if status.is_server_error() {
                     outlier_failure(set, spec, backend, conn);
                 } else {
-                    endpoint.succeeded(Instant::now());
+                    endpoint.succeeded(answered);
                 }
                 let sent = Sent {
                     response,

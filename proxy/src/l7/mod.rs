@@ -19,6 +19,7 @@ mod pool;
 pub(crate) mod spec;
 mod tls;
 mod upstream;
+mod workers;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,7 @@ use crate::balance::Balancer;
 use crate::spec::ProxyConfig;
 use tls::CertSlot;
 use upstream::Upstream;
+pub(crate) use workers::Workers;
 
 /// How often idle upstream connections are swept.
 const POOL_SWEEP: Duration = Duration::from_secs(10);
@@ -202,6 +204,8 @@ pub(crate) struct FrontendCtx {
     pub(crate) balancer: Arc<Balancer>,
     pub(crate) router: Arc<Router>,
     pub(crate) config: Arc<ProxyConfig>,
+    /// Where client connections are served; the runtime of `serve` when `None`.
+    pub(crate) workers: Option<Arc<Workers>>,
 }
 
 /// Accepts connections on `listener` until `cancel` fires; then every open connection is
@@ -221,7 +225,13 @@ pub(crate) async fn serve(
             biased;
             accepted = crate::tcp::accept(&listener, frontend, &cancel) => match accepted {
                 Some((stream, client)) => {
-                    connections.spawn(serve_connection(stream, client, Arc::clone(&ctx), cancel.clone()));
+                    let ctx = Arc::clone(&ctx);
+                    match ctx.workers.clone() {
+                        None => {
+                            connections.spawn(serve_connection(stream, client, ctx, cancel.clone()));
+                        }
+                        Some(workers) => hand_over(stream, client, ctx, &workers, &connections, &cancel),
+                    }
                 }
                 None => break,
             },
@@ -234,6 +244,37 @@ pub(crate) async fn serve(
     }
     health.abort();
     trace!(%frontend, "L7 frontend stopped accepting");
+}
+
+/// Serves an accepted connection on the next L7 thread: the socket leaves this runtime's
+/// reactor for that thread's.
+fn hand_over(
+    stream: TcpStream,
+    client: SocketAddr,
+    ctx: Arc<FrontendCtx>,
+    workers: &Workers,
+    connections: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(frontend = %ctx.addr, %client, %error, "cannot hand the connection to an L7 thread");
+            return;
+        }
+    };
+    let cancel = cancel.clone();
+    connections.spawn_on(
+        async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_connection(stream, client, ctx, cancel).await,
+                Err(error) => {
+                    debug!(frontend = %ctx.addr, %client, %error, "cannot register the connection on its L7 thread");
+                }
+            }
+        },
+        workers.next(),
+    );
 }
 
 /// What a client connection's watchdog needs to know, kept without reading the clock on the

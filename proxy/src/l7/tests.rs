@@ -336,8 +336,20 @@ async fn requests_of_one_http1_connection_are_balanced_each() {
 
 #[tokio::test]
 async fn requests_of_one_http2_connection_spread_over_every_backend() {
+    http2_connection_spreads(0).await;
+}
+
+#[tokio::test]
+async fn on_l7_threads_requests_of_one_http2_connection_spread_over_every_backend() {
+    http2_connection_spreads(2).await;
+}
+
+async fn http2_connection_spreads(l7_threads: usize) {
     let (_backends, addrs) = three_backends().await;
-    let proxy = Proxy::new(ProxyConfig::default());
+    let proxy = Proxy::new(ProxyConfig {
+        l7_threads,
+        ..ProxyConfig::default()
+    });
     // The default balancer (peak EWMA), HTTP/2 to the backends as for gRPC.
     let frontend = serve(
         &proxy,
@@ -1032,8 +1044,20 @@ async fn a_terminating_backend_gets_no_new_requests_but_finishes_its_own() {
 
 #[tokio::test]
 async fn shutdown_sends_goaway_and_lets_requests_finish() {
+    goaway_at_shutdown(0).await;
+}
+
+#[tokio::test]
+async fn on_l7_threads_shutdown_sends_goaway_and_lets_requests_finish() {
+    goaway_at_shutdown(1).await;
+}
+
+async fn goaway_at_shutdown(l7_threads: usize) {
     let slow = backend("slow", Behaviour::Slow(Duration::from_millis(300))).await;
-    let proxy = Proxy::new(ProxyConfig::default());
+    let proxy = Proxy::new(ProxyConfig {
+        l7_threads,
+        ..ProxyConfig::default()
+    });
     let frontend = serve(&proxy, &[slow.addr], L7Spec::default()).await;
     let mut client = h2_client(frontend).await;
     let mut c = client.clone();
@@ -1182,4 +1206,25 @@ async fn sequential_requests_spread_with_the_default_balancer() {
             "pod {pod} got {n} of 300: {counts:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn connections_dealt_to_l7_threads_are_each_balanced() {
+    let (_backends, addrs) = three_backends().await;
+    let proxy = Proxy::new(ProxyConfig {
+        l7_threads: 2,
+        ..ProxyConfig::default()
+    });
+    let frontend = serve(&proxy, &addrs, round_robin()).await;
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let mut client = h1_client(frontend).await;
+        for _ in 0..30 {
+            replies.push(h1_get(&mut client, get("/")).await);
+        }
+    }
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    let counts = counts(&replies);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [40, 40, 40]);
+    assert_eq!(proxy.shutdown(Duration::from_secs(5)).await, 0);
 }

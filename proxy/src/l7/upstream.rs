@@ -102,6 +102,22 @@ pub(crate) async fn send(
             };
         }
     }
+    // Boxed: making a connection is rare, and its futures (connect, TLS, handshake) would
+    // otherwise make every request's future larger, and every move of it longer.
+    Box::pin(send_on_new(upstream, addr, endpoint, stats, req)).await
+}
+
+/// Sends `req` on a new connection to `addr`.
+async fn send_on_new(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    endpoint: &Arc<Endpoint>,
+    stats: &Arc<BackendStats>,
+    req: Request<UpBody>,
+) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+    let tls = upstream.tls.is_some();
+    let pool = &endpoint.pool;
+    let h2_first = upstream.protocol != UpstreamProtocol::Http1;
     // A new connection. HTTP/2 ones are made one at a time, so that a burst of requests
     // shares the first instead of opening one each.
     let connecting = if h2_first {
