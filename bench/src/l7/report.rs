@@ -420,7 +420,8 @@ impl Report {
              {checks} requests for `/name` on one connection (curl) show how each target balances; \
              switchyard is measured only where they reached more than one pod{unbalanced}.\n\
              - CPU pinning: every proxy on CPU {proxy} (nginx and HAProxy under `taskset`, \
-             switchyard started by a thread pinned there, so tokio sizes its pool to one worker); \
+             switchyard started by a thread pinned there, so tokio sizes its pool to one worker \
+             and `--l7-threads` defaults to one L7 thread); \
              the load tools and the backends on CPU {load}. All proxies stay up the whole time; \
              only one is ever under load.\n\
              - **http1**: `wrk -t1 -c{wrk} -d{duration}s --timeout {timeout}s`: {wrk} kept-alive \
