@@ -78,6 +78,9 @@ pub struct PodServerConfig {
     pub h2_ports: Vec<u16>,
     /// The status its h2 listener answers with (200 unless set).
     pub h2_status: Option<u16>,
+    /// A port it serves the h2 listener's answers on behind TLS, with this certificate
+    /// chain and key (PEM files).
+    pub https: Option<(u16, PathBuf, PathBuf)>,
 }
 
 impl PodServerConfig {
@@ -89,7 +92,15 @@ impl PodServerConfig {
             udp_ports: vec![POD_UDP_PORT],
             h2_ports: vec![POD_H2_PORT],
             h2_status: None,
+            https: None,
         }
+    }
+
+    /// Also serves the h2 answers behind TLS on `port`, with the PEM files `cert` and `key`.
+    #[must_use]
+    pub fn https(mut self, port: u16, cert: &Path, key: &Path) -> Self {
+        self.https = Some((port, cert.to_owned(), key.to_owned()));
+        self
     }
 
     /// Makes the h2 listener answer every request with `status` (a failing pod).
@@ -199,6 +210,12 @@ impl PodServer {
         }
         if let Some(status) = config.h2_status {
             argv.extend(["--h2-status".into(), status.to_string()]);
+        }
+        if let Some((port, cert, key)) = &config.https {
+            argv.extend(["--https".into(), format!("0.0.0.0:{port}")]);
+            argv.extend(["--https".into(), format!("[::]:{port}")]);
+            argv.extend(["--tls-cert".into(), cert.display().to_string()]);
+            argv.extend(["--tls-key".into(), key.display().to_string()]);
         }
         let mut process = ns.spawn(&argv, log)?;
         process.wait_for_line("ready", Duration::from_secs(10))?;

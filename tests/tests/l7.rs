@@ -26,6 +26,7 @@ switchyard_tests::in_both_modes!(
     failing_pods_are_retried_then_ejected,
     a_slow_request_head_is_cut_off,
     tls_certificate_rotates_under_an_open_connection,
+    tls_is_originated_to_pods_that_the_ca_vouches_for,
     grpc_calls_of_one_channel_spread_over_every_pod,
     websocket_upgrades_are_tunnelled,
     at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish,
@@ -473,6 +474,11 @@ fn a_slow_request_head_is_cut_off(mode: Mode) -> Result<()> {
 
 /// A CA and a certificate for `web.default.svc` signed by it, in PEM.
 fn certificate(cn: &str) -> Result<(String, String, String)> {
+    certificate_for(cn, "web.default.svc")
+}
+
+/// A certificate for `dns` named `cn`, its key, and the test CA that signed it (PEM).
+fn certificate_for(cn: &str, dns: &str) -> Result<(String, String, String)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -483,7 +489,7 @@ fn certificate(cn: &str) -> Result<(String, String, String)> {
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec!["web.default.svc".to_owned()])?;
+    let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()])?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
@@ -499,6 +505,106 @@ fn tls_secret(cert: &str, key: &str) -> Value {
         "type": "kubernetes.io/tls",
         "stringData": {"tls.crt": cert, "tls.key": key},
     })
+}
+
+/// The pods' TLS port in the origination test.
+const POD_HTTPS_PORT: u16 = 8443;
+
+/// `appProtocol: https`: the proxy speaks TLS to the pods and checks their certificate
+/// against the CA of `switchyard.io/upstream-ca-secret` for the name of
+/// `switchyard.io/upstream-server-name`; a Service naming another CA gets no answer from
+/// them.
+fn tls_is_originated_to_pods_that_the_ca_vouches_for(mode: Mode) -> Result<()> {
+    let (mut topo, manifests) = cluster(3)?;
+    let (cert, key, ca) = certificate_for("pods", "web.pods")?;
+    let (_, _, other_ca) = certificate_for("elsewhere", "web.pods")?;
+    let dir = topo.scratch_dir();
+    let (cert_path, key_path) = (dir.join("pod.crt"), dir.join("pod.key"));
+    std::fs::write(&cert_path, &cert)?;
+    std::fs::write(&key_path, &key)?;
+    for i in 0..3 {
+        topo.start_pod_server(
+            i,
+            PodServerConfig::web(i).https(POD_HTTPS_PORT, &cert_path, &key_path),
+        )?;
+    }
+    write_pods(&topo, &manifests, &[])?;
+    let ca_secret = |name: &str, ca: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": &cert, "tls.key": &key, "ca.crt": ca},
+        })
+    };
+    manifests.write_objects(
+        "secrets.yaml",
+        &[ca_secret("pods-ca", &ca), ca_secret("other-ca", &other_ca)],
+    )?;
+    let origination = |secret: &str| {
+        json!({
+            "switchyard.io/upstream-ca-secret": secret,
+            "switchyard.io/upstream-server-name": "web.pods",
+            "switchyard.io/l7-balancer": "round-robin",
+        })
+    };
+    manifests.write_objects(
+        "svc.yaml",
+        &[
+            l7_service_to(
+                "web",
+                "10.96.0.25",
+                80,
+                POD_HTTPS_PORT,
+                "https",
+                ("app", "web"),
+                origination("pods-ca"),
+            ),
+            l7_service_to(
+                "web-untrusted",
+                "10.96.0.26",
+                80,
+                POD_HTTPS_PORT,
+                "https",
+                ("app", "web"),
+                origination("other-ca"),
+            ),
+        ],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        wait_served(&topo, "http://10.96.0.25/", &[])?;
+        let (bodies, _) = curl_one_connection(&topo, "http://10.96.0.25/", 30, &[])?;
+        let mut counts = BTreeMap::new();
+        for body in &bodies {
+            *counts.entry(body.clone()).or_insert(0usize) += 1;
+        }
+        ensure!(
+            counts.len() == 3 && counts.keys().all(|pod| pod.starts_with("web-")),
+            "TLS-originated requests by pod: {counts:?}"
+        );
+        // The pods' certificate is not signed by the other CA: no request reaches them.
+        let untrusted = client::curl(
+            topo.client(),
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://10.96.0.26/",
+            ],
+        )?;
+        let code = untrusted.stdout.trim();
+        ensure!(
+            code == "502" || code == "503",
+            "a pod the CA does not vouch for answered {code}"
+        );
+        Ok(())
+    })())
 }
 
 const TLS_CLIENT: &str = r#"

@@ -41,6 +41,16 @@ struct Args {
     /// The status the `--h2` listeners answer `/` with (a failing pod: 503).
     #[arg(long, default_value_t = 200)]
     h2_status: u16,
+    /// An address to serve the `--h2` answers on behind TLS (ALPN `h2` and `http/1.1`),
+    /// with `--tls-cert` and `--tls-key`.
+    #[arg(long = "https", requires_all = ["tls_cert", "tls_key"])]
+    https: Vec<SocketAddr>,
+    /// The PEM certificate chain of the `--https` listeners.
+    #[arg(long)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of the `--https` listeners.
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Requests larger than this (head only) are refused: the tests never send one.
@@ -51,8 +61,8 @@ static FILL: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.http.is_empty() && args.udp.is_empty() && args.h2.is_empty() {
-        bail!("nothing to serve: give at least one --http, --h2 or --udp address");
+    if args.http.is_empty() && args.udp.is_empty() && args.h2.is_empty() && args.https.is_empty() {
+        bail!("nothing to serve: give at least one --http, --h2, --https or --udp address");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +85,18 @@ async fn serve(args: Args) -> Result<()> {
             name.clone(),
             args.h2_status,
         ));
+    }
+    if let (false, Some(cert), Some(key)) = (args.https.is_empty(), &args.tls_cert, &args.tls_key) {
+        let config = switchyard_tests::h2_backend::tls_config(cert, key)?;
+        for addr in &args.https {
+            let listener = switchyard_tests::sockets::tcp_listener(*addr)?;
+            tasks.spawn(switchyard_tests::h2_backend::serve_with(
+                listener,
+                name.clone(),
+                args.h2_status,
+                Some(Arc::clone(&config)),
+            ));
+        }
     }
     for addr in &args.udp {
         let socket = switchyard_tests::sockets::bind(*addr, Type::DGRAM, Protocol::UDP)?;
