@@ -41,6 +41,24 @@ pub fn curl(ns: &Netns, args: &[&str]) -> Result<CurlOutput> {
     })
 }
 
+/// The status code of one request for `url` from `ns` by curl, with `extra` options before
+/// the URL: `000` when no answer came within `max_time`.
+pub fn http_code(ns: &Netns, url: &str, max_time: Duration, extra: &[&str]) -> Result<String> {
+    let max_time = format!("{}", max_time.as_secs_f64());
+    let mut argv = vec![
+        "-sS",
+        "--max-time",
+        &max_time,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    Ok(curl(ns, &argv)?.stdout.trim().to_owned())
+}
+
 /// One HTTP GET of `url` from `ns` on a fresh connection; returns the body
 /// without its trailing newline (for a pod server: the pod's name). Fails
 /// unless curl succeeds with status 200.

@@ -179,19 +179,8 @@ fn backend_responses(daemon: &Daemon, service: &str, code: &str) -> Result<BTree
 
 fn wait_served(topo: &Topology, url: &str, extra: &[&str]) -> Result<()> {
     poll_until(&format!("{url} to be served"), PICKUP, || {
-        let mut argv = vec![
-            "-sS",
-            "--max-time",
-            "3",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ];
-        argv.extend_from_slice(extra);
-        argv.push(url);
-        let out = client::curl(topo.client(), &argv)?;
-        Ok((out.stdout.trim() == "200").then_some(()))
+        let code = client::http_code(topo.client(), url, Duration::from_secs(3), extra)?;
+        Ok((code == "200").then_some(()))
     })
 }
 
@@ -576,29 +565,18 @@ fn tls_is_originated_to_pods_that_the_ca_vouches_for(mode: Mode) -> Result<()> {
     daemon.with_log((|| {
         wait_served(&topo, "http://10.96.0.25/", &[])?;
         let (bodies, _) = curl_one_connection(&topo, "http://10.96.0.25/", 30, &[])?;
-        let mut counts = BTreeMap::new();
-        for body in &bodies {
-            *counts.entry(body.clone()).or_insert(0usize) += 1;
-        }
+        let counts = client::tally(&bodies);
         ensure!(
             counts.len() == 3 && counts.keys().all(|pod| pod.starts_with("web-")),
             "TLS-originated requests by pod: {counts:?}"
         );
         // The pods' certificate is not signed by the other CA: no request reaches them.
-        let untrusted = client::curl(
+        let code = client::http_code(
             topo.client(),
-            &[
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://10.96.0.26/",
-            ],
+            "http://10.96.0.26/",
+            Duration::from_secs(5),
+            &[],
         )?;
-        let code = untrusted.stdout.trim();
         ensure!(
             code == "502" || code == "503",
             "a pod the CA does not vouch for answered {code}"
