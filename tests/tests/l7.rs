@@ -30,6 +30,11 @@ switchyard_tests::in_both_modes!(
     grpc_calls_of_one_channel_spread_over_every_pod,
     websocket_upgrades_are_tunnelled,
     at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish,
+    a_terminating_pod_gets_no_new_requests_and_finishes_the_one_in_flight,
+    the_retry_budget_caps_retries,
+    active_health_checks_take_a_failing_pod_out_and_bring_it_back,
+    oversized_requests_get_413_and_431,
+    a_header_hash_keeps_each_key_on_one_pod,
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
@@ -924,4 +929,345 @@ fn at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish(mode: Mode
         Ok(())
     })();
     daemon.with_log(result)
+}
+
+/// Requests in flight on the backend at `ip`, from the metrics.
+fn in_flight_on(daemon: &Daemon, service: &str, ip: &str) -> Result<f64> {
+    let samples = metrics::parse(&daemon.metrics()?);
+    Ok(
+        metrics::samples(&samples, "switchyard_l7_backend_requests_in_flight")
+            .into_iter()
+            .filter(|s| {
+                s.label("service") == Some(service)
+                    && s.label("backend")
+                        .is_some_and(|b| b.starts_with(&format!("{ip}:")))
+            })
+            .map(|s| s.value)
+            .sum(),
+    )
+}
+
+fn a_terminating_pod_gets_no_new_requests_and_finishes_the_one_in_flight(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "drain",
+            "10.96.0.30",
+            80,
+            "kubernetes.io/h2c",
+            ("app", "web"),
+            json!({"switchyard.io/l7-balancer": "round-robin"}),
+        )],
+    )?;
+    let service = "default/drain:http";
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        wait_served(&topo, "http://10.96.0.30/", &[])?;
+        // A request that takes 4 s, on an HTTP/2 connection.
+        let log = topo.scratch_dir().join("nghttp.log");
+        let mut slow = topo
+            .client()
+            .spawn(["nghttp", "-nv", "http://10.96.0.30/slow/4000"], &log)?;
+        let (busy, other) = poll_until("the slow request to be in flight", PICKUP, || {
+            for (i, j) in [(0, 1), (1, 0)] {
+                let ip = topo.pods()[i].ipv4().to_string();
+                if in_flight_on(&daemon, service, &ip)? >= 1.0 {
+                    return Ok(Some((i, j)));
+                }
+            }
+            Ok(None)
+        })?;
+        let busy_name = format!("web-{busy}");
+        let other_name = format!("web-{other}");
+        // Its pod starts terminating (deletionTimestamp set, still running).
+        let pod = Pod::web(&topo, busy).terminating(true);
+        manifests.write_objects(&format!("pod-{}.yaml", pod.name()), &[pod.to_value()])?;
+        // New requests soon go only to the other pod ...
+        poll_until("the terminating pod to get no new requests", PICKUP, || {
+            let names = client::curl_many(topo.client(), "http://10.96.0.30/", 10)?;
+            Ok(names.iter().all(|n| *n == other_name).then_some(()))
+        })?;
+        let names = client::curl_many(topo.client(), "http://10.96.0.30/", 20)?;
+        ensure!(
+            names.iter().all(|n| *n == other_name),
+            "{busy_name} is terminating, yet answered: {names:?}"
+        );
+        // ... while the one in flight on it finishes there, unretried.
+        let started = Instant::now();
+        while slow.try_wait()?.is_none() {
+            if started.elapsed() > Duration::from_secs(15) {
+                bail!("nghttp did not finish: {}", slow.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = slow.log();
+        ensure!(
+            out.contains(":status: 200") && out.contains(&format!("x-pod: {busy_name}")),
+            "the request in flight on {busy_name} did not finish there:\n{out}"
+        );
+        ensure!(
+            in_flight_on(&daemon, service, &topo.pods()[busy].ipv4().to_string())? == 0.0,
+            "requests still in flight on {busy_name}"
+        );
+        Ok(())
+    })())
+}
+
+fn the_retry_budget_caps_retries(mode: Mode) -> Result<()> {
+    // web-1 answers 503 to everything and is never ejected: only the budget (20% of the
+    // requests, no per-second allowance) limits the retries it causes.
+    let (mut topo, manifests) = cluster(2)?;
+    topo.start_pod_server(1, PodServerConfig::web(1).h2_status(503))?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "budget",
+            "10.96.0.31",
+            80,
+            "http",
+            ("app", "web"),
+            json!({
+                "switchyard.io/l7-balancer": "round-robin",
+                "switchyard.io/l7-outlier-failures": "0",
+                "switchyard.io/l7-retry-budget-percent": "20",
+                "switchyard.io/l7-retry-min-per-second": "0",
+            }),
+        )],
+    )?;
+    let service = "default/budget:http";
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let url = "http://10.96.0.31/";
+        poll_until("the Service to be served", PICKUP, || {
+            let code = client::http_code(topo.client(), url, Duration::from_secs(3), &[])?;
+            Ok(matches!(code.as_str(), "200" | "503").then_some(()))
+        })?;
+        // Retries already granted: let the budget's 10 s window pass them by.
+        std::thread::sleep(Duration::from_secs(11));
+        let before = metrics::parse(&daemon.metrics()?);
+        let count = |samples: &[metrics::Sample], name: &str| {
+            metrics::sum(samples, name, &[("service", service)])
+        };
+        let requests_before = count(&before, "switchyard_l7_requests_total");
+        let retries_before = count(&before, "switchyard_l7_retries_total");
+        let denied_before = count(&before, "switchyard_l7_retries_budget_exhausted_total");
+        let n = 100;
+        let results = client::curl_many_results(topo.client(), url, n)?;
+        let after = metrics::parse(&daemon.metrics()?);
+        let requests = count(&after, "switchyard_l7_requests_total") - requests_before;
+        let retries = count(&after, "switchyard_l7_retries_total") - retries_before;
+        let denied = count(&after, "switchyard_l7_retries_budget_exhausted_total") - denied_before;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let answered = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .cloned()
+            .collect::<Vec<_>>();
+        ensure!(
+            requests == n as f64,
+            "{requests} requests counted for {n} sent"
+        );
+        // Half the requests meet web-1 first; the budget grants retries to at most 20% of
+        // the requests and denies the rest, whose 503 then reaches the client.
+        ensure!(
+            retries <= 0.2 * requests,
+            "{retries} retries for {requests} requests: over the 20% budget"
+        );
+        ensure!(
+            retries >= 10.0,
+            "only {retries} retries: the budget went unused"
+        );
+        ensure!(denied >= 10.0, "only {denied} retries denied");
+        ensure!(
+            failed as f64 == denied,
+            "{failed} requests failed at the client, {denied} retries were denied"
+        );
+        ensure!(
+            answered.iter().all(|n| n == "web-0"),
+            "successes came from {:?}",
+            client::tally(&answered)
+        );
+        Ok(())
+    })())
+}
+
+fn active_health_checks_take_a_failing_pod_out_and_bring_it_back(mode: Mode) -> Result<()> {
+    // web-2 answers 503 to everything, its health check path included. No retries and no
+    // ejections: only the health checks keep requests away from it.
+    let (mut topo, manifests) = cluster(3)?;
+    topo.start_pod_server(2, PodServerConfig::web(2).h2_status(503))?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "checked",
+            "10.96.0.32",
+            80,
+            "http",
+            ("app", "web"),
+            json!({
+                "switchyard.io/l7-balancer": "round-robin",
+                "switchyard.io/l7-retries": "0",
+                "switchyard.io/l7-outlier-failures": "0",
+                "switchyard.io/l7-health-check-path": "/healthz",
+                "switchyard.io/l7-health-check-interval": "500ms",
+            }),
+        )],
+    )?;
+    let service = "default/checked:http";
+    let url = "http://10.96.0.32/";
+    let web2 = format!("{}:{POD_H2_PORT}", topo.pods()[2].ipv4());
+    // The health verdict for web-2, `None` until the daemon reports one.
+    let healthy = |daemon: &Daemon| -> Result<Option<f64>> {
+        let samples = metrics::parse(&daemon.metrics()?);
+        Ok(metrics::samples(&samples, "switchyard_l7_backend_healthy")
+            .into_iter()
+            .find(|s| s.label("service") == Some(service) && s.label("backend") == Some(&web2))
+            .map(|s| s.value))
+    };
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    let result = (|| {
+        poll_until("web-2 to fail its health checks", PICKUP, || {
+            Ok((healthy(&daemon)? == Some(0.0)).then_some(()))
+        })?;
+        let results = client::curl_many_results(topo.client(), url, 30)?;
+        let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+        ensure!(failed.is_empty(), "requests failed: {failed:?}");
+        let names: Vec<String> = results.into_iter().filter_map(Result::ok).collect();
+        ensure!(
+            client::tally(&names)
+                .keys()
+                .map(String::as_str)
+                .eq(["web-0", "web-1"]),
+            "answers while web-2 is unhealthy: {:?}",
+            client::tally(&names)
+        );
+        Ok(())
+    })();
+    let result = result.and_then(|()| {
+        // web-2 recovers: its checks pass again and it gets its share.
+        topo.stop_pod_server(2)?;
+        topo.start_pod_server(2, PodServerConfig::web(2))?;
+        poll_until("web-2 to pass its health checks", PICKUP, || {
+            Ok((healthy(&daemon)? == Some(1.0)).then_some(()))
+        })?;
+        let names = client::curl_many(topo.client(), url, 30)?;
+        let counts = client::tally(&names);
+        ensure!(
+            counts.get("web-2").copied().unwrap_or(0) >= 5,
+            "web-2 passes its checks again, yet the answers were {counts:?}"
+        );
+        Ok(())
+    });
+    daemon.with_log(result)
+}
+
+fn oversized_requests_get_413_and_431(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(1)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "limits",
+            "10.96.0.33",
+            80,
+            "kubernetes.io/h2c",
+            ("app", "web"),
+            json!({
+                "switchyard.io/l7-max-body-bytes": "1000",
+                "switchyard.io/l7-max-header-bytes": "16384",
+            }),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let url = "http://10.96.0.33/";
+        wait_served(&topo, url, &[])?;
+        let code =
+            |extra: &[&str]| client::http_code(topo.client(), url, Duration::from_secs(5), extra);
+        let body_ok = "b".repeat(900);
+        let body_big = "b".repeat(5000);
+        let header_ok = format!("X-Big: {}", "h".repeat(8000));
+        let header_big = format!("X-Big: {}", "h".repeat(20_000));
+        for (what, extra, want) in [
+            ("a 900-byte body", vec!["--data", &body_ok], "200"),
+            ("a 5000-byte body", vec!["--data", &body_big], "413"),
+            ("an 8 KB header", vec!["-H", &header_ok], "200"),
+            ("a 20 KB header", vec!["-H", &header_big], "431"),
+        ] {
+            let got = code(&extra)?;
+            ensure!(got == want, "HTTP/1.1 with {what}: {got}, expected {want}");
+        }
+        // HTTP/2: the body limit answers 413 too; an oversized header block is refused
+        // (hyper resets the stream or answers 431), never passed on.
+        let h2 = "--http2-prior-knowledge";
+        for (what, extra, want) in [
+            (
+                "a 900-byte body",
+                vec![h2, "--data", &body_ok],
+                &["200"][..],
+            ),
+            (
+                "a 5000-byte body",
+                vec![h2, "--data", &body_big],
+                &["413"][..],
+            ),
+            (
+                "a 20 KB header",
+                vec![h2, "-H", &header_big],
+                &["431", "000"][..],
+            ),
+        ] {
+            let got = code(&extra)?;
+            ensure!(
+                want.contains(&got.as_str()),
+                "HTTP/2 with {what}: {got}, expected one of {want:?}"
+            );
+        }
+        // The Service still serves after all that.
+        wait_served(&topo, url, &[h2])?;
+        Ok(())
+    })())
+}
+
+fn a_header_hash_keeps_each_key_on_one_pod(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_pods(&topo, &manifests, &[])?;
+    manifests.write_objects(
+        "svc.yaml",
+        &[l7_service(
+            "sticky",
+            "10.96.0.34",
+            80,
+            "http",
+            ("app", "web"),
+            json!({"switchyard.io/l7-balancer": "header:x-user"}),
+        )],
+    )?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let url = "http://10.96.0.34/";
+        wait_served(&topo, url, &[])?;
+        let mut pods_of_keys = BTreeMap::new();
+        for key in 0..24 {
+            let header = format!("X-User: user-{key}");
+            // Five requests on one connection: each is balanced anew, by its header.
+            let (names, _) = curl_one_connection(&topo, url, 5, &["-H", &header])?;
+            let counts = client::tally(&names);
+            ensure!(
+                counts.len() == 1,
+                "user-{key} reached more than one pod: {counts:?}"
+            );
+            let pod = counts.into_keys().next().unwrap_or_default();
+            *pods_of_keys.entry(pod).or_insert(0) += 1;
+        }
+        ensure!(
+            pods_of_keys.len() == 3,
+            "24 keys hashed onto {pods_of_keys:?}: not over all three pods"
+        );
+        Ok(())
+    })())
 }
