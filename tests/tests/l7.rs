@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use switchyard_tests::objects::Pod;
-use switchyard_tests::topology::{POD_H2_PORT, test_bin};
+use switchyard_tests::topology::{CLIENT_IP6, POD_H2_PORT, test_bin};
 use switchyard_tests::{
     Daemon, Manifests, Mode, PodServerConfig, Topology, client, cluster, metrics, poll_until,
 };
@@ -35,6 +35,7 @@ switchyard_tests::in_both_modes!(
     active_health_checks_take_a_failing_pod_out_and_bring_it_back,
     oversized_requests_get_413_and_431,
     a_header_hash_keeps_each_key_on_one_pod,
+    an_ipv6_cluster_ip_is_balanced_per_request,
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
@@ -182,6 +183,41 @@ fn backend_responses(daemon: &Daemon, service: &str, code: &str) -> Result<BTree
     Ok(out)
 }
 
+/// 300 requests by h2load on one HTTP/2 connection (ten streams at a time) to `url`: each
+/// succeeds, and each of the three pods answers 20%–47% of them (the backends' counts).
+fn h2load_spreads(
+    topo: &Topology,
+    daemon: &Daemon,
+    service: &str,
+    url: &str,
+    extra: &[&str],
+) -> Result<()> {
+    let before = backend_responses(daemon, service, "2xx")?;
+    let mut argv = vec!["h2load", "-n", "300", "-c", "1", "-m", "10"];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let out = topo
+        .client()
+        .exec_with(argv, None, Duration::from_mins(1))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("300 succeeded, 0 failed"),
+        "h2load did not succeed 300 times:\n{text}"
+    );
+    ensure!(text.contains("300 2xx"), "h2load status codes:\n{text}");
+    let after = backend_responses(daemon, service, "2xx")?;
+    let counts: BTreeMap<String, usize> = after
+        .iter()
+        .map(|(b, n)| {
+            (
+                b.clone(),
+                (n - before.get(b).copied().unwrap_or(0.0)) as usize,
+            )
+        })
+        .collect();
+    check_spread(&format!("h2load to {url}"), &counts, 300, 3)
+}
+
 fn wait_served(topo: &Topology, url: &str, extra: &[&str]) -> Result<()> {
     poll_until(&format!("{url} to be served"), PICKUP, || {
         let code = client::http_code(topo.client(), url, Duration::from_secs(3), extra)?;
@@ -255,29 +291,7 @@ fn requests_of_one_connection_spread_over_every_pod(mode: Mode) -> Result<()> {
 
         // h2load: one client, one connection, ten streams at a time, the default balancer.
         let url = "http://10.96.0.20/";
-        let before = backend_responses(&daemon, "default/web-h2:http", "2xx")?;
-        let out = topo.client().exec_with(
-            ["h2load", "-n", "300", "-c", "1", "-m", "10", url],
-            None,
-            Duration::from_mins(1),
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            text.contains("300 succeeded, 0 failed"),
-            "h2load did not succeed 300 times:\n{text}"
-        );
-        ensure!(text.contains("300 2xx"), "h2load status codes:\n{text}");
-        let after = backend_responses(&daemon, "default/web-h2:http", "2xx")?;
-        let counts: BTreeMap<String, usize> = after
-            .iter()
-            .map(|(b, n)| {
-                (
-                    b.clone(),
-                    (n - before.get(b).copied().unwrap_or(0.0)) as usize,
-                )
-            })
-            .collect();
-        check_spread("h2load", &counts, 300, 3)?;
+        h2load_spreads(&topo, &daemon, "default/web-h2:http", url, &[])?;
         // The request duration histograms count them.
         let samples = metrics::parse(&daemon.metrics()?);
         let timed = metrics::sum(
@@ -1267,6 +1281,54 @@ fn a_header_hash_keeps_each_key_on_one_pod(mode: Mode) -> Result<()> {
         ensure!(
             pods_of_keys.len() == 3,
             "24 keys hashed onto {pods_of_keys:?}: not over all three pods"
+        );
+        Ok(())
+    })())
+}
+
+fn an_ipv6_cluster_ip_is_balanced_per_request(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(3)?;
+    write_pods(&topo, &manifests, &[])?;
+    let mut service = l7_service(
+        "web6",
+        "10.96.0.35",
+        80,
+        "kubernetes.io/h2c",
+        ("app", "web"),
+        json!({"switchyard.io/l7-balancer": "round-robin"}),
+    );
+    service["spec"]["clusterIPs"] = json!(["10.96.0.35", "fd00:96::35"]);
+    service["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    service["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    manifests.write_objects("svc.yaml", &[service])?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let url = "http://[fd00:96::35]/";
+        let h2 = ["--http2-prior-knowledge"];
+        wait_served(&topo, url, &h2)?;
+        // The requests of one HTTP/2 connection spread over the pods (h2load: Debian's curl
+        // cannot reuse an h2c connection, see above). h2load 1.52 would send the address
+        // without its brackets as `:authority`, which hyper (pods and proxy alike) refuses.
+        h2load_spreads(
+            &topo,
+            &daemon,
+            "default/web6:http",
+            url,
+            &["-H", ":authority: web6.default.svc"],
+        )?;
+        // The pods see the client's IPv6 address in the forwarding headers, and the proxy
+        // reaching them over IPv6.
+        let headers = client::curl_once(topo.client(), "http://[fd00:96::35]/headers")?;
+        let client6 = CLIENT_IP6.to_string();
+        ensure!(
+            headers.contains(&format!("x-forwarded-for: {client6}"))
+                && headers.contains(&format!("forwarded: for=\"[{client6}]\"")),
+            "forwarding headers for an IPv6 client:\n{headers}"
+        );
+        let peer = client::curl_once(topo.client(), "http://[fd00:96::35]/peer")?;
+        ensure!(
+            peer.starts_with("[fd00:244::"),
+            "the pod was reached from {peer}, not over IPv6"
         );
         Ok(())
     })())
