@@ -87,7 +87,8 @@ pub fn threads(pid: u32, ticks_per_s: u64) -> Result<Vec<ThreadAffinity>> {
             tid,
             name: comm.trim().to_owned(),
             cpus,
-            cpu_s: parse_process_time(&stat, ticks_per_s).map_or(0.0, |t| t.as_secs_f64()),
+            cpu_s: parse_process_times(&stat, ticks_per_s)
+                .map_or(0.0, |t| (t.user + t.system).as_secs_f64()),
         });
     }
     threads.sort_by_key(|thread| thread.tid);
@@ -124,22 +125,38 @@ pub fn clock_ticks() -> Result<u64> {
 
 /// CPU time (user + system) used so far by all threads of process `pid`.
 pub fn process_time(pid: u32, ticks_per_s: u64) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    parse_process_time(&stat, ticks_per_s).with_context(|| format!("parse {path}: {stat}"))
+    let times = process_times(pid, ticks_per_s)?;
+    Ok(times.user + times.system)
 }
 
-fn parse_process_time(stat: &str, ticks_per_s: u64) -> Option<Duration> {
+/// CPU time of a process, split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessTimes {
+    /// In user space.
+    pub user: Duration,
+    /// In the kernel on its behalf (system calls, and the network stack's work they do).
+    pub system: Duration,
+}
+
+/// User and system CPU time used so far by all threads of process `pid`.
+pub fn process_times(pid: u32, ticks_per_s: u64) -> Result<ProcessTimes> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_process_times(&stat, ticks_per_s).with_context(|| format!("parse {path}: {stat}"))
+}
+
+fn parse_process_times(stat: &str, ticks_per_s: u64) -> Option<ProcessTimes> {
     // `comm` may hold spaces and parentheses: the fields start after the last `)`.
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of proc(5) (utime, stime); `rest` starts at field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    let ticks = utime + stime;
-    Some(Duration::from_nanos(
-        ticks * 1_000_000_000 / ticks_per_s.max(1),
-    ))
+    let time = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_s.max(1));
+    Some(ProcessTimes {
+        user: time(utime),
+        system: time(stime),
+    })
 }
 
 /// Busy and total time of each CPU, from `/proc/stat` (in clock ticks).
@@ -207,10 +224,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn process_time_sums_user_and_system_ticks() {
+    fn process_times_are_user_and_system_ticks() {
         let stat = "4242 (tokio (w) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(parse_process_time(stat, 100), Some(Duration::from_secs(3)));
-        assert_eq!(parse_process_time("garbage", 100), None);
+        assert_eq!(
+            parse_process_times(stat, 100),
+            Some(ProcessTimes {
+                user: Duration::from_millis(2500),
+                system: Duration::from_millis(500),
+            })
+        );
+        assert_eq!(parse_process_times("garbage", 100), None);
     }
 
     #[test]

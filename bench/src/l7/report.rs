@@ -108,6 +108,12 @@ pub struct Stat {
     pub per_cpu_s: Option<f64>,
     /// Median CPU use of the proxy, percent of one CPU.
     pub proxy_cpu_pct: Option<f64>,
+    /// Median over the runs of the proxy's user-space CPU time per 2xx response, µs.
+    #[serde(default)]
+    pub user_us_per_req: Option<f64>,
+    /// Median over the runs of the proxy's kernel CPU time per 2xx response, µs.
+    #[serde(default)]
+    pub sys_us_per_req: Option<f64>,
     /// The highest peak resident memory of the proxy over the runs' windows
     /// (nginx: master + worker), MiB.
     pub peak_mib: Option<f64>,
@@ -136,6 +142,7 @@ impl Stat {
             Vec::new(),
             Vec::new(),
         );
+        let (mut user_us, mut sys_us) = (Vec::new(), Vec::new());
         for run in measurements
             .iter()
             .filter(|m| m.target == target && m.scenario == scenario)
@@ -152,6 +159,13 @@ impl Stat {
             if let Some(seconds) = run.proxy_cpu_s.filter(|&s| s > 0.0) {
                 cpu.push(100.0 * seconds / result.duration_s);
                 per_cpu.push(result.ok as f64 / seconds);
+                if let Some(user) = run.proxy_user_s
+                    && result.ok > 0
+                {
+                    let per_req = 1e6 / result.ok as f64;
+                    user_us.push(user * per_req);
+                    sys_us.push((seconds - user).max(0.0) * per_req);
+                }
             }
             if let Some(memory) = &run.proxy_memory {
                 peaks.push(memory.peak_kib as f64 / 1024.0);
@@ -166,6 +180,8 @@ impl Stat {
         stat.p99_max_ms = p99.iter().copied().reduce(f64::max);
         stat.per_cpu_s = median(&per_cpu);
         stat.proxy_cpu_pct = median(&cpu);
+        stat.user_us_per_req = median(&user_us);
+        stat.sys_us_per_req = median(&sys_us);
         stat.peak_mib = peaks.iter().copied().reduce(f64::max);
         stat.load_cpu_busy = median(&load_busy);
         stat
@@ -445,7 +461,10 @@ impl Report {
              - \"proxy CPU\" is the proxy's user+system time over the window (nginx: master and \
              worker; switchyard: the whole daemon, its control plane included); \"req per proxy \
              CPU-second\" divides the 2xx responses by it, an efficiency figure that other \
-             tenants on the proxy CPU disturb less than the rate.\n\
+             tenants on the proxy CPU disturb less than the rate; \"proxy CPU per request\" is \
+             the same time per 2xx response, split into user space and kernel (`utime` and \
+             `stime` of `/proc/<pid>/stat`): what the proxy's own code costs, and what its system \
+             calls and the network stack's work inside them cost.\n\
              - \"peak memory\" is the proxy's peak resident set during the window: `VmHWM` of \
              `/proc/<pid>/status`, reset to the current resident set at the start of each window \
              by writing `5` to `/proc/<pid>/clear_refs`; for nginx the sum over master and worker; \
@@ -500,22 +519,22 @@ impl Report {
             let _ = writeln!(
                 out,
                 "### {title}\n\n\
-                 | target | req/s | min – max | p50 | p99 | p99 min – max | proxy CPU | req per proxy CPU-second | peak memory | errors |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                 | target | req/s | min – max | p50 | p99 | p99 min – max | proxy CPU | req per proxy CPU-second | proxy CPU per request (user + kernel) | peak memory | errors |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             for row in self.rows.iter().filter(|row| row.scenario == scenario) {
                 let s = &row.stat;
                 if s.skipped.is_some() {
                     let _ = writeln!(
                         out,
-                        "| {} | not measured (see below) | | | | | | | | |",
+                        "| {} | not measured (see below) | | | | | | | | | |",
                         row.target.as_str()
                     );
                     continue;
                 }
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     row.target.as_str(),
                     number(s.median, 0),
                     range(s.min, s.max, 0, ""),
@@ -524,6 +543,10 @@ impl Report {
                     range(s.p99_min_ms, s.p99_max_ms, 2, " ms"),
                     percent(s.proxy_cpu_pct),
                     number(s.per_cpu_s, 0),
+                    match (s.user_us_per_req, s.sys_us_per_req) {
+                        (Some(u), Some(k)) => format!("{u:.1} + {k:.1} µs"),
+                        _ => "-".to_owned(),
+                    },
                     s.peak_mib
                         .map_or_else(|| "-".to_owned(), |mib| format!("{mib:.1} MiB")),
                     errors(s),

@@ -173,6 +173,9 @@ pub struct Measurement {
     pub failure: Option<String>,
     /// CPU time the proxy's processes used during the run, seconds.
     pub proxy_cpu_s: Option<f64>,
+    /// The part of it spent in user space (the rest is the kernel's), seconds.
+    #[serde(default)]
+    pub proxy_user_s: Option<f64>,
     /// The proxy's memory over the run: the peak of the window (reset at
     /// its start) and the resident set at its end.
     pub proxy_memory: Option<Memory>,
@@ -388,10 +391,16 @@ impl Bench {
         )
     }
 
-    fn proxy_time(&self, pids: &[u32]) -> Option<Duration> {
+    fn proxy_time(&self, pids: &[u32]) -> Option<cpu::ProcessTimes> {
         pids.iter()
-            .map(|&pid| cpu::process_time(pid, self.ticks_per_s).ok())
-            .sum()
+            .map(|&pid| cpu::process_times(pid, self.ticks_per_s).ok())
+            .try_fold(cpu::ProcessTimes::default(), |sum, t| {
+                let t = t?;
+                Some(cpu::ProcessTimes {
+                    user: sum.user + t.user,
+                    system: sum.system + t.system,
+                })
+            })
     }
 
     /// Sleeps for the pause, sampling how busy the CPUs were meanwhile, and
@@ -426,6 +435,7 @@ impl Bench {
             result: None,
             failure: None,
             proxy_cpu_s: None,
+            proxy_user_s: None,
             proxy_memory: None,
             cpu_busy: Vec::new(),
             background_busy: Vec::new(),
@@ -449,7 +459,10 @@ impl Bench {
             measurement.proxy_memory = memory::read(&pids).ok();
         }
         if let (Some(before), Some(after)) = (proxy_before, proxy_after) {
-            measurement.proxy_cpu_s = Some(after.saturating_sub(before).as_secs_f64());
+            let user = after.user.saturating_sub(before.user);
+            let system = after.system.saturating_sub(before.system);
+            measurement.proxy_cpu_s = Some((user + system).as_secs_f64());
+            measurement.proxy_user_s = Some(user.as_secs_f64());
         }
         if let (Some(before), Some(after)) = (cpus_before, cpus_after) {
             measurement.cpu_busy = after.busy_since(&before);

@@ -25,6 +25,7 @@ fn run(round: usize, target: Target, scenario: Scenario, rps: f64, p99_ms: f64) 
         }),
         failure: None,
         proxy_cpu_s: Some(5.0),
+        proxy_user_s: Some(2.0),
         proxy_memory: None,
         cpu_busy: vec![0.5, 0.5],
         background_busy: vec![0.0, 0.0],
@@ -209,6 +210,19 @@ fn peak_memory_is_the_highest_window_and_cpu_efficiency_the_median() {
     // 100,000 responses over 5 s of proxy CPU.
     assert_eq!(stat.per_cpu_s, Some(20_000.0));
     assert_eq!(stat.proxy_cpu_pct, Some(50.0));
+    // 2 s of it in user space, 3 s in the kernel: 20 µs and 30 µs per response.
+    assert_eq!(stat.user_us_per_req, Some(20.0));
+    assert_eq!(stat.sys_us_per_req, Some(30.0));
+}
+
+#[test]
+fn cpu_per_request_is_absent_without_a_user_time() {
+    let mut m = run(0, Target::Nginx, Scenario::H2c, 10_000.0, 1.0);
+    m.proxy_user_s = None;
+    let stat = Stat::of(&[m], Target::Nginx, Scenario::H2c, 0);
+    assert_eq!(stat.per_cpu_s, Some(20_000.0));
+    assert_eq!(stat.user_us_per_req, None);
+    assert_eq!(stat.sys_us_per_req, None);
 }
 
 #[test]
