@@ -1081,7 +1081,7 @@ fn the_retry_budget_caps_retries(mode: Mode) -> Result<()> {
             .cloned()
             .collect::<Vec<_>>();
         ensure!(
-            requests == n as f64,
+            (requests - n as f64).abs() < 0.5,
             "{requests} requests counted for {n} sent"
         );
         // Half the requests meet web-1 first; the budget grants retries to at most 20% of
@@ -1096,7 +1096,7 @@ fn the_retry_budget_caps_retries(mode: Mode) -> Result<()> {
         );
         ensure!(denied >= 10.0, "only {denied} retries denied");
         ensure!(
-            failed as f64 == denied,
+            (failed as f64 - denied).abs() < 0.5,
             "{failed} requests failed at the client, {denied} retries were denied"
         );
         ensure!(
