@@ -87,8 +87,7 @@ pub fn threads(pid: u32, ticks_per_s: u64) -> Result<Vec<ThreadAffinity>> {
             tid,
             name: comm.trim().to_owned(),
             cpus,
-            cpu_s: parse_process_times(&stat, ticks_per_s)
-                .map_or(0.0, |t| (t.user + t.system).as_secs_f64()),
+            cpu_s: parse_process_times(&stat, ticks_per_s).map_or(0.0, |t| t.total().as_secs_f64()),
         });
     }
     threads.sort_by_key(|thread| thread.tid);
@@ -125,8 +124,7 @@ pub fn clock_ticks() -> Result<u64> {
 
 /// CPU time (user + system) used so far by all threads of process `pid`.
 pub fn process_time(pid: u32, ticks_per_s: u64) -> Result<Duration> {
-    let times = process_times(pid, ticks_per_s)?;
-    Ok(times.user + times.system)
+    Ok(process_times(pid, ticks_per_s)?.total())
 }
 
 /// CPU time of a process, split.
@@ -136,6 +134,24 @@ pub struct ProcessTimes {
     pub user: Duration,
     /// In the kernel on its behalf (system calls, and the network stack's work they do).
     pub system: Duration,
+}
+
+impl ProcessTimes {
+    /// User and system time together.
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Add for ProcessTimes {
+    type Output = ProcessTimes;
+
+    fn add(self, other: ProcessTimes) -> ProcessTimes {
+        ProcessTimes {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
 }
 
 /// User and system CPU time used so far by all threads of process `pid`.

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
@@ -701,12 +701,8 @@ fn tls_certificate_rotates_under_an_open_connection(mode: Mode) -> Result<()> {
         // ...and the open one goes on.
         std::fs::write(&flag, b"")?;
         python.wait_for_line("second HTTP/1.1 200 OK from a pod", Duration::from_secs(10))?;
-        let started = Instant::now();
-        while python.try_wait()?.is_none() {
-            if started.elapsed() > Duration::from_secs(5) {
-                bail!("the TLS client did not exit: {}", python.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if python.wait_timeout(Duration::from_secs(5))?.is_none() {
+            bail!("the TLS client did not exit: {}", python.log());
         }
         Ok(())
     })())
@@ -924,12 +920,8 @@ fn at_shutdown_http2_clients_get_goaway_and_requests_in_flight_finish(mode: Mode
             status.success(),
             "switchyard exited with {status} after SIGTERM"
         );
-        let started = Instant::now();
-        while client.try_wait()?.is_none() {
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("nghttp did not finish: {}", client.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if client.wait_timeout(Duration::from_secs(10))?.is_none() {
+            bail!("nghttp did not finish: {}", client.log());
         }
         let out = client.log();
         ensure!(
@@ -984,17 +976,17 @@ fn a_terminating_pod_gets_no_new_requests_and_finishes_the_one_in_flight(mode: M
         let mut slow = topo
             .client()
             .spawn(["nghttp", "-nv", "http://10.96.0.30/slow/4000"], &log)?;
-        let (busy, other) = poll_until("the slow request to be in flight", PICKUP, || {
-            for (i, j) in [(0, 1), (1, 0)] {
+        let busy = poll_until("the slow request to be in flight", PICKUP, || {
+            for i in 0..2 {
                 let ip = topo.pods()[i].ipv4().to_string();
                 if in_flight_on(&daemon, service, &ip)? >= 1.0 {
-                    return Ok(Some((i, j)));
+                    return Ok(Some(i));
                 }
             }
             Ok(None)
         })?;
         let busy_name = format!("web-{busy}");
-        let other_name = format!("web-{other}");
+        let other_name = format!("web-{}", 1 - busy);
         // Its pod starts terminating (deletionTimestamp set, still running).
         let pod = Pod::web(&topo, busy).terminating(true);
         manifests.write_objects(&format!("pod-{}.yaml", pod.name()), &[pod.to_value()])?;
@@ -1009,12 +1001,8 @@ fn a_terminating_pod_gets_no_new_requests_and_finishes_the_one_in_flight(mode: M
             "{busy_name} is terminating, yet answered: {names:?}"
         );
         // ... while the one in flight on it finishes there, unretried.
-        let started = Instant::now();
-        while slow.try_wait()?.is_none() {
-            if started.elapsed() > Duration::from_secs(15) {
-                bail!("nghttp did not finish: {}", slow.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if slow.wait_timeout(Duration::from_secs(15))?.is_none() {
+            bail!("nghttp did not finish: {}", slow.log());
         }
         let out = slow.log();
         ensure!(
@@ -1159,9 +1147,6 @@ fn active_health_checks_take_a_failing_pod_out_and_bring_it_back(mode: Mode) -> 
             "answers while web-2 is unhealthy: {:?}",
             client::tally(&names)
         );
-        Ok(())
-    })();
-    let result = result.and_then(|()| {
         // web-2 recovers: its checks pass again and it gets its share.
         topo.stop_pod_server(2)?;
         topo.start_pod_server(2, PodServerConfig::web(2))?;
@@ -1175,7 +1160,7 @@ fn active_health_checks_take_a_failing_pod_out_and_bring_it_back(mode: Mode) -> 
             "web-2 passes its checks again, yet the answers were {counts:?}"
         );
         Ok(())
-    });
+    })();
     daemon.with_log(result)
 }
 

@@ -394,13 +394,7 @@ impl Bench {
     fn proxy_time(&self, pids: &[u32]) -> Option<cpu::ProcessTimes> {
         pids.iter()
             .map(|&pid| cpu::process_times(pid, self.ticks_per_s).ok())
-            .try_fold(cpu::ProcessTimes::default(), |sum, t| {
-                let t = t?;
-                Some(cpu::ProcessTimes {
-                    user: sum.user + t.user,
-                    system: sum.system + t.system,
-                })
-            })
+            .try_fold(cpu::ProcessTimes::default(), |sum, t| Some(sum + t?))
     }
 
     /// Sleeps for the pause, sampling how busy the CPUs were meanwhile, and
