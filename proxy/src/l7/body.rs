@@ -11,6 +11,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::endpoint::{Endpoint, InFlight};
+use super::h2client::H2Body;
 use super::pool::H1Sender;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +93,43 @@ impl Body for UpBody {
     }
 }
 
+/// A response body as a backend sends it.
+pub(crate) enum FromBackend {
+    /// From an HTTP/1.1 connection (hyper's client).
+    H1(Incoming),
+    /// From an HTTP/2 stream.
+    H2(H2Body),
+}
+
+impl Body for FromBackend {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            FromBackend::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            FromBackend::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FromBackend::H1(body) => body.is_end_stream(),
+            FromBackend::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FromBackend::H1(body) => body.size_hint(),
+            FromBackend::H2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// An HTTP/1.1 connection to give back to its pool once the response has been read whole.
 pub(crate) struct Reuse {
     pub(crate) endpoint: Arc<Endpoint>,
@@ -110,7 +148,7 @@ pub(crate) struct ProxyBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(FromBackend),
     Local(Option<Bytes>),
 }
 
@@ -142,7 +180,7 @@ impl ProxyBody {
 
     /// A backend's body; `reuse` goes back to the pool when it ends.
     pub(crate) fn upstream(
-        body: Incoming,
+        body: FromBackend,
         reuse: Option<Reuse>,
         in_flight: Option<InFlight>,
     ) -> ProxyBody {
@@ -168,12 +206,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -215,6 +253,6 @@ impl Drop for ProxyBody {
 }
 
 /// Reads a whole body, for health checks and tests.
-pub(crate) async fn collect(body: Incoming) -> Result<Bytes, hyper::Error> {
+pub(crate) async fn collect(body: FromBackend) -> Result<Bytes, BoxError> {
     Ok(body.collect().await?.to_bytes())
 }

@@ -235,7 +235,7 @@ impl LogFields {
 }
 
 struct Sent {
-    response: Response<Incoming>,
+    response: Response<super::body::FromBackend>,
     reuse: Option<super::body::Reuse>,
     in_flight: super::endpoint::InFlight,
 }

@@ -13,6 +13,9 @@ mod access_log;
 mod body;
 pub(crate) mod endpoint;
 mod forward;
+mod h2client;
+#[cfg(test)]
+mod h2client_tests;
 mod health;
 mod pick;
 mod pool;

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::body::UpBody;
 
 pub(crate) type H1Sender = http1::SendRequest<UpBody>;
-pub(crate) type H2Sender = http2::SendRequest<UpBody>;
+pub(crate) type H2Sender = super::h2client::H2Conn;
 
 /// Idle HTTP/1.1 connections kept per backend (nginx's `keepalive 64` is the usual setting):
 /// enough for a busy node without hoarding backend sockets.

@@ -21,7 +21,7 @@ use crate::{BackendSpec, Proto, Proxy, ProxyConfig, ServiceSpec};
 
 /// How a test backend answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Behaviour {
+pub(super) enum Behaviour {
     Ok,
     /// `503` to everything.
     Unavailable,
@@ -31,15 +31,15 @@ enum Behaviour {
     Slow(Duration),
 }
 
-struct TestBackend {
-    addr: SocketAddr,
+pub(super) struct TestBackend {
+    pub(super) addr: SocketAddr,
     requests: Arc<AtomicU64>,
 }
 
 /// An HTTP/1.1 and h2c backend (told apart by the preface) answering `name` in the body and
 /// `x-pod`, echoing request headers as `echo-<name>`, sending `grpc-status` trailers when
 /// asked with `te: trailers`, and accepting `Upgrade: echo` by echoing bytes.
-async fn backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
+pub(super) async fn backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
     backend_on(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         name,
@@ -208,7 +208,7 @@ fn round_robin() -> L7Spec {
     }
 }
 
-async fn serve(proxy: &Proxy, backends: &[SocketAddr], l7: L7Spec) -> SocketAddr {
+pub(super) async fn serve(proxy: &Proxy, backends: &[SocketAddr], l7: L7Spec) -> SocketAddr {
     let frontend = frontend_v4();
     proxy
         .upsert(frontend, Proto::Tcp, l7_service(backends, l7))
@@ -218,10 +218,10 @@ async fn serve(proxy: &Proxy, backends: &[SocketAddr], l7: L7Spec) -> SocketAddr
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: String,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: hyper::HeaderMap,
+    pub(super) body: String,
     trailers: Option<hyper::HeaderMap>,
 }
 
@@ -240,7 +240,7 @@ impl Reply {
     }
 }
 
-async fn read_reply(response: Response<Incoming>) -> Reply {
+pub(super) async fn read_reply(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     let collected = step(body.collect()).await.unwrap().unwrap();
     let trailers = collected.trailers().cloned();
@@ -252,7 +252,7 @@ async fn read_reply(response: Response<Incoming>) -> Reply {
     }
 }
 
-type ClientBody = Full<Bytes>;
+pub(super) type ClientBody = Full<Bytes>;
 
 async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<ClientBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -263,7 +263,9 @@ async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
     sender
 }
 
-async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ClientBody> {
+pub(super) async fn h2_client(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<ClientBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -273,7 +275,7 @@ async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<
     sender
 }
 
-fn get(uri: &str) -> Request<ClientBody> {
+pub(super) fn get(uri: &str) -> Request<ClientBody> {
     Request::builder()
         .uri(uri)
         .header("host", "web.default")

@@ -7,17 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::{Reuse, UpBody};
+use super::body::{BoxError, FromBackend, Reuse, UpBody};
 use super::endpoint::Endpoint;
+use super::h2client::H2Conn;
 use super::pool::{H1Sender, H2Sender};
 use super::spec::UpstreamProtocol;
 use crate::stats::{BackendStats, ConnectingGuard};
@@ -32,9 +32,9 @@ pub(crate) enum UpstreamError {
     #[error("TLS handshake with {0}: {1}")]
     Tls(SocketAddr, io::Error),
     #[error("HTTP handshake with {0}: {1}")]
-    Handshake(SocketAddr, hyper::Error),
+    Handshake(SocketAddr, BoxError),
     #[error("request to {0}: {1}")]
-    Http(SocketAddr, hyper::Error),
+    Http(SocketAddr, BoxError),
 }
 
 impl UpstreamError {
@@ -78,7 +78,7 @@ pub(crate) async fn send(
     endpoint: &Arc<Endpoint>,
     stats: &Arc<BackendStats>,
     mut req: Request<UpBody>,
-) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+) -> Result<(Response<FromBackend>, Option<Reuse>), SendError> {
     let tls = upstream.tls.is_some();
     let pool = &endpoint.pool;
     let h2_first = upstream.protocol != UpstreamProtocol::Http1;
@@ -114,7 +114,7 @@ async fn send_on_new(
     endpoint: &Arc<Endpoint>,
     stats: &Arc<BackendStats>,
     req: Request<UpBody>,
-) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+) -> Result<(Response<FromBackend>, Option<Reuse>), SendError> {
     let tls = upstream.tls.is_some();
     let pool = &endpoint.pool;
     let h2_first = upstream.protocol != UpstreamProtocol::Http1;
@@ -146,11 +146,11 @@ async fn send_h1(
     endpoint: &Arc<Endpoint>,
     tls: bool,
     mut req: Request<UpBody>,
-) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+) -> Result<(Response<FromBackend>, Option<Reuse>), SendError> {
     for_http1(&mut req);
     match sender.try_send_request(req).await {
         Ok(response) => Ok((
-            response,
+            response.map(FromBackend::H1),
             Some(Reuse {
                 endpoint: Arc::clone(endpoint),
                 sender,
@@ -160,29 +160,32 @@ async fn send_h1(
         Err(mut e) => match e.take_message() {
             Some(req) => Err(SendError::NotSent(
                 req,
-                UpstreamError::Http(addr, e.into_error()),
+                UpstreamError::Http(addr, e.into_error().into()),
             )),
-            None => Err(SendError::Sent(UpstreamError::Http(addr, e.into_error()))),
+            None => Err(SendError::Sent(UpstreamError::Http(
+                addr,
+                e.into_error().into(),
+            ))),
         },
     }
 }
 
 async fn send_h2(
-    mut sender: H2Sender,
+    sender: H2Sender,
     addr: SocketAddr,
     tls: bool,
     mut req: Request<UpBody>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<FromBackend>, SendError> {
     for_http2(&mut req, addr, tls);
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok(response),
-        Err(mut e) => match e.take_message() {
-            Some(req) => Err(SendError::NotSent(
-                req,
-                UpstreamError::Http(addr, e.into_error()),
-            )),
-            None => Err(SendError::Sent(UpstreamError::Http(addr, e.into_error()))),
-        },
+    match sender.send(req).await {
+        Ok(response) => Ok(response.map(FromBackend::H2)),
+        Err(e) => {
+            let error = UpstreamError::Http(addr, e.error.into());
+            Err(match e.request {
+                Some(req) => SendError::NotSent(req, error),
+                None => SendError::Sent(error),
+            })
+        }
     }
 }
 
@@ -261,7 +264,7 @@ async fn connect(
     match &upstream.tls {
         None => {
             let h2 = upstream.protocol == UpstreamProtocol::Http2 && !upgrades;
-            handshake(TokioIo::new(stream), addr, h2, upgrades, active).await
+            handshake(stream, addr, h2, upgrades, active).await
         }
         Some(tls) => {
             let stream = tls
@@ -269,13 +272,13 @@ async fn connect(
                 .await
                 .map_err(|e| UpstreamError::Tls(addr, e))?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            handshake(TokioIo::new(stream), addr, h2, upgrades, active).await
+            handshake(stream, addr, h2, upgrades, active).await
         }
     }
 }
 
 async fn handshake<T>(
-    io: TokioIo<T>,
+    io: T,
     addr: SocketAddr,
     h2: bool,
     upgrades: bool,
@@ -285,25 +288,15 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     if h2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
+        let conn = H2Conn::handshake(io, addr, active)
             .await
-            .map_err(|e| UpstreamError::Handshake(addr, e))?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(backend = %addr, %error, "HTTP/2 upstream connection ended");
-            }
-            drop(active);
-        });
-        return Ok(Fresh::H2(sender));
+            .map_err(|e| UpstreamError::Handshake(addr, e.into()))?;
+        return Ok(Fresh::H2(conn));
     }
     let (sender, conn) = http1::Builder::new()
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| UpstreamError::Handshake(addr, e))?;
+        .map_err(|e| UpstreamError::Handshake(addr, e.into()))?;
     tokio::spawn(async move {
         let ended = if upgrades {
             conn.with_upgrades().await
@@ -325,7 +318,7 @@ pub(crate) async fn send_upgrade(
     addr: SocketAddr,
     stats: &Arc<BackendStats>,
     req: Request<UpBody>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<FromBackend>, SendError> {
     match connect(upstream, addr, stats, true).await {
         Err(e) => Err(SendError::NotSent(req, e)),
         Ok(Fresh::H1(mut sender)) => {
@@ -334,7 +327,8 @@ pub(crate) async fn send_upgrade(
             sender
                 .send_request(req)
                 .await
-                .map_err(|e| SendError::Sent(UpstreamError::Http(addr, e)))
+                .map(|r| r.map(FromBackend::H1))
+                .map_err(|e| SendError::Sent(UpstreamError::Http(addr, e.into())))
         }
         Ok(Fresh::H2(_)) => unreachable!("upgrade connections are made HTTP/1.1"),
     }
