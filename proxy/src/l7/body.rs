@@ -195,7 +195,9 @@ impl ProxyBody {
     }
 
     fn release_if_done(&mut self) {
-        if let Kind::Upstream(incoming) = &self.kind
+        // `reuse` first: asking an HTTP/2 stream whether it ended takes its connection's lock.
+        if self.reuse.is_some()
+            && let Kind::Upstream(incoming) = &self.kind
             && incoming.is_end_stream()
             && let Some(reuse) = self.reuse.take()
         {

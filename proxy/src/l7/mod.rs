@@ -568,20 +568,29 @@ async fn serve_http<I>(
         .max(Duration::from_millis(50));
     let mut watch = Watch::new(Instant::now());
     let mut draining = false;
+    // Made once: the connection's task wakes for every request, and a timer or a
+    // cancellation waiter made anew each time would cost more than the request's parsing.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let watchdog = tokio::time::sleep(tick);
+    tokio::pin!(watchdog);
     loop {
         tokio::select! {
+            biased;
             result = served.as_mut() => {
                 if let Err(error) = result {
                     debug!(%frontend, %client, %error, "client connection ended with an error");
                 }
                 return;
             }
-            () = cancel.cancelled(), if !draining => {
+            () = &mut cancelled, if !draining => {
                 served.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = tokio::time::sleep(tick), if !draining => {
-                match watch.tick(&activity, limits, Instant::now()) {
+            () = &mut watchdog, if !draining => {
+                let now = Instant::now();
+                watchdog.as_mut().reset(now + tick);
+                match watch.tick(&activity, limits, now) {
                     Verdict::Keep => {}
                     Verdict::SlowHead => {
                         debug!(%frontend, %client, "request head not complete within the header timeout; closing");

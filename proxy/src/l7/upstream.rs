@@ -212,15 +212,13 @@ fn for_http1(req: &mut Request<UpBody>) {
 fn for_http2(req: &mut Request<UpBody>, addr: SocketAddr, tls: bool) {
     *req.version_mut() = Version::HTTP_2;
     let host = req.headers_mut().remove(header::HOST);
-    let authority = req
-        .uri()
-        .authority()
-        .cloned()
-        .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
-        .or_else(|| Authority::try_from(addr.to_string()).ok());
-    let mut parts = req.uri().clone().into_parts();
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if parts.authority.is_none() {
+        parts.authority = host
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| Authority::try_from(addr.to_string()).ok());
+    }
     parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-    parts.authority = authority;
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
