@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use switchyard_tests::objects::Pod;
-use switchyard_tests::topology::{CLIENT_IP6, POD_H2_PORT, test_bin};
+use switchyard_tests::topology::{CLIENT_IP6, NODE_IP4, POD_H2_PORT, test_bin};
 use switchyard_tests::{
     Daemon, Manifests, Mode, PodServerConfig, Topology, client, cluster, metrics, poll_until,
 };
@@ -36,6 +36,7 @@ switchyard_tests::in_both_modes!(
     oversized_requests_get_413_and_431,
     a_header_hash_keeps_each_key_on_one_pod,
     an_ipv6_cluster_ip_is_balanced_per_request,
+    a_node_port_is_balanced_per_request,
 );
 
 const PICKUP: Duration = Duration::from_secs(10);
@@ -1316,5 +1317,39 @@ fn an_ipv6_cluster_ip_is_balanced_per_request(mode: Mode) -> Result<()> {
             "the pod was reached from {peer}, not over IPv6"
         );
         Ok(())
+    })())
+}
+
+fn a_node_port_is_balanced_per_request(mode: Mode) -> Result<()> {
+    // In eBPF mode the tc programs leave an L7 NodePort to the proxy, which listens on the
+    // node's address and port; in userspace mode it always did.
+    let (topo, manifests) = cluster(3)?;
+    write_pods(&topo, &manifests, &[])?;
+    let mut service = l7_service(
+        "web-np",
+        "10.96.0.40",
+        80,
+        "kubernetes.io/h2c",
+        ("app", "web"),
+        json!({"switchyard.io/l7-balancer": "round-robin"}),
+    );
+    service["spec"]["type"] = json!("NodePort");
+    service["spec"]["ports"][0]["nodePort"] = json!(30090);
+    manifests.write_objects("svc.yaml", &[service])?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        let node_port = format!("http://{NODE_IP4}:30090/");
+        wait_served(&topo, &node_port, &[])?;
+        // One HTTP/2 connection to the NodePort: its requests spread over the three pods,
+        // as the backends' request counters show (an L4 NodePort would count none).
+        h2load_spreads(&topo, &daemon, "default/web-np:http", &node_port, &[])?;
+        // The ClusterIP of the same port still is, too.
+        h2load_spreads(
+            &topo,
+            &daemon,
+            "default/web-np:http",
+            "http://10.96.0.40/",
+            &[],
+        )
     })())
 }

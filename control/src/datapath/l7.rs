@@ -5,8 +5,12 @@
 //!
 //! The listener is on the node's address (reachable from the node's pods and from processes
 //! on the node), on a port of `--l7-ports` chosen by a hash of the frontend, so that a
-//! restarted daemon finds the same one. North-south frontends (NodePorts, external and load
-//! balancer IPs) stay L4 on the tc programs.
+//! restarted daemon finds the same one.
+//!
+//! An L7 NodePort is not given to the tc programs at all: the proxy listens on the node
+//! address and node port itself, as in userspace mode, so a connection from outside reaches
+//! it with its client address and is balanced per request too. External and load-balancer
+//! IPs stay L4 on the tc programs (they are not the node's addresses to listen on).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -60,14 +64,31 @@ pub struct WithL7<D> {
     inner: D,
     proxy: Arc<proxy::Proxy>,
     config: L7Config,
-    /// The listener of every ClusterIP frontend served per request.
+    /// The listener of every frontend served per request: for a ClusterIP one on
+    /// `--l7-ports`, for a NodePort its own address.
     listeners: BTreeMap<Frontend, SocketAddr>,
 }
 
-fn redirected(entry: &ServiceEntry) -> bool {
-    entry.l7.is_some()
-        && entry.frontend.kind == FrontendKind::ClusterIp
-        && entry.frontend.proto == Protocol::Tcp
+/// How a frontend reaches switchyard in eBPF mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// The kernel balances its connections.
+    Kernel,
+    /// A ClusterIP port served per request: the kernel sends its connections to a listener.
+    Redirected,
+    /// A NodePort served per request: the proxy listens on it; the kernel leaves it alone.
+    Bound,
+}
+
+fn route(entry: &ServiceEntry) -> Route {
+    if entry.l7.is_none() || entry.frontend.proto != Protocol::Tcp {
+        return Route::Kernel;
+    }
+    match entry.frontend.kind {
+        FrontendKind::ClusterIp => Route::Redirected,
+        FrontendKind::NodePort => Route::Bound,
+        _ => Route::Kernel,
+    }
 }
 
 /// A stable hash of the frontend, for its listener port.
@@ -124,9 +145,12 @@ impl<D: Datapath> WithL7<D> {
             .or_else(|| entry.l7.as_ref()?.node_address)
     }
 
-    /// The frontend's listener: the one it has if its address still fits, else a free port
-    /// found from the frontend's hash.
+    /// The frontend's listener: a NodePort's own address; for a ClusterIP the one it has if
+    /// its address still fits, else a free port found from the frontend's hash.
     fn listener_for(&self, entry: &ServiceEntry) -> Result<SocketAddr, String> {
+        if route(entry) == Route::Bound {
+            return Ok(SocketAddr::new(entry.frontend.addr, entry.frontend.port));
+        }
         let ip = self.listen_ip(entry).ok_or_else(|| {
             "no node address for the L7 listener (the Node has no InternalIP of this family; set --l7-address)".to_owned()
         })?;
@@ -138,6 +162,7 @@ impl<D: Datapath> WithL7<D> {
         let used: BTreeSet<u16> = self
             .listeners
             .values()
+            .filter(|l| self.config.ports.contains(&l.port()))
             .filter(|l| l.ip() == ip)
             .map(SocketAddr::port)
             .collect();
@@ -153,8 +178,9 @@ impl<D: Datapath> WithL7<D> {
             })
     }
 
-    /// Starts or updates the frontend's listener; returns the kernel's entry for it.
-    async fn serve(&mut self, entry: &ServiceEntry) -> Result<ServiceEntry, String> {
+    /// Starts or updates the frontend's listener; returns the kernel's entry for it, none for
+    /// a NodePort the proxy listens on.
+    async fn serve(&mut self, entry: &ServiceEntry) -> Result<Option<ServiceEntry>, String> {
         let listener = self.listener_for(entry)?;
         if let Some(old) = self.listeners.get(&entry.frontend).copied()
             && old != listener
@@ -173,7 +199,15 @@ impl<D: Datapath> WithL7<D> {
             Err(error) => return Err(error.to_string()),
         }
         self.listeners.insert(entry.frontend, listener);
-        Ok(kernel_entry(entry, listener))
+        Ok((route(entry) == Route::Redirected).then(|| kernel_entry(entry, listener)))
+    }
+
+    /// Whether the kernel holds an entry for `frontend` now: every frontend but a NodePort
+    /// the proxy listens on.
+    fn in_kernel(&self, frontend: &Frontend) -> bool {
+        self.listeners
+            .get(frontend)
+            .is_none_or(|l| *l != SocketAddr::new(frontend.addr, frontend.port))
     }
 
     async fn release(&mut self, frontend: &Frontend) {
@@ -192,31 +226,41 @@ impl<D: Datapath> Datapath for WithL7<D> {
         let mut kernel = TableDiff::default();
         let mut failed = Vec::new();
         let mut release = Vec::new();
-        for (entries, out) in [
-            (&diff.added, &mut kernel.added),
-            (&diff.changed, &mut kernel.changed),
-        ] {
+        for (entries, changed) in [(&diff.added, false), (&diff.changed, true)] {
             for entry in entries {
-                if redirected(entry) {
-                    // Make before break: the listener serves before the kernel points at it.
-                    match self.serve(entry).await {
-                        Ok(k) => out.push(k),
-                        Err(e) => failed.push((entry.frontend, e)),
+                let frontend = entry.frontend;
+                // Whether the kernel has it now: a change may move it in or out.
+                let was_in_kernel = changed && self.in_kernel(&frontend);
+                if route(entry) == Route::Kernel {
+                    if self.listeners.contains_key(&frontend) {
+                        release.push(frontend);
                     }
-                } else {
-                    if self.listeners.contains_key(&entry.frontend) {
-                        release.push(entry.frontend);
+                    if was_in_kernel {
+                        kernel.changed.push(entry.clone());
+                    } else {
+                        kernel.added.push(entry.clone());
                     }
-                    out.push(entry.clone());
+                    continue;
+                }
+                // Make before break: the listener serves before the kernel points at it, or
+                // lets go of a NodePort it balanced until now.
+                match self.serve(entry).await {
+                    Ok(Some(k)) if was_in_kernel => kernel.changed.push(k),
+                    Ok(Some(k)) => kernel.added.push(k),
+                    Ok(None) if was_in_kernel => kernel.removed.push(frontend),
+                    Ok(None) => {}
+                    Err(e) => failed.push((frontend, e)),
                 }
             }
         }
-        kernel.removed.clone_from(&diff.removed);
-        release.extend(
-            diff.removed
-                .iter()
-                .filter(|f| self.listeners.contains_key(f)),
-        );
+        for frontend in &diff.removed {
+            if self.in_kernel(frontend) {
+                kernel.removed.push(*frontend);
+            }
+            if self.listeners.contains_key(frontend) {
+                release.push(*frontend);
+            }
+        }
         let mut applied = self.inner.apply(&kernel).await;
         // The kernel no longer points at these listeners.
         for frontend in release {
@@ -237,7 +281,8 @@ impl<D: Datapath> Datapath for WithL7<D> {
             .collect();
         let mut kernel = ServiceTable::new();
         for entry in want.entries() {
-            if !redirected(entry) {
+            let route = route(entry);
+            if route == Route::Kernel {
                 kernel.insert(entry.clone());
                 continue;
             }
@@ -245,12 +290,16 @@ impl<D: Datapath> Datapath for WithL7<D> {
             let healthy = known.is_some_and(|l| serving.contains(&l));
             match (healthy, known) {
                 (true, Some(listener)) => {
-                    kernel.insert(kernel_entry(entry, listener));
+                    if route == Route::Redirected {
+                        kernel.insert(kernel_entry(entry, listener));
+                    }
                 }
                 _ => match self.serve(entry).await {
                     Ok(k) => {
                         repaired.push(format!("L7 listener of {} started", entry.frontend));
-                        kernel.insert(k);
+                        if let Some(k) = k {
+                            kernel.insert(k);
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(frontend = %entry.frontend, %error, "cannot start the L7 listener");
@@ -261,7 +310,7 @@ impl<D: Datapath> Datapath for WithL7<D> {
         let stale: Vec<Frontend> = self
             .listeners
             .keys()
-            .filter(|f| want.get(f).is_none_or(|e| !redirected(e)))
+            .filter(|f| want.get(f).is_none_or(|e| route(e) == Route::Kernel))
             .copied()
             .collect();
         let mut drift = self.inner.verify(&kernel).await;
@@ -358,7 +407,7 @@ mod tests {
                 node_address: Some("10.0.0.1".parse().unwrap()),
             }),
         };
-        assert!(redirected(&entry));
+        assert_eq!(route(&entry), Route::Redirected);
         let listener: SocketAddr = "10.0.0.1:15123".parse().unwrap();
         let kernel = kernel_entry(&entry, listener);
         assert_eq!(kernel.backends.len(), 1);
@@ -373,11 +422,14 @@ mod tests {
             kernel_entry(&empty, listener).backends.is_empty(),
             "no endpoints: refused"
         );
-        let mut nodeport = entry;
+        let mut nodeport = entry.clone();
         nodeport.frontend.kind = FrontendKind::NodePort;
-        assert!(
-            !redirected(&nodeport),
-            "north-south stays on the tc programs"
-        );
+        assert_eq!(route(&nodeport), Route::Bound, "the proxy listens on it");
+        let mut external = entry.clone();
+        external.frontend.kind = FrontendKind::ExternalIp;
+        assert_eq!(route(&external), Route::Kernel, "stays on the tc programs");
+        let mut l4 = entry;
+        l4.l7 = None;
+        assert_eq!(route(&l4), Route::Kernel);
     }
 }
