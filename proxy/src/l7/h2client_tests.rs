@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Channel};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use super::tests::{Behaviour, backend, read_reply, serve};
@@ -24,18 +23,6 @@ fn http2_upstream() -> L7Spec {
 }
 
 type StreamedBody = Channel<Bytes>;
-
-async fn h2_streaming_client(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<StreamedBody> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
-}
 
 fn post(body: StreamedBody) -> Request<StreamedBody> {
     Request::builder()
@@ -118,7 +105,7 @@ async fn a_streamed_body_larger_than_the_windows_goes_through_both_ways() {
     let b = backend("a", Behaviour::Ok).await;
     let proxy = Proxy::new(ProxyConfig::default());
     let frontend = serve(&proxy, &[b.addr], http2_upstream()).await;
-    let mut client = h2_streaming_client(frontend).await;
+    let mut client = super::tests::h2_client::<StreamedBody>(frontend).await;
     let (mut tx, body) = Channel::new(4);
     let response = tokio::spawn(async move { client.send_request(post(body)).await });
     // 3 MiB in 64 KiB chunks: more than the 2 MiB stream window each way.
@@ -170,7 +157,7 @@ async fn a_per_try_timeout_resets_the_stream_of_a_body_still_coming() {
     let mut l7 = http2_upstream();
     l7.timeouts.per_try = Some(Duration::from_millis(300));
     let frontend = serve(&proxy, &[backend], l7).await;
-    let mut client = h2_streaming_client(frontend).await;
+    let mut client = super::tests::h2_client::<StreamedBody>(frontend).await;
     let (mut tx, body) = Channel::new(4);
     step(tx.send_data(Bytes::from_static(b"first")))
         .await

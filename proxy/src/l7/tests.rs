@@ -263,9 +263,12 @@ async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
     sender
 }
 
-pub(super) async fn h2_client(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<ClientBody> {
+pub(super) async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
