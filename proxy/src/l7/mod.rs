@@ -20,6 +20,7 @@ mod health;
 mod pick;
 mod pool;
 pub(crate) mod spec;
+mod streams;
 mod tls;
 mod upstream;
 mod workers;
@@ -35,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -537,7 +538,9 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams run in this task (see `streams`), not in a task each.
+    let mut streams = streams::Streams::default();
+    let mut builder = auto::Builder::new(streams.executor());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -577,7 +580,7 @@ async fn serve_http<I>(
     loop {
         tokio::select! {
             biased;
-            result = served.as_mut() => {
+            result = std::future::poll_fn(|cx| streams.poll_connection(served.as_mut(), cx)) => {
                 if let Err(error) = result {
                     debug!(%frontend, %client, %error, "client connection ended with an error");
                 }
