@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -127,6 +128,7 @@ pub(crate) async fn handle(
     if let Some(max) = spec.limits.max_body_bytes
         && req.body().size_hint().lower() > max
     {
+        discard(req.into_body()).await;
         let response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         router
             .counters
@@ -206,6 +208,31 @@ pub(crate) async fn handle(
         });
     }
     Ok(response)
+}
+
+/// A refused body up to this size is read and dropped before the answer goes out.
+const DISCARDED_BYTES: u64 = 256 * 1024;
+/// ... for at most this long.
+const DISCARD_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and drops a refused request's body when it is small enough, so that the client gets
+/// the answer on a clean stream: HTTP/2 would otherwise reset a stream whose body is still
+/// coming once the answer is out (`RST_STREAM(NO_ERROR)`, which RFC 9113 allows but curl
+/// before 8 reports as a failure).
+async fn discard(mut body: Incoming) {
+    if body.size_hint().lower() > DISCARDED_BYTES {
+        return;
+    }
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DISCARDED_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Copies the request line's fields for the access log before the request moves on.
@@ -298,32 +325,41 @@ async fn attempts(
         };
         let endpoint = Arc::clone(&backend.l7);
         let in_flight = endpoint.start();
-        let sending = async {
-            if upgrade {
-                Box::pin(upstream::send_upgrade(
+        // Each call awaited where it is made: a future first bound to a variable is copied
+        // whole again into the await, and these are large.
+        let sent = match (upgrade, spec.timeouts.per_try) {
+            (false, None) => {
+                Some(upstream::send(&upstream, backend.addr, &endpoint, &backend.stats, req).await)
+            }
+            (false, Some(limit)) => tokio::time::timeout(
+                limit,
+                upstream::send(&upstream, backend.addr, &endpoint, &backend.stats, req),
+            )
+            .await
+            .ok(),
+            (true, per_try) => {
+                let tunnel = Box::pin(upstream::send_upgrade(
                     &upstream,
                     backend.addr,
                     &backend.stats,
                     req,
-                ))
-                .await
-                .map(|r| (r, None))
-            } else {
-                upstream::send(&upstream, backend.addr, &endpoint, &backend.stats, req).await
-            }
-        };
-        let result = match spec.timeouts.per_try {
-            Some(limit) => {
-                if let Ok(r) = tokio::time::timeout(limit, sending).await {
-                    r
-                } else {
-                    endpoint.counters.failed();
-                    outlier_failure(set, spec, backend, conn);
-                    last = Failure::Timeout(limit);
-                    break;
+                ));
+                let answered = match per_try {
+                    Some(limit) => tokio::time::timeout(limit, tunnel).await.ok(),
+                    None => Some(tunnel.await),
+                };
+                match answered {
+                    Some(Ok(response)) => Some(Ok((response, None))),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
                 }
             }
-            None => sending.await,
+        };
+        let Some(result) = sent else {
+            endpoint.counters.failed();
+            outlier_failure(set, spec, backend, conn);
+            last = Failure::Timeout(spec.timeouts.per_try.unwrap_or_default());
+            break;
         };
         let answered = Instant::now();
         let took = answered.saturating_duration_since(now);

@@ -674,6 +674,10 @@ async fn limits_answer_431_and_413() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
     assert_eq!(b.requests.load(Ordering::Relaxed), 0);
+    // The refused body was read and dropped: the connection is still good for the next.
+    let reply = h1_get(&mut client, get("/")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(b.requests.load(Ordering::Relaxed), 1);
 
     let mut raw = TcpStream::connect(frontend).await.unwrap();
     let big = "x".repeat(20_000);

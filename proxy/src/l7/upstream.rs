@@ -83,7 +83,8 @@ pub(crate) async fn send(
     let pool = &endpoint.pool;
     let h2_first = upstream.protocol != UpstreamProtocol::Http1;
     if h2_first && let Some(sender) = pool.h2(tls) {
-        req = match send_h2(sender, addr, tls, req).await {
+        for_http2(&mut req, addr, tls);
+        req = match h2_sent(addr, sender.send(req).await) {
             Ok(r) => return Ok((r, None)),
             Err(SendError::NotSent(req, _)) => req,
             Err(e) => return Err(e),
@@ -177,7 +178,19 @@ async fn send_h2(
     mut req: Request<UpBody>,
 ) -> Result<Response<FromBackend>, SendError> {
     for_http2(&mut req, addr, tls);
-    match sender.send(req).await {
+    h2_sent(addr, sender.send(req).await)
+}
+
+/// What an HTTP/2 send came to, in the terms of [`send`].
+#[allow(
+    clippy::result_large_err,
+    reason = "the error hands the request back whole, as `send`'s does"
+)]
+fn h2_sent(
+    addr: SocketAddr,
+    sent: Result<Response<super::h2client::H2Body>, super::h2client::H2SendError>,
+) -> Result<Response<FromBackend>, SendError> {
+    match sent {
         Ok(response) => Ok(response.map(FromBackend::H2)),
         Err(e) => {
             let error = UpstreamError::Http(addr, e.error.into());
