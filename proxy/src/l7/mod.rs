@@ -4,8 +4,9 @@
 //! of relaying bytes. Each connection is served by hyper (HTTP/1.1, or HTTP/2 with prior
 //! knowledge, told apart by the preface; by ALPN behind TLS), and every request is balanced
 //! on its own over the frontend's backends, so the many requests of one long-lived HTTP/2 or
-//! gRPC connection spread over all of them. Upstream connections are pooled per backend
-//! ([`pool`]). Around each request: retries within a budget, per-try and overall timeouts,
+//! gRPC connection spread over all of them; a connection's HTTP/2 streams run in its own
+//! task ([`streams`]). Upstream connections are pooled per backend ([`pool`]): HTTP/1.1 on
+//! hyper's client, HTTP/2 on the `h2` crate itself ([`h2client`]). Around each request: retries within a budget, per-try and overall timeouts,
 //! passive outlier ejection, optional active health checks, `X-Forwarded-For`/`Forwarded`,
 //! limits on headers, bodies and idle time, and `Upgrade` (WebSocket) tunnels.
 
