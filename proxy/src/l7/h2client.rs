@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::body::{BoxError, UpBody};
@@ -53,8 +53,6 @@ struct Shared {
     closed: AtomicBool,
     /// Responses not yet read whole: keepalive pings only while there are some.
     open: AtomicUsize,
-    /// Told when the backend stopped answering pings: the driver drops the connection.
-    dead: Notify,
 }
 
 /// One HTTP/2 connection to a backend. Clones share it.
@@ -99,8 +97,12 @@ impl H2Conn {
             .handshake::<T, Bytes>(io)
             .await?;
         let shared = Arc::new(Shared::default());
+        // Told when the backend stopped answering pings: the driver drops the connection.
+        // (A oneshot rather than a `Notify`: the driver polls it at every wakeup, and a
+        // `Notify` takes a lock each time.)
+        let (dead, unanswered) = oneshot::channel();
         if let Some(ping_pong) = connection.ping_pong() {
-            tokio::spawn(keepalive(ping_pong, Arc::clone(&shared), backend));
+            tokio::spawn(keepalive(ping_pong, Arc::clone(&shared), backend, dead));
         }
         let driver = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -110,7 +112,7 @@ impl H2Conn {
                         debug!(%backend, %error, "HTTP/2 upstream connection ended");
                     }
                 }
-                () = driver.dead.notified() => {
+                Ok(()) = unanswered => {
                     debug!(%backend, "HTTP/2 upstream connection closed: no answer to a PING");
                 }
             }
@@ -128,8 +130,8 @@ impl H2Conn {
 
     /// Sends `req` and waits for the response's headers. A request that fails before its
     /// stream is opened comes back whole.
-    pub(crate) async fn send(&self, req: Request<UpBody>) -> Result<Response<H2Body>, H2SendError> {
-        let send = match self.send.clone().ready().await {
+    pub(crate) async fn send(self, req: Request<UpBody>) -> Result<Response<H2Body>, H2SendError> {
+        let mut send = match self.send.ready().await {
             Ok(send) => send,
             Err(error) => {
                 // Gone, or the backend said GOAWAY: no stream will open here again.
@@ -150,7 +152,6 @@ impl H2Conn {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let end_of_stream = body.is_end_stream();
-        let mut send = send;
         let (response, stream) = match send.send_request(head, end_of_stream) {
             Ok(sent) => sent,
             Err(error) => {
@@ -199,7 +200,12 @@ fn defines_payload(method: &Method) -> bool {
 }
 
 /// Pings while responses are open; tells the driver when a ping goes unanswered.
-async fn keepalive(mut ping_pong: PingPong, shared: Arc<Shared>, backend: std::net::SocketAddr) {
+async fn keepalive(
+    mut ping_pong: PingPong,
+    shared: Arc<Shared>,
+    backend: std::net::SocketAddr,
+    dead: oneshot::Sender<()>,
+) {
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
         KEEPALIVE_INTERVAL,
@@ -220,7 +226,7 @@ async fn keepalive(mut ping_pong: PingPong, shared: Arc<Shared>, backend: std::n
                 return;
             }
             Err(_) => {
-                shared.dead.notify_one();
+                let _ = dead.send(());
                 return;
             }
         }
