@@ -6,9 +6,10 @@
 //! on its own over the frontend's backends, so the many requests of one long-lived HTTP/2 or
 //! gRPC connection spread over all of them; a connection's HTTP/2 streams run in its own
 //! task ([`streams`]). Upstream connections are pooled per backend ([`pool`]): HTTP/1.1 on
-//! hyper's client, HTTP/2 on the `h2` crate itself ([`h2client`]). Around each request: retries within a budget, per-try and overall timeouts,
-//! passive outlier ejection, optional active health checks, `X-Forwarded-For`/`Forwarded`,
-//! limits on headers, bodies and idle time, and `Upgrade` (WebSocket) tunnels.
+//! hyper's client, HTTP/2 on the `h2` crate itself ([`h2client`]). Around each request:
+//! retries within a budget, per-try and overall timeouts, passive outlier ejection, optional
+//! active health checks, `X-Forwarded-For`/`Forwarded`, limits on headers, bodies and idle
+//! time, and `Upgrade` (WebSocket) tunnels.
 
 mod access_log;
 mod body;
