@@ -27,6 +27,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show the frontends, backends and connection counts of a running daemon.
     Services(ServicesArgs),
+    /// Check a running daemon's datapath against the wanted state now and repair any
+    /// difference (as the periodic check does every --sync-period; SIGHUP does the same).
+    Repair(RepairArgs),
     /// Remove everything switchyard pinned or attached for the eBPF datapath (programs,
     /// links, maps), e.g. after uninstalling it from a node.
     Cleanup(CleanupArgs),
@@ -277,6 +280,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
 
+    /// Keep every capability the process started with, instead of dropping all but those the
+    /// proxy mode needs (see the README's "Least privilege"); for debugging only.
+    #[arg(long)]
+    pub keep_capabilities: bool,
+
+    /// The admin socket (a Unix socket, mode 0600) that `switchyard repair` talks to; an empty
+    /// value turns it off.
+    #[arg(long, value_name = "PATH", default_value = crate::admin::DEFAULT_SOCKET)]
+    pub admin_socket: PathBuf,
+
     /// How often the datapath is checked against the wanted state and repaired; /healthz fails
     /// when no sync happened within twice this period.
     #[arg(long, value_parser = duration, default_value = "30s")]
@@ -384,6 +397,17 @@ pub struct ServicesArgs {
     pub output: Output,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// The daemon's admin socket.
+    #[arg(long, value_name = "PATH", default_value = crate::admin::DEFAULT_SOCKET)]
+    pub admin_socket: PathBuf,
+
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
 impl RunArgs {
     /// The daemon's configuration from the flags.
     pub fn daemon_config(&self) -> DaemonConfig {
@@ -420,6 +444,8 @@ impl RunArgs {
             },
             metrics_bind_address: self.metrics_bind_address,
             healthz_bind_address: self.healthz_bind_address,
+            admin_socket: (!self.admin_socket.as_os_str().is_empty())
+                .then(|| self.admin_socket.clone()),
             sync_period: self.sync_period,
             shutdown_grace: self.shutdown_grace_period,
             mode: self.proxy_mode,

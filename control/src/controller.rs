@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +77,23 @@ impl Health {
     }
 }
 
+/// A request to check the datapath against the wanted state now, not at the next period
+/// (`switchyard repair`, SIGHUP).
+#[derive(Debug)]
+pub struct CheckNow {
+    /// Where the outcome goes; `None` when nobody waits for it (a signal).
+    pub reply: Option<oneshot::Sender<CheckOutcome>>,
+}
+
+/// What a [`CheckNow`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The first complete view has not arrived: there is nothing to check against yet.
+    NotSynced,
+    /// The datapath was checked; each difference found and repaired, in words.
+    Checked { repaired: Vec<String> },
+}
+
 /// The controller's state: the store, the applied table and the datapath.
 pub struct Controller<D: Datapath> {
     config: ControllerConfig,
@@ -117,7 +134,13 @@ impl<D: Datapath> Controller<D> {
     }
 
     /// Runs until `cancel`, then shuts the datapath down (drain, remove what was added).
-    pub async fn run(mut self, mut events: mpsc::Receiver<SourceEvent>, cancel: CancellationToken) {
+    /// `checks` asks for a check of the datapath between the periodic ones.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        mut checks: mpsc::Receiver<CheckNow>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.config.sync_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -145,6 +168,20 @@ impl<D: Datapath> Controller<D> {
                 _ = tick.tick() => {
                     if self.synced {
                         self.full_sync().await;
+                    }
+                }
+                Some(check) = checks.recv() => {
+                    let outcome = if self.synced {
+                        let repaired = self.full_sync().await;
+                        // The next periodic check is a whole period from this one.
+                        tick.reset();
+                        CheckOutcome::Checked { repaired }
+                    } else {
+                        CheckOutcome::NotSynced
+                    };
+                    if let Some(reply) = check.reply {
+                        // The asker may have given up; the check is done either way.
+                        let _ = reply.send(outcome);
                     }
                 }
             }
@@ -263,7 +300,8 @@ impl<D: Datapath> Controller<D> {
     }
 
     /// The periodic sync: apply anything pending, then check the datapath against the table.
-    async fn full_sync(&mut self) {
+    /// Returns the repairs made.
+    async fn full_sync(&mut self) -> Vec<String> {
         if !self.pending.is_empty() {
             self.sync_changes().await;
         }
@@ -275,6 +313,7 @@ impl<D: Datapath> Controller<D> {
         }
         self.metrics.observe_sync(started.elapsed());
         self.health.mark_synced();
+        drift.repaired
     }
 
     /// Logs each warning once: when it first appears for the Service, not at every recompute.
@@ -321,6 +360,8 @@ mod tests {
     struct Recorder {
         diffs: Arc<Mutex<Vec<TableDiff>>>,
         verified: Arc<Mutex<usize>>,
+        /// What the next check reports as repaired (then cleared).
+        drift: Arc<Mutex<Vec<String>>>,
     }
 
     impl Datapath for Recorder {
@@ -336,7 +377,9 @@ mod tests {
         }
         async fn verify(&mut self, _want: &ServiceTable) -> Drift {
             *self.verified.lock() += 1;
-            Drift::default()
+            Drift {
+                repaired: std::mem::take(&mut *self.drift.lock()),
+            }
         }
         async fn shutdown(&mut self, _grace: Duration) {}
     }
@@ -373,24 +416,33 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn nothing_is_programmed_before_the_first_complete_view() {
-        let recorder = Recorder::default();
-        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
-        let health = Arc::new(Health::new(Duration::from_secs(30)));
-        let controller = Controller::new(
+    fn controller(
+        recorder: &Recorder,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+    ) -> Controller<Recorder> {
+        Controller::new(
             ControllerConfig {
                 node: NodeContext::named("n"),
                 sync_period: Duration::from_secs(30),
                 shutdown_grace: Duration::ZERO,
             },
             recorder.clone(),
-            metrics,
-            Arc::clone(&health),
-        );
+            Arc::clone(metrics),
+            Arc::clone(health),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_programmed_before_the_first_complete_view() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
+        let health = Arc::new(Health::new(Duration::from_secs(30)));
+        let controller = controller(&recorder, &metrics, &health);
         let (tx, rx) = mpsc::channel(16);
+        let (_checks, checks) = mpsc::channel(1);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(controller.run(rx, cancel.clone()));
+        let task = tokio::spawn(controller.run(rx, checks, cancel.clone()));
 
         tx.send(changes(vec![service("a", "10.96.0.1")]))
             .await
@@ -439,6 +491,68 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         settle().await;
         assert_eq!(*recorder.verified.lock(), 2);
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    async fn check(checks: &mpsc::Sender<CheckNow>) -> CheckOutcome {
+        let (reply, outcome) = oneshot::channel();
+        checks
+            .send(CheckNow { reply: Some(reply) })
+            .await
+            .expect("controller running");
+        outcome.await.expect("controller answers")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_asked_for_runs_at_once_and_reports_its_repairs() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
+        let health = Arc::new(Health::new(Duration::from_secs(30)));
+        let controller = controller(&recorder, &metrics, &health);
+        let (tx, rx) = mpsc::channel(16);
+        let (checks, checks_rx) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controller.run(rx, checks_rx, cancel.clone()));
+
+        // Before the first complete view there is nothing to check against.
+        assert_eq!(check(&checks).await, CheckOutcome::NotSynced);
+        assert_eq!(*recorder.verified.lock(), 0);
+
+        tx.send(changes(vec![service("a", "10.96.0.1")]))
+            .await
+            .unwrap();
+        tx.send(SourceEvent::Synced).await.unwrap();
+        settle().await;
+        let verified = *recorder.verified.lock();
+
+        // A check finds what the datapath reports, counts it, and returns it.
+        recorder
+            .drift
+            .lock()
+            .push("frontend 10.96.0.1:80/TCP reprogrammed in the kernel".to_owned());
+        assert_eq!(
+            check(&checks).await,
+            CheckOutcome::Checked {
+                repaired: vec!["frontend 10.96.0.1:80/TCP reprogrammed in the kernel".to_owned()]
+            }
+        );
+        assert_eq!(*recorder.verified.lock(), verified + 1);
+        assert_eq!(metrics.repairs.get(), 1);
+        // A clean datapath: checked, nothing repaired, nothing more counted.
+        assert_eq!(
+            check(&checks).await,
+            CheckOutcome::Checked {
+                repaired: Vec::new()
+            }
+        );
+        assert_eq!(metrics.repairs.get(), 1);
+
+        // A check without a reply (a signal) runs as well.
+        checks.send(CheckNow { reply: None }).await.unwrap();
+        settle().await;
+        assert_eq!(*recorder.verified.lock(), verified + 3);
 
         cancel.cancel();
         task.await.unwrap();

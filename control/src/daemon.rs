@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::cli::ProxyMode;
-use crate::controller::{Controller, ControllerConfig, Health};
+use crate::controller::{CheckNow, Controller, ControllerConfig, Health};
 use crate::datapath::ebpf::{EbpfConfig, EbpfDatapath};
 use crate::datapath::l7::{L7Config, WithL7, WithL7Status};
 use crate::datapath::userspace::{self, UserspaceConfig, UserspaceDatapath};
@@ -33,6 +34,8 @@ pub struct DaemonConfig {
     pub source: Source,
     pub metrics_bind_address: SocketAddr,
     pub healthz_bind_address: SocketAddr,
+    /// The admin socket (`switchyard repair`); none when `None`.
+    pub admin_socket: Option<PathBuf>,
     pub sync_period: Duration,
     pub shutdown_grace: Duration,
     /// Which datapath serves Service traffic.
@@ -85,6 +88,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admin(#[from] admin::BindError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
@@ -234,6 +239,11 @@ async fn serve<D: Datapath>(
     };
     let metrics_listener = listen("metrics address", config.metrics_bind_address).await?;
     let healthz_listener = listen("healthz address", config.healthz_bind_address).await?;
+    let admin_listener = config
+        .admin_socket
+        .as_deref()
+        .map(admin::bind)
+        .transpose()?;
 
     let cancel = CancellationToken::new();
     tokio::spawn(http::serve(
@@ -249,6 +259,20 @@ async fn serve<D: Datapath>(
         cancel.clone(),
     ));
 
+    // Checks of the datapath asked for between the periodic ones.
+    let (checks, checks_rx) = mpsc::channel(4);
+    if let Some(listener) = admin_listener {
+        tokio::spawn(admin::serve(listener, checks.clone(), cancel.clone()));
+    }
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(DaemonError::Signals)?;
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: checking the datapath now");
+            // A full queue already holds a check that has not started: nothing is lost.
+            let _ = checks.try_send(CheckNow { reply: None });
+        }
+    });
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signals)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -308,6 +332,7 @@ async fn serve<D: Datapath>(
         source = %describe(&config.source),
         metrics = %config.metrics_bind_address,
         healthz = %config.healthz_bind_address,
+        admin = %config.admin_socket.as_deref().map_or_else(|| "off".into(), |p| p.display().to_string()),
         mode = proxy_mode,
         "switchyard started"
     );
@@ -324,7 +349,7 @@ async fn serve<D: Datapath>(
         metrics,
         health,
     );
-    controller.run(receiver, cancel.clone()).await;
+    controller.run(receiver, checks_rx, cancel.clone()).await;
     cancel.cancel();
     let _ = source.await;
     let loaded = match loader {

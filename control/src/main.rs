@@ -33,12 +33,33 @@ fn init_logging(verbosity: u8, format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Capabilities are per thread and inherited: the daemon drops what it does not need
+    // here, before the runtime makes its threads.
+    let privileges = match &cli.command {
+        Command::Run(args) if !args.keep_capabilities => {
+            let keep = switchyard_control::privileges::needed(args.proxy_mode);
+            Some(switchyard_control::privileges::drop_all_but(
+                &keep,
+                args.proxy_mode,
+            )?)
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Run(args) => {
             init_logging(args.verbosity, args.log_format);
+            match privileges {
+                Some(dropped) => tracing::info!(
+                    kept = ?dropped.kept,
+                    dropped = dropped.dropped.len(),
+                    bounding_set_lowered = dropped.bounding,
+                    "capabilities dropped but those needed"
+                ),
+                None => tracing::warn!("--keep-capabilities: every capability kept"),
+            }
             let config = args.daemon_config();
             runtime.block_on(switchyard_control::daemon::run(config))?;
         }
@@ -72,6 +93,13 @@ fn main() -> anyhow::Result<()> {
                 args.bpf_pin_path.display(),
                 cgroup.display()
             );
+        }
+        Command::Repair(args) => {
+            let report = runtime.block_on(switchyard_control::admin::repair(&args.admin_socket))?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", switchyard_control::admin::render(&report)),
+            }
         }
         Command::Services(args) => {
             let views =

@@ -327,6 +327,16 @@ impl Daemon {
             argv.push("--bpf-pin-path".into());
             argv.push(ebpf.pin_path.clone().into());
         }
+        if !config
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--admin-socket"))
+        {
+            // Beside the log, so that daemons of one test, and of tests run at once, never
+            // share the default socket.
+            argv.push("--admin-socket".into());
+            argv.push(log.with_extension("sock").into());
+        }
         argv.extend(config.extra_args.iter().map(OsString::from));
         node.spawn_nsenter(&argv, &log)
     }
@@ -439,6 +449,41 @@ impl Daemon {
     /// Its whole log so far.
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// Its admin socket (beside its log), which `switchyard repair` talks to.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.log_path().with_extension("sock")
+    }
+
+    /// `switchyard repair --output json`: checks the datapath now; returns the repairs made.
+    pub fn repair(&self) -> Result<Vec<String>> {
+        let socket = self.admin_socket();
+        let socket = socket.to_str().context("admin socket path is not UTF-8")?;
+        let output = self.cli(&["repair", "--admin-socket", socket, "--output", "json"])?;
+        ensure!(
+            output.status.success(),
+            "switchyard repair failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "`switchyard repair --output json` is not JSON: {}",
+                    String::from_utf8_lossy(&output.stdout)
+                )
+            })?;
+        report["repaired"]
+            .as_array()
+            .context("no `repaired` list in the repair report")?
+            .iter()
+            .map(|line| {
+                line.as_str()
+                    .map(str::to_owned)
+                    .context("a repair is not a string")
+            })
+            .collect()
     }
 
     /// Waits until some log line satisfies `matches`, and returns that line.

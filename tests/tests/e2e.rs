@@ -43,6 +43,7 @@ switchyard_tests::in_both_modes!(
     deleted_service_frees_its_vip,
     sigterm_exits_zero,
     manifest_objects_follow_the_folder_and_kubectl_objects_stay,
+    capabilities_are_dropped_but_those_the_mode_needs,
 );
 
 /// The daemon promises file changes reach the datapath within 200 ms; the
@@ -882,4 +883,146 @@ fn manifest_objects_follow_the_folder_and_kubectl_objects_stay(mode: Mode) -> Re
         Ok(())
     })();
     daemon.with_log(result)
+}
+
+/// Userspace mode: a VIP removed from `lo` by hand is put back by
+/// `switchyard repair` before it returns, and by the periodic check within
+/// one period when nobody asks; both are counted and logged.
+#[test]
+fn userspace_vip_removed_by_hand_is_repaired() -> Result<()> {
+    const PERIOD: Duration = Duration::from_secs(4);
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let config = switchyard_tests::DaemonConfig {
+        sync_period: format!("{}s", PERIOD.as_secs()),
+        ..switchyard_tests::DaemonConfig::for_mode(Mode::Userspace, &topo)?
+    };
+    let daemon = topo.start_daemon_with(&manifests, &config)?;
+    daemon.with_log((|| {
+        wait_served(&topo, WEB_URL)?;
+        let on_lo = || -> Result<bool> {
+            Ok(topo
+                .node()
+                .addresses("lo")?
+                .iter()
+                .any(|a| a == "10.96.0.10/32"))
+        };
+        let remove = || -> Result<()> {
+            topo.node()
+                .run(["ip", "addr", "del", "10.96.0.10/32", "dev", "lo"])?;
+            ensure!(!on_lo()?, "10.96.0.10 still on lo after `ip addr del`");
+            Ok(())
+        };
+
+        remove()?;
+        let asked = Instant::now();
+        let repaired = daemon.repair()?;
+        eprintln!(
+            "`switchyard repair` answered in {:?}: {repaired:?}",
+            asked.elapsed()
+        );
+        ensure!(
+            repaired.iter().any(|r| r.contains("10.96.0.10")),
+            "the repair does not name the VIP: {repaired:?}"
+        );
+        ensure!(
+            on_lo()?,
+            "10.96.0.10 not back on lo after `switchyard repair`"
+        );
+        client::curl_many(topo.client(), WEB_URL, 3)?;
+
+        remove()?;
+        let removed = Instant::now();
+        poll_until(
+            "the periodic check to put 10.96.0.10 back",
+            PERIOD * 2,
+            || Ok(on_lo()?.then_some(())),
+        )?;
+        eprintln!(
+            "the periodic check put the VIP back {:?} after it was removed (period {PERIOD:?})",
+            removed.elapsed()
+        );
+        client::curl_many(topo.client(), WEB_URL, 3)?;
+        let counted = sample_sum(&daemon.metrics()?, "switchyard_datapath_repairs_total", &[]);
+        ensure!(
+            counted >= 2.0,
+            "switchyard_datapath_repairs_total is {counted} after two repairs"
+        );
+        Ok(())
+    })())
+}
+
+/// The capability sets of process `pid` (`CapEff`, `CapPrm`, ... of
+/// `/proc/PID/status`), each as the capability numbers it holds.
+fn capability_sets(pid: u32) -> Result<std::collections::BTreeMap<String, BTreeSet<u32>>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut sets = std::collections::BTreeMap::new();
+    for line in status.lines() {
+        let Some((name, hex)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.starts_with("Cap") {
+            continue;
+        }
+        let bits = u64::from_str_radix(hex.trim(), 16)
+            .with_context(|| format!("{name} of /proc/{pid}/status: {hex}"))?;
+        sets.insert(
+            name.to_owned(),
+            (0..64).filter(|b| bits & (1 << b) != 0).collect(),
+        );
+    }
+    Ok(sets)
+}
+
+/// The daemon runs with the capabilities its mode needs and no other, in
+/// every set (the bounding set too, so nothing it execs regains one), and
+/// serves all the same.
+fn capabilities_are_dropped_but_those_the_mode_needs(mode: Mode) -> Result<()> {
+    // linux/capability.h
+    const NET_BIND_SERVICE: u32 = 10;
+    const NET_ADMIN: u32 = 12;
+    const SYS_ADMIN: u32 = 21;
+    const PERFMON: u32 = 38;
+    const BPF: u32 = 39;
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon_mode(&manifests, mode)?;
+    daemon.with_log((|| {
+        wait_served(&topo, WEB_URL)?;
+        let want: BTreeSet<u32> = match mode {
+            Mode::Userspace => [NET_BIND_SERVICE, NET_ADMIN].into(),
+            Mode::Ebpf => [NET_BIND_SERVICE, NET_ADMIN, SYS_ADMIN, PERFMON, BPF].into(),
+        };
+        let sets = capability_sets(daemon.pid())?;
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            ensure!(
+                sets.get(set) == Some(&want),
+                "{set} of the daemon is {:?}, want {want:?}",
+                sets.get(set)
+            );
+        }
+        for set in ["CapInh", "CapAmb"] {
+            ensure!(
+                sets.get(set).is_some_and(BTreeSet::is_empty),
+                "{set} of the daemon is {:?}, want none",
+                sets.get(set)
+            );
+        }
+        // Still working with only those: a change is programmed, a repair made.
+        let names = client::curl_many(topo.client(), WEB_URL, 20)?;
+        ensure!(
+            client::tally(&names).len() == 2,
+            "both pods serve: {names:?}"
+        );
+        daemon.repair()?;
+        ensure!(
+            daemon
+                .log()
+                .contains("capabilities dropped but those needed"),
+            "the daemon did not log what it kept"
+        );
+        Ok(())
+    })())
 }

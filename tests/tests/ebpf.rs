@@ -1088,3 +1088,147 @@ fn a_full_map_is_reported_and_the_programmed_services_keep_working() -> Result<(
         Ok(())
     })())
 }
+
+/// `bpftool ARGS...`, for the changes a test makes by hand to its own pins
+/// (never anything else); returns its standard output.
+fn bpftool(args: &[&str]) -> Result<String> {
+    let output = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .context("run bpftool")?;
+    ensure!(
+        output.status.success(),
+        "bpftool {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Deletes every entry of the pinned map by hand (as an operator's stray
+/// `bpftool map delete` would); returns how many there were.
+fn delete_all_entries(pin: &std::path::Path) -> Result<usize> {
+    let entries = dump_map(pin)?;
+    let entries = entries.as_array().context("a map dump is a list")?;
+    let pin_arg = pin.to_str().context("pin path is not UTF-8")?;
+    for entry in entries {
+        let key: Vec<&str> = entry["key"]
+            .as_array()
+            .context("an entry's key is a list of bytes")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut args = vec!["map", "delete", "pinned", pin_arg, "key"];
+        args.extend(key);
+        bpftool(&args)?;
+    }
+    Ok(entries.len())
+}
+
+#[test]
+fn drift_in_the_kernel_is_repaired_on_request_on_sighup_and_every_period() -> Result<()> {
+    /// Short, so the periodic check comes round within the test.
+    const PERIOD: Duration = Duration::from_secs(4);
+    let (topo, manifests) = cluster(2)?;
+    let service = Service::new("web")
+        .cluster_ips(&["10.96.0.10"])
+        .selector("app", "web")
+        .port(ServicePort::tcp("http", 80, 8080));
+    manifests.write_objects("svc-web.yaml", &[service.to_value()])?;
+    let config = DaemonConfig {
+        sync_period: format!("{}s", PERIOD.as_secs()),
+        ..DaemonConfig::ebpf(&topo)?
+    };
+    let mut daemon = topo.start_daemon_with(&manifests, &config)?;
+    let result = (|| {
+        client::curl_many(topo.client(), "http://10.96.0.10/", 3)?;
+        let pins = daemon.ebpf_paths().context("eBPF paths")?.pin_path.clone();
+        let frontends = pins.join("sy_frontends");
+        let repairs = |daemon: &Daemon| -> Result<f64> {
+            Ok(metrics::sum(
+                &metrics::parse(&daemon.metrics()?),
+                "switchyard_datapath_repairs_total",
+                &[],
+            ))
+        };
+        ensure!(
+            daemon.repair()?.is_empty(),
+            "a datapath nobody touched needs no repair"
+        );
+        ensure!(repairs(&daemon)? == 0.0, "no repair counted yet");
+
+        // 1. The frontend's entry deleted by hand: `switchyard repair` puts
+        //    it back before it returns.
+        ensure!(delete_all_entries(&frontends)? == 1, "one frontend entry");
+        ensure!(dump_map(&frontends)?.as_array().is_some_and(Vec::is_empty));
+        let asked = Instant::now();
+        let repaired = daemon.repair()?;
+        eprintln!(
+            "`switchyard repair` answered in {:?}: {repaired:?}",
+            asked.elapsed()
+        );
+        ensure!(
+            repaired.iter().any(|r| r.contains("10.96.0.10:80")),
+            "the repair does not name the frontend: {repaired:?}"
+        );
+        ensure!(
+            dump_map(&frontends)?.as_array().map(Vec::len) == Some(1),
+            "the frontend entry is not back after `switchyard repair`"
+        );
+        client::curl_many(topo.client(), "http://10.96.0.10/", 3)?;
+
+        // 2. A program's link detached by hand: SIGHUP re-attaches it.
+        let link = pins.join("link_sy_connect4");
+        let link_arg = link.to_str().context("pin path")?;
+        let shown: Value =
+            serde_json::from_str(&bpftool(&["--json", "link", "show", "pinned", link_arg])?)
+                .context("bpftool's JSON")?;
+        let id = shown["id"].as_u64().context("the link's id")?.to_string();
+        bpftool(&["link", "detach", "id", &id])?;
+        let cgroup = daemon.ebpf_paths().context("eBPF paths")?.cgroup.clone();
+        ensure!(
+            !attached_programs(&cgroup)?.contains("connect4"),
+            "connect4 still attached after the detach"
+        );
+        let signalled = Instant::now();
+        daemon.process().signal(nix::sys::signal::Signal::SIGHUP)?;
+        poll_until("connect4 re-attached after SIGHUP", PICKUP, || {
+            Ok(attached_programs(&cgroup)?
+                .contains("connect4")
+                .then_some(()))
+        })?;
+        eprintln!("re-attached {:?} after SIGHUP", signalled.elapsed());
+        client::curl_many(topo.client(), "http://10.96.0.10/", 3)?;
+
+        // 3. Nobody asks: the periodic check repairs within one period.
+        ensure!(delete_all_entries(&frontends)? == 1, "one frontend entry");
+        let deleted = Instant::now();
+        poll_until(
+            "the periodic check's repair of the entry",
+            PERIOD * 2,
+            || Ok((dump_map(&frontends)?.as_array().map(Vec::len) == Some(1)).then_some(())),
+        )?;
+        eprintln!(
+            "the periodic check repaired the entry {:?} after it was deleted (period {PERIOD:?})",
+            deleted.elapsed()
+        );
+        client::curl_many(topo.client(), "http://10.96.0.10/", 3)?;
+
+        let counted = repairs(&daemon)?;
+        ensure!(
+            counted >= 3.0,
+            "switchyard_datapath_repairs_total is {counted}, three repairs were made"
+        );
+        let logged = daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("repaired drift"))
+            .count();
+        ensure!(
+            logged >= 3,
+            "{logged} `repaired drift` log lines for three repairs"
+        );
+        Ok(())
+    })();
+    daemon.with_log(result)
+}
