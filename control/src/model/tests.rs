@@ -342,6 +342,27 @@ fn unsupported_and_invalid_services_warn() {
             vec!["10.96.0.10:80/TCP -> "],
             "unknown algorithm \"fastest\"",
         ),
+        (
+            "a 64 KiB selector value",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+                           "selector": {"app": "x".repeat(65_536)}})),
+            vec![],
+            "spec.selector[\"app\"]: \"xxxxxxxx",
+        ),
+        (
+            "a selector key that is no label key",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+                           "selector": {"-app": "web"}})),
+            vec![],
+            "key \"-app\" is not a valid label key",
+        ),
+        (
+            "a selector key with a bad prefix",
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+                           "selector": {"Example.COM/app": "web"}})),
+            vec![],
+            "is not a valid label key",
+        ),
     ];
     for (name, object, want, message) in cases {
         let (table, warnings) = run(vec![object]);
@@ -351,6 +372,41 @@ fn unsupported_and_invalid_services_warn() {
         assert!(text.starts_with("service default/web: "), "{name}: {text}");
         assert!(text.contains(message), "{name}: {text}");
     }
+}
+
+#[test]
+fn an_oversized_value_is_not_logged_whole() {
+    let (_, warnings) = run(vec![service(json!({
+        "clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+        "selector": {"app": "x".repeat(65_536)}
+    }))]);
+    let text = warnings[0].to_string();
+    assert!(text.contains("(65536 bytes)"), "{text}");
+    assert!(
+        text.len() < 400,
+        "the warning holds the whole value: {} bytes",
+        text.len()
+    );
+}
+
+/// A selector of 64 KiB made of valid entries is valid, as in Kubernetes: the Service is
+/// served, and it selects only a Pod carrying every one of them.
+#[test]
+fn a_64_kib_selector_of_valid_entries_is_served() {
+    let selector: serde_json::Map<String, Value> = (0..1024)
+        .map(|i| (format!("k{i:04}"), Value::String(format!("{i:0>60}"))))
+        .collect();
+    let size: usize = selector
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    assert!(size >= 64 * 1024, "{size}");
+    let (table, warnings) = run(vec![service(json!({
+        "clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+        "selector": Value::Object(selector)
+    }))]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(summary(&table), vec!["10.96.0.10:80/TCP -> "]);
 }
 
 #[test]

@@ -66,6 +66,76 @@ fn is_port_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// Kubernetes' label name (and label value, when not empty): at most 63 characters of
+/// `[A-Za-z0-9._-]`, beginning and ending with a letter or digit.
+fn is_label_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Kubernetes' DNS subdomain (a label key's prefix): at most 253 characters of dot-separated
+/// lowercase DNS labels.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A label key: `[prefix/]name`.
+fn is_label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    }
+}
+
+/// A shortened value for a message: an oversized value is not logged whole.
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.len() <= SHOWN {
+        format!("{value:?}")
+    } else {
+        let mut end = SHOWN;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}... ({} bytes)", &value[..end], value.len())
+    }
+}
+
+fn check_selector(
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
+    for (key, value) in selector {
+        if !is_label_key(key) {
+            return invalid(
+                "spec.selector",
+                format!("key {} is not a valid label key", shown(key)),
+            );
+        }
+        if !value.is_empty() && !is_label_name(value) {
+            return invalid(
+                format!("spec.selector[{key:?}]"),
+                format!("{} is not a valid label value", shown(value)),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ValidationError> {
     value
         .parse::<IpAddr>()
@@ -114,6 +184,9 @@ pub fn validate_service(service: &Service) -> Result<(), ValidationError> {
         );
     }
 
+    if let Some(selector) = &spec.selector {
+        check_selector(selector)?;
+    }
     let ports = spec.ports.as_deref().unwrap_or_default();
     let mut names = BTreeSet::new();
     let mut numbers = BTreeSet::new();
