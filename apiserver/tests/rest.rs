@@ -37,6 +37,15 @@ async fn crud_for_every_kind_with_the_rust_client() -> anyhow::Result<()> {
     let bad = c.with_token("nope").get("/api/v1/pods").await?;
     assert_eq!(bad.status, 401);
     assert_eq!(bad.body["reason"], "Unauthorized");
+    for path in [
+        "/api/v1/pods",
+        "/api/v1/services?watch=true",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api",
+    ] {
+        let none = c.with_token("").get(path).await?;
+        assert_eq!(none.status, 401, "{path} without a token");
+    }
 
     let objects = [
         (

@@ -182,11 +182,15 @@ impl Client {
         let bytes = body
             .map(|b| serde_json::to_vec(b).expect("json"))
             .unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string())
-            .header("authorization", format!("Bearer {}", self.token))
+            .header("host", self.addr.to_string());
+        // An empty token sends no credentials at all.
+        if !self.token.is_empty() {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        let req = req
             .header("content-type", content_type)
             .header("accept", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
