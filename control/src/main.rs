@@ -37,7 +37,8 @@ fn main() -> anyhow::Result<()> {
     // here, before the runtime makes its threads.
     let privileges = match &cli.command {
         Command::Run(args) if !args.keep_capabilities => {
-            let keep = switchyard_control::privileges::needed(args.proxy_mode);
+            let keep =
+                switchyard_control::privileges::needed(args.proxy_mode, args.close_stale_sockets);
             Some(switchyard_control::privileges::drop_all_but(
                 &keep,
                 args.proxy_mode,

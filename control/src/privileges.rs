@@ -8,7 +8,10 @@
 //! | `CAP_NET_BIND_SERVICE`| Service ports below 1024 (userspace mode's VIP listeners, L7)       |
 //! | `CAP_BPF`             | eBPF mode: loading programs, creating and pinning maps              |
 //! | `CAP_PERFMON`         | eBPF mode: the programs' pointer arithmetic and helper calls        |
-//! | `CAP_SYS_ADMIN`       | eBPF mode: cgroup attach, links and maps reopened by id at restart  |
+//! | `CAP_SYS_ADMIN`       | eBPF mode: cgroup attach, links and maps reopened by id at restart, |
+//! |                       | entering pods' network namespaces                                    |
+//! | `CAP_SYS_PTRACE`      | eBPF mode with `--close-stale-sockets`: opening the network         |
+//! |                       | namespace of the cgroup's processes to close their stale sockets    |
 //!
 //! `--proxy-mode auto` keeps eBPF mode's set, since it may choose eBPF.
 //!
@@ -22,8 +25,8 @@ use caps::{CapSet, Capability, CapsHashSet};
 
 use crate::cli::ProxyMode;
 
-/// The capabilities `switchyard run` keeps in `mode`.
-pub fn needed(mode: ProxyMode) -> CapsHashSet {
+/// The capabilities `switchyard run` keeps in `mode` (`close_stale`: `--close-stale-sockets`).
+pub fn needed(mode: ProxyMode, close_stale: bool) -> CapsHashSet {
     let mut keep = CapsHashSet::from([Capability::CAP_NET_ADMIN, Capability::CAP_NET_BIND_SERVICE]);
     if mode != ProxyMode::Userspace {
         keep.extend([
@@ -31,6 +34,10 @@ pub fn needed(mode: ProxyMode) -> CapsHashSet {
             Capability::CAP_PERFMON,
             Capability::CAP_SYS_ADMIN,
         ]);
+        if close_stale {
+            // /proc/PID/ns/net of processes that hold more capabilities than the daemon.
+            keep.insert(Capability::CAP_SYS_PTRACE);
+        }
     }
     keep
 }
@@ -116,7 +123,11 @@ mod tests {
 
     #[test]
     fn userspace_mode_needs_no_ebpf_capability() {
-        let caps = names(&needed(ProxyMode::Userspace));
+        assert_eq!(
+            needed(ProxyMode::Userspace, true),
+            needed(ProxyMode::Userspace, false)
+        );
+        let caps = names(&needed(ProxyMode::Userspace, true));
         assert_eq!(
             caps,
             BTreeSet::from([
@@ -128,8 +139,11 @@ mod tests {
 
     #[test]
     fn ebpf_and_auto_modes_add_bpf_perfmon_and_sys_admin() {
-        assert_eq!(needed(ProxyMode::Auto), needed(ProxyMode::Ebpf));
-        let caps = names(&needed(ProxyMode::Ebpf));
+        assert_eq!(
+            needed(ProxyMode::Auto, false),
+            needed(ProxyMode::Ebpf, false)
+        );
+        let caps = names(&needed(ProxyMode::Ebpf, false));
         let want: BTreeSet<String> = [
             "CAP_BPF",
             "CAP_NET_ADMIN",
@@ -141,6 +155,11 @@ mod tests {
         .map(str::to_owned)
         .collect();
         assert_eq!(caps, want);
+        let with_stale = names(&needed(ProxyMode::Ebpf, true));
+        assert_eq!(
+            with_stale.difference(&want).collect::<Vec<_>>(),
+            vec!["CAP_SYS_PTRACE"]
+        );
     }
 
     /// Capabilities are per thread: the drop is tried on a thread of its own, which leaves the
@@ -148,7 +167,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_exactly_what_it_needs() {
         let outcome = std::thread::spawn(|| {
-            let keep = needed(ProxyMode::Userspace);
+            let keep = needed(ProxyMode::Userspace, false);
             let dropped = drop_all_but(&keep, ProxyMode::Userspace);
             let effective = caps::read(None, CapSet::Effective).unwrap();
             let permitted = caps::read(None, CapSet::Permitted).unwrap();
