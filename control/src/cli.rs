@@ -280,6 +280,20 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
 
+    /// The most Services programmed; one beyond it is left out, with a warning naming it and
+    /// `switchyard_limit_reached_total{limit="services"}`, until another goes.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_services: u32,
+
+    /// The most ports of one Service; a Service with more is left out whole, with a warning.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_service_ports: u32,
+
+    /// The most backends of one frontend; beyond it the first (ready first, then by address)
+    /// are used, with a warning.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_service_backends: u32,
+
     /// Keep every capability the process started with, instead of dropping all but those the
     /// proxy mode needs (see the README's "Least privilege"); for debugging only.
     #[arg(long)]
@@ -420,6 +434,11 @@ impl RunArgs {
         DaemonConfig {
             node_name: node_name.trim().to_ascii_lowercase(),
             nodeport_addresses: self.nodeport_addresses.clone(),
+            limits: crate::model::Limits {
+                max_services: self.max_services as usize,
+                max_service_ports: self.max_service_ports as usize,
+                max_service_backends: self.max_service_backends as usize,
+            },
             source: {
                 let connection = ClusterConnection {
                     kubeconfig: self.kubeconfig.clone(),

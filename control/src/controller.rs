@@ -109,6 +109,9 @@ pub struct Controller<D: Datapath> {
     programmed: bool,
     pending: Affected,
     pending_since: Option<Instant>,
+    /// EndpointSlices written since the last sync, with the Service each names: one whose
+    /// Service does not exist once the sync runs is reported.
+    fresh_slices: Vec<(ObjectKey, ObjectKey)>,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -130,6 +133,7 @@ impl<D: Datapath> Controller<D> {
             programmed: false,
             pending: Affected::default(),
             pending_since: None,
+            fresh_slices: Vec::new(),
         }
     }
 
@@ -198,6 +202,17 @@ impl<D: Datapath> Controller<D> {
                 observed,
             } => {
                 for object in upserts {
+                    if let crate::store::Object::EndpointSlice(slice) = &object
+                        && let Some(service) = slice
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(crate::model::LABEL_SERVICE_NAME))
+                    {
+                        let key = ObjectKey::of(&slice.metadata);
+                        let service = ObjectKey::new(key.namespace.clone(), service.clone());
+                        self.fresh_slices.push((key, service));
+                    }
                     let (affected, counts) = self.store.upsert(object);
                     self.pending.merge(affected);
                     self.metrics.service_changes.inc_by(counts.services);
@@ -233,6 +248,7 @@ impl<D: Datapath> Controller<D> {
         for (key, warnings) in &warnings {
             self.report(key, warnings);
         }
+        self.report_orphan_slices();
         self.apply(&diff).await;
         let took = started.elapsed();
         self.metrics.observe_sync(took);
@@ -316,6 +332,24 @@ impl<D: Datapath> Controller<D> {
         drift.repaired
     }
 
+    /// Reports the EndpointSlices written since the last sync that name a Service the store
+    /// does not hold (their endpoints wait for it).
+    fn report_orphan_slices(&mut self) {
+        for (slice, service) in std::mem::take(&mut self.fresh_slices) {
+            if self.store.service(&service).is_some() || !self.store.has_slice(&slice) {
+                continue;
+            }
+            let warning = crate::model::Warning {
+                kind: "EndpointSlice",
+                object: slice.clone(),
+                message: format!("its Service {service} does not exist; unused until it does"),
+                invalid: false,
+                limit: None,
+            };
+            self.report(&slice, &[warning]);
+        }
+    }
+
     /// Logs each warning once: when it first appears for the Service, not at every recompute.
     fn report(&mut self, key: &ObjectKey, warnings: &[crate::model::Warning]) {
         let now: BTreeSet<String> = warnings.iter().map(ToString::to_string).collect();
@@ -326,7 +360,9 @@ impl<D: Datapath> Controller<D> {
                 continue;
             }
             tracing::warn!("skipped: {text}");
-            if warning.invalid {
+            if let Some(limit) = warning.limit {
+                self.metrics.limit_reached.with_label_values(&[limit]).inc();
+            } else if warning.invalid {
                 self.metrics.invalid_object(warning.kind);
             } else {
                 self.metrics

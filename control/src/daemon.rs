@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     pub node_name: String,
     /// Which of the node's addresses serve NodePorts.
     pub nodeport_addresses: NodePortAddresses,
+    /// `--max-services`, `--max-service-ports`, `--max-service-backends`.
+    pub limits: crate::model::Limits,
     /// Where Services and their endpoints come from.
     pub source: Source,
     pub metrics_bind_address: SocketAddr,
@@ -341,6 +343,7 @@ async fn serve<D: Datapath>(
             node: NodeContext {
                 name: config.node_name.clone(),
                 nodeport_addresses: config.nodeport_addresses.clone(),
+                limits: config.limits,
             },
             sync_period: config.sync_period,
             shutdown_grace: config.shutdown_grace,

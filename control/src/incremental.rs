@@ -13,6 +13,9 @@ use crate::store::{Affected, ObjectKey, Store};
 pub struct IncrementalTable {
     table: ServiceTable,
     frontends_of: BTreeMap<ObjectKey, Vec<Frontend>>,
+    /// Services left out because `--max-services` was reached, retried (in key order) when
+    /// others go.
+    refused: BTreeSet<ObjectKey>,
 }
 
 impl IncrementalTable {
@@ -48,7 +51,21 @@ impl IncrementalTable {
         };
         let mut diff = TableDiff::default();
         let mut warnings = Vec::with_capacity(keys.len());
-        for key in keys {
+        for key in &keys {
+            let w = self.recompute(store, node, key, &mut diff);
+            warnings.push((key.clone(), w));
+        }
+        // Room made by Services that went: those refused before get it, in key order.
+        let retry: Vec<ObjectKey> = self
+            .refused
+            .iter()
+            .filter(|k| !keys.contains(*k))
+            .cloned()
+            .collect();
+        for key in retry {
+            if self.frontends_of.len() >= node.limits.max_services {
+                break;
+            }
             let w = self.recompute(store, node, &key, &mut diff);
             warnings.push((key, w));
         }
@@ -63,7 +80,25 @@ impl IncrementalTable {
         key: &ObjectKey,
         diff: &mut TableDiff,
     ) -> Vec<Warning> {
-        let outcome = compute_service(store, key, node);
+        let mut outcome = compute_service(store, key, node);
+        self.refused.remove(key);
+        let max = node.limits.max_services;
+        if !outcome.entries.is_empty()
+            && !self.frontends_of.contains_key(key)
+            && self.frontends_of.len() >= max
+        {
+            self.refused.insert(key.clone());
+            outcome.entries.clear();
+            outcome.warnings.push(Warning {
+                kind: "Service",
+                object: key.clone(),
+                message: format!(
+                    "not programmed: {max} Services already are, the most --max-services allows"
+                ),
+                invalid: false,
+                limit: Some("services"),
+            });
+        }
         let mut warnings = outcome.warnings;
         let old: Vec<Frontend> = self.frontends_of.remove(key).unwrap_or_default();
         let mut new = Vec::with_capacity(outcome.entries.len());
@@ -101,6 +136,61 @@ mod tests {
             Some("Pod") => Object::Pod(serde_json::from_value(value).expect("Pod")),
             _ => Object::EndpointSlice(serde_json::from_value(value).expect("EndpointSlice")),
         }
+    }
+
+    fn web(name: &str, ip: &str) -> Object {
+        object(
+            json!({"kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}),
+        )
+    }
+
+    /// At `--max-services`, a new Service waits with a warning, the programmed ones stay, and
+    /// the first one waiting (by key) takes the place of one that goes.
+    #[test]
+    fn services_beyond_the_limit_wait_for_room() {
+        let node = NodeContext {
+            limits: crate::model::Limits {
+                max_services: 2,
+                ..crate::model::Limits::default()
+            },
+            ..NodeContext::named("node-a")
+        };
+        let mut store = Store::new();
+        let mut table = IncrementalTable::new();
+        let apply = |store: &Store, table: &mut IncrementalTable, affected: Affected| {
+            let (_, warnings) = table.update(store, &node, &affected);
+            warnings
+                .into_iter()
+                .flat_map(|(_, w)| w)
+                .filter_map(|w| w.limit.map(|l| (w.object.name.clone(), l)))
+                .collect::<Vec<_>>()
+        };
+        for (name, ip) in [("c", "10.96.0.3"), ("a", "10.96.0.1"), ("d", "10.96.0.4")] {
+            let (affected, _) = store.upsert(web(name, ip));
+            apply(&store, &mut table, affected);
+        }
+        let (affected, _) = store.upsert(web("b", "10.96.0.2"));
+        let limited = apply(&store, &mut table, affected);
+        assert_eq!(limited, vec![("b".to_owned(), "services")]);
+        let programmed: Vec<String> = table
+            .table()
+            .entries()
+            .map(|e| e.service.name.clone())
+            .collect();
+        assert_eq!(programmed, vec!["a", "c"], "the first two to come stay");
+        assert_eq!(table.services(), 2);
+
+        // "c" goes: "b" (first by key of those waiting) takes its place, "d" still waits.
+        let (affected, _) = store.delete(Kind::Service, &ObjectKey::new("default", "c"));
+        let limited = apply(&store, &mut table, affected);
+        assert!(limited.is_empty(), "{limited:?}");
+        let programmed: Vec<String> = table
+            .table()
+            .entries()
+            .map(|e| e.service.name.clone())
+            .collect();
+        assert_eq!(programmed, vec!["a", "b"]);
     }
 
     /// A deterministic walk of changes: after each one, the incrementally kept table equals the

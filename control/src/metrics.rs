@@ -23,6 +23,7 @@ pub struct Metrics {
     pub endpoint_changes: IntCounter,
     pub invalid_objects: IntCounterVec,
     pub unsupported: IntCounterVec,
+    pub limit_reached: IntCounterVec,
     pub datapath_errors: IntCounter,
     pub map_full: IntCounterVec,
     pub repairs: IntCounter,
@@ -88,6 +89,14 @@ impl Metrics {
                 &["kind"],
             )
             .expect("valid metric"),
+            limit_reached: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_limit_reached_total",
+                    "Services left out in whole or in part by a --max-* limit, by limit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             datapath_errors: IntCounter::new(
                 "switchyard_datapath_errors_total",
                 "Frontends the datapath failed to program",
@@ -129,6 +138,7 @@ impl Metrics {
         register(Box::new(metrics.endpoint_changes.clone()));
         register(Box::new(metrics.invalid_objects.clone()));
         register(Box::new(metrics.unsupported.clone()));
+        register(Box::new(metrics.limit_reached.clone()));
         register(Box::new(metrics.datapath_errors.clone()));
         register(Box::new(metrics.map_full.clone()));
         register(Box::new(metrics.repairs.clone()));

@@ -185,6 +185,11 @@ impl Store {
         self.services.get(key)
     }
 
+    /// Whether the store holds this EndpointSlice.
+    pub fn has_slice(&self, key: &ObjectKey) -> bool {
+        self.slices.contains_key(key)
+    }
+
     pub fn services_len(&self) -> usize {
         self.services.len()
     }

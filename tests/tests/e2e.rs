@@ -44,6 +44,7 @@ switchyard_tests::in_both_modes!(
     sigterm_exits_zero,
     manifest_objects_follow_the_folder_and_kubectl_objects_stay,
     capabilities_are_dropped_but_those_the_mode_needs,
+    bad_objects_are_each_skipped_with_one_warning,
 );
 
 /// The daemon promises file changes reach the datapath within 200 ms; the
@@ -982,6 +983,7 @@ fn capabilities_are_dropped_but_those_the_mode_needs(mode: Mode) -> Result<()> {
     // linux/capability.h
     const NET_BIND_SERVICE: u32 = 10;
     const NET_ADMIN: u32 = 12;
+    const SYS_PTRACE: u32 = 19;
     const SYS_ADMIN: u32 = 21;
     const PERFMON: u32 = 38;
     const BPF: u32 = 39;
@@ -993,7 +995,16 @@ fn capabilities_are_dropped_but_those_the_mode_needs(mode: Mode) -> Result<()> {
         wait_served(&topo, WEB_URL)?;
         let want: BTreeSet<u32> = match mode {
             Mode::Userspace => [NET_BIND_SERVICE, NET_ADMIN].into(),
-            Mode::Ebpf => [NET_BIND_SERVICE, NET_ADMIN, SYS_ADMIN, PERFMON, BPF].into(),
+            // With --close-stale-sockets (the default), which opens pods' namespaces.
+            Mode::Ebpf => [
+                NET_BIND_SERVICE,
+                NET_ADMIN,
+                SYS_PTRACE,
+                SYS_ADMIN,
+                PERFMON,
+                BPF,
+            ]
+            .into(),
         };
         let sets = capability_sets(daemon.pid())?;
         for set in ["CapEff", "CapPrm", "CapBnd"] {
@@ -1022,6 +1033,156 @@ fn capabilities_are_dropped_but_those_the_mode_needs(mode: Mode) -> Result<()> {
                 .log()
                 .contains("capabilities dropped but those needed"),
             "the daemon did not log what it kept"
+        );
+        Ok(())
+    })())
+}
+
+/// Issue 7's list of bad input, written while a good Service serves: each
+/// object is skipped with warnings that name it (counted once, not at every
+/// resync), the metrics count them, and the good Service, the daemon and
+/// `/healthz` are unaffected.
+fn bad_objects_are_each_skipped_with_one_warning(mode: Mode) -> Result<()> {
+    let (topo, manifests) = cluster(2)?;
+    write_web_pods(&topo, &manifests)?;
+    manifests.write_objects("svc-web.yaml", &[web_service().to_value()])?;
+    let daemon = topo.start_daemon_with(
+        &manifests,
+        &switchyard_tests::DaemonConfig {
+            // Resyncs during the test, to show a warning is not repeated.
+            sync_period: "2s".to_owned(),
+            ..switchyard_tests::DaemonConfig::for_mode(mode, &topo)?
+        },
+    )?;
+    daemon.with_log((|| {
+        wait_served(&topo, WEB_URL)?;
+        let bad_service = |name: &str, ip: &str, edit: &dyn Fn(&mut Value)| {
+            let mut value = Service::new(name)
+                .cluster_ips(&[ip])
+                .selector("app", "web")
+                .port(ServicePort::tcp("http", 80, 8080))
+                .to_value();
+            edit(&mut value);
+            value
+        };
+        let ports: Vec<Value> = (1..=10_000)
+            .map(|p| serde_json::json!({"name": format!("p{p}"), "port": p, "targetPort": 8080}))
+            .collect();
+        let bad: Vec<(&str, Value)> = vec![
+            (
+                "bad-ip",
+                bad_service("bad-ip", "10.96.0.21", &|v| {
+                    v["spec"]["clusterIP"] = "10.96.0.300".into();
+                    v["spec"]["clusterIPs"] = serde_json::json!(["10.96.0.300"]);
+                }),
+            ),
+            (
+                "port-zero",
+                bad_service("port-zero", "10.96.0.22", &|v| {
+                    v["spec"]["ports"][0]["port"] = 0.into();
+                }),
+            ),
+            (
+                "port-70000",
+                bad_service("port-70000", "10.96.0.23", &|v| {
+                    v["spec"]["ports"][0]["port"] = 70_000.into();
+                }),
+            ),
+            (
+                "many-ports",
+                bad_service("many-ports", "10.96.0.24", &|v| {
+                    v["spec"]["ports"] = Value::Array(ports.clone());
+                }),
+            ),
+            (
+                "dup-ports",
+                bad_service("dup-ports", "10.96.0.25", &|v| {
+                    v["spec"]["ports"] = serde_json::json!([
+                    {"name": "a", "port": 80, "targetPort": 8080},
+                    {"name": "b", "port": 80, "targetPort": 8081}]);
+                }),
+            ),
+            (
+                "quic",
+                bad_service("quic", "10.96.0.26", &|v| {
+                    v["spec"]["ports"][0]["protocol"] = "QUIC".into();
+                }),
+            ),
+            (
+                "huge-selector",
+                bad_service("huge-selector", "10.96.0.27", &|v| {
+                    v["spec"]["selector"] = serde_json::json!({"app": "x".repeat(65_536)});
+                }),
+            ),
+            (
+                "orphan-slice",
+                EndpointSlice::new("orphan-slice", "no-such-service")
+                    .port("http", 8080, "TCP")
+                    .endpoint(Endpoint::new("10.244.0.10".parse()?))
+                    .to_value(),
+            ),
+            (
+                "wrong-family",
+                EndpointSlice::new("wrong-family", "web")
+                    .address_type("IPv4")
+                    .port("http", 8080, "TCP")
+                    .endpoint(Endpoint::new("fd00::10".parse()?))
+                    .to_value(),
+            ),
+        ];
+        for (name, value) in &bad {
+            manifests.write_objects(&format!("bad-{name}.yaml"), std::slice::from_ref(value))?;
+        }
+        // Each bad object's name is in a warning (skipped, refused or rejected).
+        let warned = |name: &str| -> Result<Vec<String>> {
+            Ok(daemon
+                .log()
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains(name))
+                .map(str::to_owned)
+                .collect())
+        };
+        let expect_warned: Vec<&str> = bad.iter().map(|(n, _)| *n).collect();
+        poll_until("a warning naming each bad object", PICKUP, || {
+            for name in &expect_warned {
+                if warned(name)?.is_empty() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })?;
+        // Two resyncs later, still one warning each.
+        std::thread::sleep(Duration::from_secs(5));
+        for name in &expect_warned {
+            let lines = warned(name)?;
+            eprintln!("{name}: {}", lines.join(" | "));
+            ensure!(
+                lines.len() == 1,
+                "{name}: {} warnings, want one: {lines:#?}",
+                lines.len()
+            );
+        }
+        // None of them is served; the good Service is, over both pods.
+        for ip in 21..=27 {
+            let url = format!("http://10.96.0.{ip}:80/");
+            let out = client::curl(topo.client(), &["-sS", "--connect-timeout", "1", &url])?;
+            ensure!(!out.status.success(), "{url} answered: {}", out.stdout);
+        }
+        let names = client::curl_many(topo.client(), WEB_URL, 20)?;
+        ensure!(
+            client::tally(&names).len() == 2,
+            "web after the bad objects: {names:?}"
+        );
+        let (code, _) = daemon.healthz()?;
+        ensure!(code == 200, "/healthz answered {code}");
+        let text = daemon.metrics()?;
+        let counted = sample_sum(&text, "switchyard_invalid_objects_total", &[])
+            + sample_sum(&text, "switchyard_limit_reached_total", &[])
+            + sample_sum(&text, "switchyard_unsupported_total", &[]);
+        ensure!(
+            counted >= expect_warned.len() as f64,
+            "{counted} counted for {} bad objects:\n{text}",
+            expect_warned.len()
         );
         Ok(())
     })())

@@ -287,6 +287,7 @@ impl ServiceTable {
                 entry.frontend
             ),
             invalid: true,
+            limit: None,
         })
     }
 }
@@ -307,14 +308,41 @@ pub struct NodeContext {
     pub name: String,
     /// Which of the node's addresses serve NodePorts (`--nodeport-addresses`).
     pub nodeport_addresses: NodePortAddresses,
+    pub limits: Limits,
 }
 
 impl NodeContext {
-    /// A node of this name whose NodePorts are on all of its addresses.
+    /// A node of this name whose NodePorts are on all of its addresses, with the default
+    /// limits.
     pub fn named(name: impl Into<String>) -> NodeContext {
         NodeContext {
             name: name.into(),
             nodeport_addresses: NodePortAddresses::All,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How much one node programs (`--max-services`, `--max-service-ports`,
+/// `--max-service-backends`): what goes beyond is left out with a warning naming the object
+/// and the flag, and counted in `switchyard_limit_reached_total`, never dropped silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Services with frontends; a Service beyond it is not programmed until one goes.
+    pub max_services: usize,
+    /// Ports of one Service; a Service with more is not programmed at all.
+    pub max_service_ports: usize,
+    /// Backends of one frontend; beyond it the first ones (ready first, then by address)
+    /// are kept.
+    pub max_service_backends: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_services: 100_000,
+            max_service_ports: 1_000,
+            max_service_backends: 10_000,
         }
     }
 }
@@ -421,6 +449,9 @@ pub struct Warning {
     /// Whether the object itself is invalid (counted in `switchyard_invalid_objects_total`),
     /// rather than valid but using something switchyard does not support.
     pub invalid: bool,
+    /// The limit the object ran into (`services`, `service-ports`, `service-backends`),
+    /// counted in `switchyard_limit_reached_total`.
+    pub limit: Option<&'static str>,
 }
 
 impl fmt::Display for Warning {
@@ -484,6 +515,16 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
             object: key.clone(),
             message,
             invalid,
+            limit: None,
+        });
+    };
+    let limited = |outcome: &mut ServiceOutcome, message: String, limit: &'static str| {
+        outcome.warnings.push(Warning {
+            kind: "Service",
+            object: key.clone(),
+            message,
+            invalid: false,
+            limit: Some(limit),
         });
     };
     if let Err(error) = validate_service(service) {
@@ -496,6 +537,18 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     let Some(spec) = service.spec.as_ref() else {
         return outcome;
     };
+    let ports = spec.ports.as_ref().map_or(0, Vec::len);
+    if ports > node.limits.max_service_ports {
+        limited(
+            &mut outcome,
+            format!(
+                "has {ports} ports, more than --max-service-ports {}; not programmed",
+                node.limits.max_service_ports
+            ),
+            "service-ports",
+        );
+        return outcome;
+    }
     let vips = cluster_ips(service);
     if vips.is_empty() {
         warn(
@@ -555,6 +608,7 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 object: ObjectKey::of(&slice.metadata),
                 message: error.to_string(),
                 invalid: true,
+                limit: None,
             });
         }
     }
@@ -566,6 +620,18 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     // A Service address may be listed twice (an external IP that is also the load balancer's):
     // the first kind keeps it.
     let mut taken: BTreeSet<(IpAddr, u16, Protocol)> = BTreeSet::new();
+    let max_backends = node.limits.max_service_backends;
+    let mut over_backends: Option<usize> = None;
+    // The backends in use and those draining are bounded each.
+    let mut cap = |(mut used, mut draining): (Vec<Backend>, Vec<Backend>)| {
+        let most = used.len().max(draining.len());
+        if most > max_backends {
+            over_backends = Some(over_backends.unwrap_or(0).max(most));
+            used.truncate(max_backends);
+            draining.truncate(max_backends);
+        }
+        (used, draining)
+    };
     for port in spec.ports.iter().flatten() {
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
@@ -631,17 +697,17 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 };
                 frontends.push((*addr, port_of_kind, *kind));
             }
-            let internal = select_backends(
+            let internal = cap(select_backends(
                 candidates.clone(),
                 &node.name,
                 internal_local.then_some(node.name.as_str()),
-            );
+            ));
             let external = frontends.iter().any(|(_, _, k)| k.is_external()).then(|| {
-                select_backends(
+                cap(select_backends(
                     candidates,
                     &node.name,
                     external_local.then_some(node.name.as_str()),
-                )
+                ))
             });
             for (addr, frontend_port, kind) in frontends {
                 if !taken.insert((addr, frontend_port, proto)) {
@@ -704,6 +770,15 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 });
             }
         }
+    }
+    if let Some(total) = over_backends {
+        limited(
+            &mut outcome,
+            format!(
+                "has {total} backends on a frontend, more than --max-service-backends {max_backends}; the first {max_backends} (ready first, then by address) are used"
+            ),
+            "service-backends",
+        );
     }
     outcome
 }

@@ -374,6 +374,85 @@ fn unsupported_and_invalid_services_warn() {
     }
 }
 
+fn run_limited(objects: Vec<Object>, limits: crate::model::Limits) -> (ServiceTable, Vec<Warning>) {
+    let mut store = Store::new();
+    for object in objects {
+        store.upsert(object);
+    }
+    let node = NodeContext {
+        limits,
+        ..NodeContext::named(NODE)
+    };
+    compute_table(&store, &node)
+}
+
+/// 10,000 ports (valid in Kubernetes, where nothing bounds them) are more than the default
+/// `--max-service-ports`: the Service is left out whole, with a warning naming the flag.
+#[test]
+fn a_service_with_more_ports_than_the_limit_is_left_out_whole() {
+    let ports: Vec<Value> = (1..=10_000)
+        .map(|p| json!({"name": format!("p{p}"), "port": p}))
+        .collect();
+    let (table, warnings) = run(vec![
+        service(json!({"clusterIP": "10.96.0.10", "ports": ports})),
+        service_with(
+            json!({"name": "other", "namespace": "default"}),
+            json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}),
+        ),
+    ]);
+    assert_eq!(summary(&table), vec!["10.96.0.11:80/TCP -> "]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].limit, Some("service-ports"));
+    let text = warnings[0].to_string();
+    assert!(
+        text.starts_with(
+            "service default/web: has 10000 ports, more than --max-service-ports 1000"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn backends_beyond_the_limit_are_left_out_ready_first_with_a_warning() {
+    let endpoints = json!([
+        ep(
+            "10.244.0.14",
+            json!({"ready": false, "serving": true, "terminating": true})
+        ),
+        ep("10.244.0.13", ready()),
+        ep("10.244.0.12", ready()),
+        ep("10.244.0.11", ready()),
+    ]);
+    let objects = || {
+        vec![
+            service(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]})),
+            slice("web-a", "IPv4", json!([{"port": 8080}]), endpoints.clone()),
+        ]
+    };
+    let limits = |n| crate::model::Limits {
+        max_service_backends: n,
+        ..crate::model::Limits::default()
+    };
+    let (table, warnings) = run_limited(objects(), limits(2));
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.0.12:8080"]
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].limit, Some("service-backends"));
+    assert!(
+        warnings[0]
+            .message
+            .contains("more than --max-service-backends 2"),
+        "{}",
+        warnings[0]
+    );
+    // At the limit exactly: all of them, no warning.
+    let (table, warnings) = run_limited(objects(), limits(3));
+    assert_eq!(summary(&table).len(), 1);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
 #[test]
 fn an_oversized_value_is_not_logged_whole() {
     let (_, warnings) = run(vec![service(json!({
@@ -1009,12 +1088,12 @@ fn north_south_frontends() {
     };
     let all = NodeContext::named(NODE);
     let primary = NodeContext {
-        name: NODE.to_owned(),
         nodeport_addresses: NodePortAddresses::Primary,
+        ..NodeContext::named(NODE)
     };
     let external_only = NodeContext {
-        name: NODE.to_owned(),
         nodeport_addresses: NodePortAddresses::parse("203.0.113.0/24").unwrap(),
+        ..NodeContext::named(NODE)
     };
     let b = "10.244.0.11(l),10.244.1.11";
     let cases: Vec<(&str, Vec<Object>, &NodeContext, Vec<String>)> = vec![

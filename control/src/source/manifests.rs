@@ -178,6 +178,9 @@ type Id = (Kind, ObjectKey);
 pub struct ManifestState {
     files: BTreeMap<PathBuf, BTreeMap<Id, Object>>,
     sent: BTreeMap<Id, Object>,
+    /// A hash of each file's text as last read: a file read again unchanged (the periodic
+    /// rescan) changes nothing and is not reported again.
+    read: BTreeMap<PathBuf, u64>,
 }
 
 /// The objects to add or replace and to delete after a change of files.
@@ -192,6 +195,22 @@ impl ManifestState {
     /// Updates one file from its new text (`None`: the file is gone) and returns what changed.
     pub fn update(&mut self, path: &Path, text: Option<&str>) -> Changes {
         let mut changes = Changes::default();
+        match text {
+            Some(text) => {
+                let hash = {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    text.hash(&mut hasher);
+                    hasher.finish()
+                };
+                if self.read.insert(path.to_owned(), hash) == Some(hash) {
+                    return changes;
+                }
+            }
+            None => {
+                self.read.remove(path);
+            }
+        }
         let old: BTreeMap<Id, Object> = self.files.remove(path).unwrap_or_default();
         let new = match text {
             None => BTreeMap::new(),
@@ -602,6 +621,11 @@ mod tests {
             ),
             (0, 0, 1)
         );
+        // Read again unchanged (the periodic rescan): reported once, not at every rescan.
+        assert_eq!(
+            state.update(path, Some("kind: [unclosed")),
+            Changes::default()
+        );
 
         // An invalid edit of the same object: also kept.
         let invalid = state.update(path, Some(&SERVICE.replace("port: 80", "port: 0")));
@@ -621,6 +645,9 @@ mod tests {
         // Removing the file deletes its objects.
         let removed = state.update(path, None);
         assert_eq!((removed.upserts.len(), removed.deletes.len()), (0, 1));
+        // Put back as it was: read anew.
+        let back = state.update(path, Some(&SERVICE.replace("port: 80", "port: 81")));
+        assert_eq!((back.upserts.len(), back.deletes.len()), (1, 0));
     }
 
     #[test]
