@@ -20,8 +20,16 @@ fn namespaces_of(cgroup: &Path) -> BTreeMap<(u64, u64), PathBuf> {
         if let Ok(procs) = std::fs::read_to_string(folder.join("cgroup.procs")) {
             for pid in procs.lines().filter(|l| !l.is_empty()) {
                 let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                if let Ok(meta) = std::fs::metadata(&ns) {
-                    out.entry((meta.dev(), meta.ino())).or_insert(ns);
+                match std::fs::metadata(&ns) {
+                    Ok(meta) => {
+                        out.entry((meta.dev(), meta.ino())).or_insert(ns);
+                    }
+                    // The process has exited.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    // Not silent: its stale sockets stay open (e.g. CAP_SYS_PTRACE missing).
+                    Err(error) => {
+                        tracing::warn!(netns = %ns.display(), %error, "cannot open a process's network namespace; its sockets to removed backends stay open");
+                    }
                 }
             }
         }
