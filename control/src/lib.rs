@@ -17,6 +17,8 @@ pub mod controller;
 pub mod daemon;
 pub mod datapath;
 pub mod diff;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod healthcheck;
 pub mod http;
 pub mod incremental;

@@ -6,10 +6,13 @@
 //! - `cargo xtask test`: installs what the tests need, builds, and runs every test (unit tests
 //!   and the end-to-end tests, which need root).
 //! - `cargo xtask lint`: `cargo fmt --check` and clippy with warnings denied.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the cargo-fuzz targets of `fuzz/`, each for
+//!   a given time (nightly toolchain).
 //! - `cargo xtask bench`: the criterion model benchmark, the comparison against `HAProxy`, the
 //!   socket-LB, API-watch, `NodePort` and L7 benchmarks.
 
 mod demo;
+mod fuzz;
 mod packages;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,15 @@ enum Task {
     /// The demo itself, run by `run` with the release binaries in its environment.
     #[command(name = "__demo", hide = true)]
     Demo,
+    /// Run the fuzz targets of fuzz/ (manifest, model, `http_request`), each for a given time,
+    /// growing and minimizing their corpora.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Which targets (default: all).
+        targets: Vec<String>,
+    },
     /// Run the benchmarks and write their results to bench/results/.
     Bench {
         /// Length of each comparison measurement.
@@ -126,6 +138,7 @@ fn main() -> Result<()> {
                 ],
             )
         }
+        Task::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds),
         Task::Bench { duration } => {
             require_root("the comparison benchmark creates network namespaces")?;
             packages::ensure(&[&packages::BUILD, &packages::RUN, &packages::BENCH])?;
