@@ -241,11 +241,13 @@ pub struct Subscription {
     pub rx: broadcast::Receiver<Arc<Event>>,
 }
 
-/// The requested resourceVersion is older than the history kept.
+/// The requested resourceVersion is older than the history kept, or newer than the store (a
+/// client that watched a store since lost): either way the client must list again.
 #[derive(Debug)]
 pub struct Expired {
     pub requested: u64,
     pub oldest: u64,
+    pub newest: u64,
 }
 
 struct Inner {
@@ -375,9 +377,10 @@ impl Store {
                     rx,
                 })
             }
-            Some(rv) if rv < inner.floor => Err(Expired {
+            Some(rv) if rv < inner.floor || rv > inner.rv => Err(Expired {
                 requested: rv,
                 oldest: inner.floor,
+                newest: inner.rv,
             }),
             Some(rv) => Ok(Subscription {
                 initial: Vec::new(),
@@ -575,6 +578,9 @@ pub(crate) mod tests {
         assert_eq!(items[0]["metadata"]["name"], "y");
         assert!(store.subscribe("pods/", Some(3)).is_err());
         assert!(store.subscribe("pods/", Some(4)).is_ok());
+        // A resourceVersion this store never reached (a client of a store since lost).
+        let ahead = store.subscribe("pods/", Some(40)).map(|_| ()).unwrap_err();
+        assert_eq!((ahead.requested, ahead.newest), (40, 4));
         let out = store.transact(|_| Ok(vec![put("pods/a/x", "x")])).unwrap();
         assert_eq!(object_rv(&out[0]), 5);
     }

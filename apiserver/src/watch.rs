@@ -85,7 +85,8 @@ fn bookmark(res: &Resource, rv: u64) -> Bytes {
 }
 
 /// Starts a watch; its events arrive on the returned channel, which closes when the watch
-/// ends. A resourceVersion older than the history gives one ERROR event with 410 Expired.
+/// ends. A resourceVersion older than the history, or newer than the store (whose client saw a
+/// store since lost), gives one ERROR event with 410 Expired.
 pub fn start(
     store: &Arc<Store>,
     req: WatchRequest,
@@ -101,10 +102,17 @@ pub fn start(
     let sub = match store.subscribe(&req.prefix, from) {
         Ok(sub) => sub,
         Err(expired) => {
-            let err = ApiError::expired(format!(
-                "too old resource version: {} ({})",
-                expired.requested, expired.oldest
-            ));
+            let err = ApiError::expired(if expired.requested > expired.newest {
+                format!(
+                    "resource version {} is newer than this server's {} (its store was reset): list again",
+                    expired.requested, expired.newest
+                )
+            } else {
+                format!(
+                    "too old resource version: {} ({})",
+                    expired.requested, expired.oldest
+                )
+            });
             let _ = tx.try_send(line("ERROR", &err.status()));
             return rx;
         }

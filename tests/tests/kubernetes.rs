@@ -333,6 +333,142 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
     Ok(())
 }
 
+/// A client on every node connecting to the VIP in a loop, counting successes and failures.
+struct ClientLoops {
+    stop: Arc<AtomicBool>,
+    loops: Vec<std::thread::JoinHandle<Result<(usize, usize)>>>,
+}
+
+impl ClientLoops {
+    fn start(cluster: &Cluster) -> ClientLoops {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = (0..cluster.node_count())
+            .map(|i| {
+                let client = cluster.client(i).clone();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || -> Result<(usize, usize)> {
+                    let (mut ok, mut failed) = (0, 0);
+                    while !stop.load(Ordering::SeqCst) {
+                        for result in
+                            client::curl_many_results(&client, &format!("http://{VIP}/"), 5)?
+                        {
+                            match result {
+                                Ok(_) => ok += 1,
+                                Err(_) => failed += 1,
+                            }
+                        }
+                    }
+                    Ok((ok, failed))
+                })
+            })
+            .collect();
+        ClientLoops { stop, loops }
+    }
+
+    /// Stops the loops; returns the connections that succeeded and failed, over all nodes.
+    fn stop(mut self) -> Result<(usize, usize)> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = (0, 0);
+        for (i, handle) in std::mem::take(&mut self.loops).into_iter().enumerate() {
+            let (ok, failed) = handle.join().expect("a client loop does not panic")?;
+            eprintln!("node {i}: {ok} connections succeeded, {failed} failed");
+            total = (total.0 + ok, total.1 + failed);
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for ClientLoops {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The API server down for a minute: every node keeps serving the last good state with no
+/// failed connection, and once it is back a change reaches every node. Then its store is
+/// lost (the database removed, the same certificates and token): the daemons relist from a
+/// server whose resource versions start again from the beginning, and converge to what it
+/// holds now.
+#[test]
+fn a_minute_without_the_api_server_and_then_a_lost_store() -> Result<()> {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let mut cluster = Cluster::new(NODES, 1)?;
+    cluster.start_pod_servers()?;
+    let mut api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let kubectl = api.kubectl().clone();
+    kubectl.create_json(&web_service())?;
+    let pods: Vec<&ClusterPod> = cluster.pods().collect();
+    for pod in &pods {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let daemons = start_daemons(&cluster, &api)?;
+    let all: BTreeSet<String> = pods.iter().map(|p| p.name()).collect();
+    wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
+    let programmed_before: Vec<Value> = daemons
+        .iter()
+        .map(Daemon::services_json)
+        .collect::<Result<_>>()?;
+
+    let loops = ClientLoops::start(&cluster);
+    api.kill()?;
+    let down = Instant::now();
+    std::thread::sleep(OUTAGE);
+    for (i, daemon) in daemons.iter().enumerate() {
+        let (code, body) = daemon.healthz()?;
+        ensure!(
+            code == 200,
+            "node {i}'s /healthz answered {code} during the outage (its datapath is synced): {body}"
+        );
+        let errors = metrics::sum(
+            &metrics::parse(&daemon.metrics()?),
+            "switchyard_api_watch_errors_total",
+            &[],
+        );
+        ensure!(errors > 0.0, "node {i} counted no failed watch during the outage");
+    }
+    api.restart()?;
+    eprintln!("the API server was down for {:?}", down.elapsed());
+    // Back: nothing changed, so nothing was reprogrammed (no flush and refill) ...
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, daemon) in daemons.iter().enumerate() {
+        ensure!(
+            daemon.services_json()? == programmed_before[i],
+            "node {i}'s table changed after the API server came back with the same state"
+        );
+    }
+    // ... and a change reaches every node.
+    kubectl.run(&["delete", "pod", &pods[0].name(), "--grace-period=0", "--force"])?;
+    let mut want = all.clone();
+    want.remove(&pods[0].name());
+    wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
+    let (ok, failed) = loops.stop()?;
+    ensure!(ok > 0, "the client loops made no connection");
+    ensure!(
+        failed == 0,
+        "{failed} of {} connections failed around the outage",
+        ok + failed
+    );
+
+    // The store is lost: the server starts empty with the same credentials, and the objects
+    // are written again, one pod fewer.
+    api.kill()?;
+    let store = api.data_dir().join("store.redb");
+    std::fs::remove_file(&store).with_context(|| format!("remove {}", store.display()))?;
+    api.restart()?;
+    kubectl.create_json(&web_service())?;
+    for pod in pods.iter().skip(2) {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let mut want: BTreeSet<String> = pods.iter().skip(2).map(|p| p.name()).collect();
+    let took = wait_rotation(&cluster, &daemons, &want, Duration::from_secs(30))?;
+    eprintln!("every node follows the new store {took:?} after the objects were written");
+    // And keeps following it.
+    kubectl.create_json(&pod_object(&cluster, pods[1]))?;
+    want.insert(pods[1].name());
+    wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
+    Ok(())
+}
+
 #[test]
 fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never_stops()
 -> Result<()> {
@@ -350,24 +486,7 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
     wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
 
     // Clients on every node connect in a loop for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut loops = Vec::new();
-    for i in 0..NODES {
-        let client = cluster.client(i).clone();
-        let stop = Arc::clone(&stop);
-        loops.push(std::thread::spawn(move || -> Result<(usize, usize)> {
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                for result in client::curl_many_results(&client, &format!("http://{VIP}/"), 5)? {
-                    match result {
-                        Ok(_) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
-                }
-            }
-            Ok((ok, failed))
-        }));
-    }
+    let loops = ClientLoops::start(&cluster);
 
     // A writer creates Services through kubectl; the ones kubectl saw acknowledged are kept.
     let acknowledged = Arc::new(shared::Acked::default());
@@ -444,19 +563,12 @@ fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never
     want.remove(&pods[0].name());
     wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
 
-    stop.store(true, Ordering::SeqCst);
-    let mut total = (0, 0);
-    for (i, handle) in loops.into_iter().enumerate() {
-        let (ok, failed) = handle.join().expect("a client loop does not panic")?;
-        eprintln!("node {i}: {ok} connections succeeded, {failed} failed");
-        total = (total.0 + ok, total.1 + failed);
-    }
-    ensure!(total.0 > 0, "the client loops made no connection");
+    let (ok, failed) = loops.stop()?;
+    ensure!(ok > 0, "the client loops made no connection");
     ensure!(
-        total.1 == 0,
-        "{} of {} connections failed while the API server was down",
-        total.1,
-        total.0 + total.1
+        failed == 0,
+        "{failed} of {} connections failed while the API server was down",
+        ok + failed
     );
     for (i, daemon) in daemons.iter().enumerate() {
         let samples = metrics::parse(&daemon.metrics()?);

@@ -282,6 +282,24 @@ fn observed_at(objects: &[Object], received: Instant) -> Instant {
         .unwrap_or(received)
 }
 
+/// The retry delays of a failed list or watch: from 200 ms, doubling, at most 5 s, with
+/// jitter so that the nodes of a cluster do not retry in step; reset after two minutes
+/// without a failure. client-go's reflector (and kube-rs's default) waits up to 30 s, which
+/// after an API outage leaves a node on stale state for half a minute; 5 s caps that while
+/// the jitter spreads the retries of many nodes.
+fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(exponential),
+        Duration::from_mins(2),
+    )
+}
+
 async fn watch<K>(
     api: kube::Api<K>,
     config: watcher::Config,
@@ -292,7 +310,7 @@ async fn watch<K>(
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let mut state = KindState::new(kind);
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).backoff(watch_backoff());
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         let received = Instant::now();
