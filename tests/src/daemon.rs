@@ -456,8 +456,10 @@ impl Daemon {
         self.log_path().with_extension("sock")
     }
 
-    /// `switchyard repair --output json`: checks the datapath now; returns the repairs made.
+    /// `switchyard repair --output json`: checks the datapath now; returns the repairs made
+    /// (and prints them with the time the command took).
     pub fn repair(&self) -> Result<Vec<String>> {
+        let asked = std::time::Instant::now();
         let socket = self.admin_socket();
         let socket = socket.to_str().context("admin socket path is not UTF-8")?;
         let output = self.cli(&["repair", "--admin-socket", socket, "--output", "json"])?;
@@ -474,7 +476,7 @@ impl Daemon {
                     String::from_utf8_lossy(&output.stdout)
                 )
             })?;
-        report["repaired"]
+        let repaired: Vec<String> = report["repaired"]
             .as_array()
             .context("no `repaired` list in the repair report")?
             .iter()
@@ -483,7 +485,12 @@ impl Daemon {
                     .map(str::to_owned)
                     .context("a repair is not a string")
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        eprintln!(
+            "`switchyard repair` answered in {:?}: {repaired:?}",
+            asked.elapsed()
+        );
+        Ok(repaired)
     }
 
     /// Waits until some log line satisfies `matches`, and returns that line.

@@ -333,6 +333,23 @@ fn kubectl_creates_scales_and_deletes_and_every_node_follows() -> Result<()> {
     Ok(())
 }
 
+/// Three nodes of one pod each, the API server, the web Service and its Pods created with
+/// kubectl, and a daemon per node, every node's rotation holding every pod.
+fn web_cluster() -> Result<(Cluster, ApiServer, Vec<Daemon>)> {
+    let mut cluster = Cluster::new(NODES, 1)?;
+    cluster.start_pod_servers()?;
+    let api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let kubectl = api.kubectl().clone();
+    kubectl.create_json(&web_service())?;
+    for pod in cluster.pods() {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let daemons = start_daemons(&cluster, &api)?;
+    let all: BTreeSet<String> = cluster.pods().map(ClusterPod::name).collect();
+    wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
+    Ok((cluster, api, daemons))
+}
+
 /// A client on every node connecting to the VIP in a loop, counting successes and failures.
 struct ClientLoops {
     stop: Arc<AtomicBool>,
@@ -392,18 +409,10 @@ impl Drop for ClientLoops {
 #[test]
 fn a_minute_without_the_api_server_and_then_a_lost_store() -> Result<()> {
     const OUTAGE: Duration = Duration::from_secs(60);
-    let mut cluster = Cluster::new(NODES, 1)?;
-    cluster.start_pod_servers()?;
-    let mut api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let (cluster, mut api, daemons) = web_cluster()?;
     let kubectl = api.kubectl().clone();
-    kubectl.create_json(&web_service())?;
     let pods: Vec<&ClusterPod> = cluster.pods().collect();
-    for pod in &pods {
-        kubectl.create_json(&pod_object(&cluster, pod))?;
-    }
-    let daemons = start_daemons(&cluster, &api)?;
     let all: BTreeSet<String> = pods.iter().map(|p| p.name()).collect();
-    wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
     let programmed_before: Vec<Value> = daemons
         .iter()
         .map(Daemon::services_json)
@@ -424,7 +433,10 @@ fn a_minute_without_the_api_server_and_then_a_lost_store() -> Result<()> {
             "switchyard_api_watch_errors_total",
             &[],
         );
-        ensure!(errors > 0.0, "node {i} counted no failed watch during the outage");
+        ensure!(
+            errors > 0.0,
+            "node {i} counted no failed watch during the outage"
+        );
     }
     api.restart()?;
     eprintln!("the API server was down for {:?}", down.elapsed());
@@ -437,7 +449,13 @@ fn a_minute_without_the_api_server_and_then_a_lost_store() -> Result<()> {
         );
     }
     // ... and a change reaches every node.
-    kubectl.run(&["delete", "pod", &pods[0].name(), "--grace-period=0", "--force"])?;
+    kubectl.run(&[
+        "delete",
+        "pod",
+        &pods[0].name(),
+        "--grace-period=0",
+        "--force",
+    ])?;
     let mut want = all.clone();
     want.remove(&pods[0].name());
     wait_rotation(&cluster, &daemons, &want, Duration::from_secs(10))?;
@@ -472,18 +490,10 @@ fn a_minute_without_the_api_server_and_then_a_lost_store() -> Result<()> {
 #[test]
 fn api_server_killed_during_writes_loses_no_acknowledged_write_and_traffic_never_stops()
 -> Result<()> {
-    let mut cluster = Cluster::new(NODES, 1)?;
-    cluster.start_pod_servers()?;
-    let mut api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let (cluster, mut api, daemons) = web_cluster()?;
     let kubectl = api.kubectl().clone();
-    kubectl.create_json(&web_service())?;
     let pods: Vec<&ClusterPod> = cluster.pods().collect();
-    for pod in &pods {
-        kubectl.create_json(&pod_object(&cluster, pod))?;
-    }
-    let daemons = start_daemons(&cluster, &api)?;
     let all: BTreeSet<String> = pods.iter().map(|p| p.name()).collect();
-    wait_rotation(&cluster, &daemons, &all, Duration::from_secs(10))?;
 
     // Clients on every node connect in a loop for the whole test.
     let loops = ClientLoops::start(&cluster);
