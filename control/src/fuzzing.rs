@@ -181,7 +181,11 @@ pub fn model(data: &[u8]) {
         let (diff, _) = incremental.update(&store, &node, &affected);
         let mut applied = before;
         applied.apply(&diff);
-        assert_eq!(&applied, incremental.table(), "the diff leads to the kept table");
+        assert_eq!(
+            &applied,
+            incremental.table(),
+            "the diff leads to the kept table"
+        );
         let (full, _) = compute_table(&store, &node);
         let contested = full.len() != incremental.table().len()
             || full
@@ -189,7 +193,11 @@ pub fn model(data: &[u8]) {
                 .zip(incremental.table().entries())
                 .any(|(a, b)| a.frontend != b.frontend || a.service != b.service);
         if !contested {
-            assert_eq!(&full, incremental.table(), "incremental equals from scratch");
+            assert_eq!(
+                &full,
+                incremental.table(),
+                "incremental equals from scratch"
+            );
         }
         check_backends(&store, incremental.table());
     }
@@ -204,7 +212,9 @@ fn check_backends(store: &Store, table: &crate::model::ServiceTable) {
             slices
                 .iter()
                 .flat_map(|s| s.endpoints.iter().flatten())
-                .filter(|e| e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) == Some(addr))
+                .filter(|e| {
+                    e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) == Some(addr)
+                })
                 .map(|e| {
                     let c = e.conditions.as_ref();
                     let ready = c.and_then(|c| c.ready).unwrap_or(true);

@@ -21,7 +21,10 @@ pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<()> {
     } else {
         for target in targets {
             if !TARGETS.contains(&target.as_str()) {
-                bail!("unknown fuzz target {target:?} (targets: {})", TARGETS.join(", "));
+                bail!(
+                    "unknown fuzz target {target:?} (targets: {})",
+                    TARGETS.join(", ")
+                );
             }
         }
         targets.iter().map(String::as_str).collect()
@@ -29,8 +32,7 @@ pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<()> {
     for target in chosen {
         crate::step(&format!("fuzzing {target} for {seconds} s"));
         let corpus = fuzz_dir.join("corpus").join(target);
-        std::fs::create_dir_all(&corpus)
-            .with_context(|| format!("create {}", corpus.display()))?;
+        std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
         let status = Command::new("cargo")
             .args(["+nightly", "fuzz", "run", target])
             .arg(&corpus)
