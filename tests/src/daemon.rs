@@ -365,6 +365,11 @@ impl Daemon {
         self.wait_healthy(self.config.ready_timeout)
     }
 
+    /// The binary [`Daemon::restart`] starts from now on (an upgrade).
+    pub fn set_bin(&mut self, bin: &Path) {
+        self.bin = bin.to_path_buf();
+    }
+
     /// Sends SIGKILL and waits for the process to be gone: nothing of the
     /// daemon's own shutdown runs.
     pub fn kill(&mut self) -> Result<ExitStatus> {

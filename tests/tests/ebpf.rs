@@ -569,8 +569,30 @@ fn dump_lookup_maps(daemon: &Daemon) -> Result<BTreeMap<&'static str, Vec<String
     Ok(out)
 }
 
+/// How the daemon is stopped and started again under load.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// SIGKILL (a crash), then the same binary.
+    Kill,
+    /// SIGTERM (a DaemonSet's rolling update), then a new binary started over the running
+    /// datapath.
+    TermAndUpgrade,
+}
+
 #[test]
 fn restart_loses_no_connection_and_rewrites_nothing() -> Result<()> {
+    restart_under_load(Restart::Kill)
+}
+
+#[test]
+fn sigterm_and_an_upgrade_lose_no_connection_and_rewrite_nothing() -> Result<()> {
+    restart_under_load(Restart::TermAndUpgrade)
+}
+
+/// A client connects (one HTTP request each) in a loop while the daemon is stopped as `how`
+/// says and started again: no connection and no request fails, also while no daemon runs,
+/// and the new process reuses every link and map and rewrites nothing.
+fn restart_under_load(how: Restart) -> Result<()> {
     let (topo, manifests) = cluster(3)?;
     let service = Service::new("web")
         .cluster_ips(&["10.96.0.10", "fd00:96::10"])
@@ -602,13 +624,28 @@ fn restart_loses_no_connection_and_rewrites_nothing() -> Result<()> {
         )?;
         std::thread::sleep(Duration::from_secs(1));
         let killed_at = now_epoch();
-        let status = daemon.kill()?;
-        eprintln!("switchyard killed: {status}");
+        match how {
+            Restart::Kill => {
+                let status = daemon.kill()?;
+                eprintln!("switchyard killed: {status}");
+            }
+            Restart::TermAndUpgrade => {
+                let status = daemon.terminate(Duration::from_secs(15))?;
+                ensure!(status.success(), "SIGTERM: switchyard exited {status}");
+                // The new version: another file, as a new image would bring.
+                let upgraded = topo.scratch_dir().join("switchyard-upgraded");
+                std::fs::copy(switchyard_tests::daemon::switchyard_bin()?, &upgraded)?;
+                daemon.set_bin(&upgraded);
+            }
+        }
         std::thread::sleep(Duration::from_secs(2));
         let restarting_at = now_epoch();
         let started = Instant::now();
         daemon.restart()?;
-        eprintln!("restarted and healthy in {:?}", started.elapsed());
+        eprintln!(
+            "{how:?}: started again and healthy in {:?}",
+            started.elapsed()
+        );
 
         let status = clients
             .wait_timeout(Duration::from_secs(20))?
