@@ -86,7 +86,7 @@ fn service(c: &mut Choices<'_>) -> Value {
                 port["protocol"] = json!(protocol);
             }
             port["name"] = json!(c.pick(NAMES));
-            if c.byte() % 3 == 0 {
+            if c.byte().is_multiple_of(3) {
                 port["nodePort"] = json!(30_000 + i64::from(c.byte()));
             }
             port
@@ -97,13 +97,13 @@ fn service(c: &mut Choices<'_>) -> Value {
         "ports": ports,
         "type": c.pick(&["ClusterIP", "NodePort", "LoadBalancer"]),
     });
-    if c.byte() % 2 == 0 {
+    if c.byte().is_multiple_of(2) {
         spec["internalTrafficPolicy"] = json!(c.pick(&["Cluster", "Local"]));
     }
-    if c.byte() % 2 == 0 {
+    if c.byte().is_multiple_of(2) {
         spec["externalTrafficPolicy"] = json!(c.pick(&["Cluster", "Local"]));
     }
-    if c.byte() % 4 == 0 {
+    if c.byte().is_multiple_of(4) {
         spec["sessionAffinity"] = json!("ClientIP");
     }
     json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})
