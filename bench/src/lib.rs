@@ -46,6 +46,7 @@ pub mod nodeport;
 pub mod reaper;
 pub mod report;
 pub mod rule_loader;
+pub mod soak;
 pub mod socketlb;
 pub mod suite;
 

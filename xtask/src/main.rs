@@ -10,6 +10,8 @@
 //!   a given time (nightly toolchain).
 //! - `cargo xtask bench`: the criterion model benchmark, the comparison against `HAProxy`, the
 //!   socket-LB, API-watch, `NodePort` and L7 benchmarks.
+//! - `cargo xtask soak --minutes N`: the churn soak (1,000 Services, 50 endpoint changes/s,
+//!   clients connecting throughout), results in `bench/results/`. Not part of `bench`: it is long.
 
 mod demo;
 mod fuzz;
@@ -67,6 +69,16 @@ enum Task {
         /// Length of each comparison measurement.
         #[arg(long, default_value = "10s")]
         duration: String,
+    },
+    /// The churn soak: endpoints changing at 50/s over 1,000 Services while clients connect;
+    /// failed connections, programming latency and the daemon's memory, to bench/results/.
+    Soak {
+        /// Minutes of churn.
+        #[arg(long, default_value = "30")]
+        minutes: String,
+        /// Extra arguments for the soak binary (e.g. `--services 200`), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
     },
 }
 
@@ -215,6 +227,28 @@ fn main() -> Result<()> {
                 .context("cannot run the L7 benchmark")?;
             if !status.success() {
                 bail!("the L7 benchmark failed");
+            }
+            Ok(())
+        }
+        Task::Soak { minutes, args } => {
+            require_root("the soak creates network namespaces")?;
+            packages::ensure(&[&packages::BUILD, &packages::RUN])?;
+            step("building for the soak (release)");
+            cargo(&root, &["build", "--release", "--workspace", "--bins"])?;
+            step(&format!(
+                "churn soak: 1,000 Services, 50 endpoint changes/s, {minutes} min"
+            ));
+            let status = Command::new(root.join("target/release/soak"))
+                .args(["--minutes", &minutes, "--out"])
+                .arg(root.join("bench/results"))
+                .args(&args)
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .env("POD_SERVER_BIN", root.join("target/release/pod-server"))
+                .status()
+                .context("cannot run the soak")?;
+            if !status.success() {
+                bail!("the soak failed");
             }
             Ok(())
         }
