@@ -71,3 +71,20 @@ pub fn require(path: &Path, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The topology library finds the daemon through `$SWITCHYARD_BIN` only, and a program cannot
+/// set its own environment safely: unless it is already `switchyard`, this program starts over
+/// (exec, same arguments plus `extra`) with it set. Returns only when nothing was to be done.
+pub fn reexec_with_switchyard_bin(switchyard: &Path, extra: &[&str]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    if std::env::var_os("SWITCHYARD_BIN").as_deref() == Some(switchyard.as_os_str()) {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("find the running executable")?;
+    let error = Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .args(extra)
+        .env("SWITCHYARD_BIN", switchyard)
+        .exec();
+    bail!("re-executing with SWITCHYARD_BIN set: {error}");
+}

@@ -10,12 +10,10 @@
 //! again inside the cluster's namespaces (see `switchyard_bench::apiwatch`).
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use switchyard_bench::apiwatch::probe::ProbeConfig;
 use switchyard_bench::apiwatch::report::{self, Method, Report};
@@ -102,7 +100,6 @@ enum Helper {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
     let switchyard = args
         .switchyard_bin
@@ -112,15 +109,7 @@ fn run(args: RunArgs) -> Result<()> {
     binaries::require(&dir.join("pod-server"), "the pod-server binary")?;
     let switchyard = std::fs::canonicalize(&switchyard)
         .with_context(|| format!("resolve {}", switchyard.display()))?;
-    // The topology library finds the daemon through $SWITCHYARD_BIN only:
-    // start over with it set.
-    if std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(switchyard.as_os_str()) {
-        let error = Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env("SWITCHYARD_BIN", &switchyard)
-            .exec();
-        bail!("re-executing with SWITCHYARD_BIN set: {error}");
-    }
+    binaries::reexec_with_switchyard_bin(&switchyard, &[])?;
     switchyard_bench::reaper::install(Some(switchyard.clone()))?;
     let config = RunConfig {
         services: args.services,
@@ -133,7 +122,7 @@ fn run(args: RunArgs) -> Result<()> {
         poll_interval: args.poll_interval,
         settle: args.settle,
         probe_interval: args.probe_interval,
-        exe,
+        exe: std::env::current_exe().context("find the running executable")?,
         daemon_args: switchyard_bench::cluster::bpf_map_args(
             args.services + 1,
             args.services * args.pods_per_service,

@@ -6,7 +6,6 @@
 // "HAProxy" is a product name in prose, not code to put in backticks.
 #![allow(clippy::doc_markdown)]
 
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -103,7 +102,6 @@ fn main() -> Result<()> {
         .map(|name| Target::parse(name))
         .collect::<Result<Vec<_>>>()?;
     // Taken before the build, which may replace this very file.
-    let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
     let switchyard = args
         .switchyard_bin
@@ -114,19 +112,11 @@ fn main() -> Result<()> {
     }
     let switchyard = std::fs::canonicalize(&switchyard)
         .with_context(|| format!("switchyard binary {}", switchyard.display()))?;
-    // The topology library finds the daemon through $SWITCHYARD_BIN only, and
-    // a program cannot set its own environment safely: start over with it set.
-    if std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(switchyard.as_os_str()) {
-        let mut again = std::process::Command::new(&exe);
-        again
-            .args(std::env::args_os().skip(1))
-            .env("SWITCHYARD_BIN", &switchyard);
-        if !args.no_build {
-            again.arg("--no-build");
-        }
-        let error = again.exec();
-        bail!("re-executing with SWITCHYARD_BIN set: {error}");
-    }
+    // The child needs no build: done here already, or not asked for.
+    binaries::reexec_with_switchyard_bin(
+        &switchyard,
+        if args.no_build { &[] } else { &["--no-build"] },
+    )?;
     let backend_bin = dir.join("l7-backend");
     l7::require(&backend_bin, "the l7-backend binary")?;
     switchyard_bench::reaper::install(Some(switchyard.clone()))?;

@@ -12,9 +12,7 @@
 #![allow(clippy::doc_markdown)]
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -172,19 +170,11 @@ fn run(args: RunArgs) -> Result<()> {
     binaries::require(&switchyard, "the switchyard binary")?;
     let switchyard = std::fs::canonicalize(&switchyard)
         .with_context(|| format!("resolve {}", switchyard.display()))?;
-    // The cluster library finds the daemon through $SWITCHYARD_BIN only:
-    // start over with it set.
-    if std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(switchyard.as_os_str()) {
-        let mut again = Command::new(&exe);
-        again
-            .args(std::env::args_os().skip(1))
-            .env("SWITCHYARD_BIN", &switchyard);
-        if !args.no_build {
-            again.arg("--no-build");
-        }
-        let error = again.exec();
-        bail!("re-executing with SWITCHYARD_BIN set: {error}");
-    }
+    // The child needs no build: done here already, or not asked for.
+    binaries::reexec_with_switchyard_bin(
+        &switchyard,
+        if args.no_build { &[] } else { &["--no-build"] },
+    )?;
     interrupt::install(switchyard.clone())?;
     let loadgen = dir.join("loadgen");
     binaries::require(&loadgen, "the loadgen binary")?;

@@ -9,9 +9,7 @@
 //! (see `switchyard_bench::soak`).
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -117,7 +115,6 @@ enum Helper {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
     let switchyard = args
         .switchyard_bin
@@ -127,15 +124,7 @@ fn run(args: RunArgs) -> Result<()> {
     binaries::require(&dir.join("pod-server"), "the pod-server binary")?;
     let switchyard = std::fs::canonicalize(&switchyard)
         .with_context(|| format!("resolve {}", switchyard.display()))?;
-    // The topology library finds the daemon through $SWITCHYARD_BIN only: start over with it
-    // set.
-    if std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(switchyard.as_os_str()) {
-        let error = Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env("SWITCHYARD_BIN", &switchyard)
-            .exec();
-        bail!("re-executing with SWITCHYARD_BIN set: {error}");
-    }
+    binaries::reexec_with_switchyard_bin(&switchyard, &[])?;
     anyhow::ensure!(args.minutes > 0.0, "--minutes must be positive");
     switchyard_bench::reaper::install(Some(switchyard.clone()))?;
     let config = RunConfig {
@@ -155,7 +144,7 @@ fn run(args: RunArgs) -> Result<()> {
         probe_limit: args.probe_limit,
         sync_period: args.sync_period,
         daemon_args: args.daemon_args,
-        exe,
+        exe: std::env::current_exe().context("find the running executable")?,
     };
     let workspace = switchyard_tests::workspace_dir();
     let machine = Machine::gather(&workspace, &switchyard, "not used by this run".to_owned());

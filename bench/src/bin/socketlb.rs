@@ -4,7 +4,6 @@
 //! and change the rules. Needs root. Writes `<out>/<date>-socketlb.md` and
 //! `.json`. See `bench/README.md`.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -190,7 +189,6 @@ fn main() -> Result<()> {
         .iter()
         .map(|name| Target::parse(name).with_context(|| format!("unknown target {name}")))
         .collect::<Result<_>>()?;
-    let exe = std::env::current_exe().context("find the running executable")?;
     let dir = binaries::bin_dir()?;
     let mut build_notes: Vec<String> = Vec::new();
     if !args.no_build {
@@ -210,20 +208,12 @@ fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| dir.join("switchyard"));
     let switchyard = std::fs::canonicalize(&switchyard).ok();
-    // The topology library finds the daemon through $SWITCHYARD_BIN only: start
-    // over with it set.
-    if let Some(bin) = &switchyard
-        && std::env::var_os("SWITCHYARD_BIN").as_deref() != Some(bin.as_os_str())
-    {
-        let mut again = Command::new(&exe);
-        again
-            .args(std::env::args_os().skip(1))
-            .env("SWITCHYARD_BIN", bin);
-        if !args.no_build {
-            again.arg("--no-build");
-        }
-        let error = again.exec();
-        bail!("re-executing with SWITCHYARD_BIN set: {error}");
+    if let Some(bin) = &switchyard {
+        // The child needs no build: done here already, or not asked for.
+        binaries::reexec_with_switchyard_bin(
+            bin,
+            if args.no_build { &[] } else { &["--no-build"] },
+        )?;
     }
     switchyard_bench::reaper::install(switchyard.clone())?;
     let loadgen = dir.join("loadgen");
