@@ -112,6 +112,9 @@ pub struct Controller<D: Datapath> {
     /// EndpointSlices written since the last sync, with the Service each names: one whose
     /// Service does not exist once the sync runs is reported.
     fresh_slices: Vec<(ObjectKey, ObjectKey)>,
+    /// The EndpointSlices reported for a missing Service (once each, until they are deleted
+    /// or their Service appears). Apart from `warned`, which is keyed by Service.
+    orphans: BTreeSet<ObjectKey>,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -134,6 +137,7 @@ impl<D: Datapath> Controller<D> {
             pending: Affected::default(),
             pending_since: None,
             fresh_slices: Vec::new(),
+            orphans: BTreeSet::new(),
         }
     }
 
@@ -219,6 +223,9 @@ impl<D: Datapath> Controller<D> {
                     self.metrics.endpoint_changes.inc_by(counts.endpoints);
                 }
                 for (kind, key) in deletes {
+                    if kind == crate::store::Kind::EndpointSlice {
+                        self.orphans.remove(&key);
+                    }
                     let (affected, counts) = self.store.delete(kind, &key);
                     self.pending.merge(affected);
                     self.metrics.service_changes.inc_by(counts.services);
@@ -337,16 +344,18 @@ impl<D: Datapath> Controller<D> {
     fn report_orphan_slices(&mut self) {
         for (slice, service) in std::mem::take(&mut self.fresh_slices) {
             if self.store.service(&service).is_some() || !self.store.has_slice(&slice) {
+                self.orphans.remove(&slice);
                 continue;
             }
-            let warning = crate::model::Warning {
-                kind: "EndpointSlice",
-                object: slice.clone(),
-                message: format!("its Service {service} does not exist; unused until it does"),
-                invalid: false,
-                limit: None,
-            };
-            self.report(&slice, &[warning]);
+            if self.orphans.insert(slice.clone()) {
+                tracing::warn!(
+                    "skipped: endpointslice {slice}: its Service {service} does not exist; unused until it does"
+                );
+                self.metrics
+                    .unsupported
+                    .with_label_values(&["EndpointSlice"])
+                    .inc();
+            }
         }
     }
 
@@ -388,7 +397,7 @@ mod tests {
     use crate::datapath::{Applied, Drift};
     use crate::diff::TableDiff;
     use crate::model::ServiceTable;
-    use crate::store::Object;
+    use crate::store::{Kind, Object};
 
     /// A datapath that records the diffs it is given (the controller's logic is under test
     /// here; the real datapaths are tested through the kernel in `tests/`).
@@ -590,6 +599,62 @@ mod tests {
         settle().await;
         assert_eq!(*recorder.verified.lock(), verified + 3);
 
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    fn slice_for(service: &str) -> Object {
+        Object::EndpointSlice(
+            serde_json::from_value(json!({
+                "metadata": {"name": "orphan", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.0.11"]}],
+            }))
+            .expect("test EndpointSlice"),
+        )
+    }
+
+    /// A slice naming a missing Service is reported once however often it is written, not
+    /// while its Service exists, and again once its Service has gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_slice_for_a_missing_service_is_reported_once() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
+        let health = Arc::new(Health::new(Duration::from_secs(30)));
+        let controller = controller(&recorder, &metrics, &health);
+        let (tx, rx) = mpsc::channel(16);
+        let (_checks, checks) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controller.run(rx, checks, cancel.clone()));
+        let reported = || {
+            metrics
+                .unsupported
+                .with_label_values(&["EndpointSlice"])
+                .get()
+        };
+        tx.send(changes(vec![slice_for("web")])).await.unwrap();
+        tx.send(SourceEvent::Synced).await.unwrap();
+        settle().await;
+        assert_eq!(reported(), 1);
+        tx.send(changes(vec![slice_for("web")])).await.unwrap();
+        settle().await;
+        assert_eq!(reported(), 1, "written again: not reported again");
+        tx.send(changes(vec![service("web", "10.96.0.1"), slice_for("web")]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(reported(), 1, "its Service exists");
+        tx.send(SourceEvent::Changes {
+            upserts: Vec::new(),
+            deletes: vec![(Kind::Service, ObjectKey::new("default", "web"))],
+            observed: Instant::now(),
+        })
+        .await
+        .unwrap();
+        tx.send(changes(vec![slice_for("web")])).await.unwrap();
+        settle().await;
+        assert_eq!(reported(), 2, "its Service went: reported anew");
         cancel.cancel();
         task.await.unwrap();
     }

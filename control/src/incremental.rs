@@ -55,17 +55,12 @@ impl IncrementalTable {
             let w = self.recompute(store, node, key, &mut diff);
             warnings.push((key.clone(), w));
         }
-        // Room made by Services that went: those refused before get it, in key order.
-        let retry: Vec<ObjectKey> = self
-            .refused
-            .iter()
-            .filter(|k| !keys.contains(*k))
-            .cloned()
-            .collect();
-        for key in retry {
-            if self.frontends_of.len() >= node.limits.max_services {
+        // Room made by Services that went: those refused before get it, in key order. (At the
+        // limit nothing is retried, so a full table costs nothing per change.)
+        while self.frontends_of.len() < node.limits.max_services {
+            let Some(key) = self.refused.iter().find(|k| !keys.contains(*k)).cloned() else {
                 break;
-            }
+            };
             let w = self.recompute(store, node, &key, &mut diff);
             warnings.push((key, w));
         }
