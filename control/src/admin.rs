@@ -1,7 +1,12 @@
 //! The admin socket: a Unix socket (root's alone, mode 0600) on which a running daemon takes
-//! requests that change what it does, as opposed to the read-only metrics address. Today it
-//! serves `POST /repair`, which checks the datapath against the wanted state at once and
-//! answers with what it repaired; `switchyard repair` is its client.
+//! requests that change what it does, as opposed to the read-only metrics address. It serves:
+//! - `POST /repair`, which checks the datapath against the wanted state at once and answers
+//!   with what it repaired; `switchyard repair` is its client;
+//! - `POST /handover`, from the next instance (an upgrade): that one found this socket
+//!   answering when it started, bound the same listeners (`SO_REUSEPORT`) and programmed its
+//!   first view; this one then closes its listeners, stops programming, lets its open
+//!   connections finish and leaves the VIPs in place, and answers once its listeners are
+//!   closed. [`Predecessor`] is the successor's side.
 
 use std::convert::Infallible;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -23,8 +28,24 @@ use crate::controller::{CheckNow, CheckOutcome};
 /// The default path of the admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/switchyard/admin.sock";
 
-/// How long a `POST /repair` waits for the controller (which may be busy with a large sync).
+/// How long a `POST /repair` waits for the controller (which may be busy with a large sync),
+/// and a `POST /handover` for the daemon to close its listeners.
 const REPAIR_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// A successor's request to take over, answered once this instance's listeners are closed.
+#[derive(Debug)]
+pub struct Handover {
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Where the admin socket's requests go.
+#[derive(Clone, Debug)]
+pub struct Requests {
+    /// Checks of the datapath (to the controller).
+    pub checks: mpsc::Sender<CheckNow>,
+    /// Handovers to a successor (to the daemon's shutdown).
+    pub handovers: mpsc::Sender<Handover>,
+}
 
 /// The body of a `POST /repair` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,16 +97,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Serves HTTP/1.1 on the admin socket until cancelled; repairs are asked of the controller
-/// through `checks`.
-pub async fn serve(
-    listener: UnixListener,
-    checks: mpsc::Sender<CheckNow>,
-    cancel: CancellationToken,
-) {
+/// How long the admin socket's open connections may take to finish once it is cancelled.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves HTTP/1.1 on the admin socket until cancelled; each request goes to `requests`. Once
+/// cancelled, answers being written are finished (a successor's handover answer, which the
+/// daemon sends just before it exits) and idle connections closed, for up to 2 s.
+pub async fn serve(listener: UnixListener, requests: Requests, cancel: CancellationToken) {
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -95,19 +117,34 @@ pub async fn serve(
                 continue;
             }
         };
-        let checks = checks.clone();
-        tokio::spawn(async move {
+        let requests = requests.clone();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let checks = checks.clone();
-                async move { Ok::<_, Infallible>(route(&checks, &request).await) }
+                let requests = requests.clone();
+                async move { Ok::<_, Infallible>(route(&requests, &request).await) }
             });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = cancel.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%error, "admin socket connection failed");
             }
         });
+    }
+    connections.close();
+    if tokio::time::timeout(CLOSE_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin socket connections still open at exit");
     }
 }
 
@@ -125,18 +162,24 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn route(
-    checks: &mpsc::Sender<CheckNow>,
-    request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if request.uri().path() != "/repair" {
+async fn route(requests: &Requests, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if path != "/repair" && path != "/handover" {
         return error(StatusCode::NOT_FOUND, "not found");
     }
     if request.method() != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
+    if path == "/handover" {
+        return hand_over(&requests.handovers).await;
+    }
     let (reply, outcome) = oneshot::channel();
-    if checks.send(CheckNow { reply: Some(reply) }).await.is_err() {
+    if requests
+        .checks
+        .send(CheckNow { reply: Some(reply) })
+        .await
+        .is_err()
+    {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
     }
     match tokio::time::timeout(REPAIR_TIMEOUT, outcome).await {
@@ -159,9 +202,97 @@ async fn route(
     }
 }
 
-/// Why `switchyard repair` failed.
+/// Answers a successor once the listeners are closed.
+async fn hand_over(handovers: &mpsc::Sender<Handover>) -> Response<Full<Bytes>> {
+    let (reply, closed) = oneshot::channel();
+    if handovers.send(Handover { reply }).await.is_err() {
+        return error(
+            StatusCode::CONFLICT,
+            "already handed over to another instance",
+        );
+    }
+    match tokio::time::timeout(REPAIR_TIMEOUT, closed).await {
+        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "listening": false })),
+        Ok(Err(_)) => error(
+            StatusCode::CONFLICT,
+            "already handed over to another instance",
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the listeners were not closed within 60 s",
+        ),
+    }
+}
+
+/// The instance that answered on the admin socket when this one started: the one this
+/// instance takes over from once it has programmed its first view.
+pub struct Predecessor {
+    path: PathBuf,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl Predecessor {
+    /// Connects to the daemon on `path`, if one answers there (before this instance replaces
+    /// the socket with its own). Nothing there, or a socket left by a stopped instance: `None`.
+    pub async fn find(path: &Path) -> Option<Predecessor> {
+        let stream = UnixStream::connect(path).await.ok()?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        Some(Predecessor {
+            path: path.to_path_buf(),
+            sender,
+        })
+    }
+
+    /// Asks it to close its listeners and leave the node to this instance; returns once it has.
+    pub async fn hand_over(mut self) -> Result<(), AdminError> {
+        let request = Request::post("/handover")
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .expect("a request built from constants is valid");
+        let (status, body) = send(&self.path, &mut self.sender, request).await?;
+        refused(status, &body)
+    }
+}
+
+/// Sends `request` and reads the whole answer.
+async fn send(
+    path: &Path,
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+) -> Result<(StatusCode, Bytes), AdminError> {
+    let http = |source| AdminError::Http {
+        path: path.to_path_buf(),
+        source,
+    };
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http)?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// An error answer as [`AdminError::Refused`] with its message.
+fn refused(status: StatusCode, body: &[u8]) -> Result<(), AdminError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    Err(AdminError::Refused { status, message })
+}
+
+/// Why a request on the admin socket failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RepairError {
+pub enum AdminError {
     #[error(
         "cannot reach the switchyard daemon at {path} (is it running? see --admin-socket): {source}"
     )]
@@ -183,41 +314,27 @@ pub enum RepairError {
 }
 
 /// Asks the daemon on `path` to check its datapath now; returns what it repaired.
-pub async fn repair(path: &Path) -> Result<RepairReport, RepairError> {
+pub async fn repair(path: &Path) -> Result<RepairReport, AdminError> {
     let stream = UnixStream::connect(path)
         .await
-        .map_err(|source| RepairError::Connect {
+        .map_err(|source| AdminError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
-    let http = |source| RepairError::Http {
-        path: path.to_path_buf(),
-        source,
-    };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(http)?;
+        .map_err(|source| AdminError::Http {
+            path: path.to_path_buf(),
+            source,
+        })?;
     tokio::spawn(connection);
     let request = Request::post("/repair")
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .expect("a request built from constants is valid");
-    let response = sender.send_request(request).await.map_err(http)?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(http)?
-        .to_bytes();
-    if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(RepairError::Refused { status, message });
-    }
-    serde_json::from_slice(&body).map_err(RepairError::Parse)
+    let (status, body) = send(path, &mut sender, request).await?;
+    refused(status, &body)?;
+    serde_json::from_slice(&body).map_err(AdminError::Parse)
 }
 
 /// `switchyard repair`'s text: one line per repair, or a line saying there was none.
@@ -260,8 +377,13 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
 
         let (checks, mut asked) = mpsc::channel(1);
+        let (handovers, _unused) = mpsc::channel(1);
         let cancel = CancellationToken::new();
-        tokio::spawn(serve(listener, checks, cancel.clone()));
+        tokio::spawn(serve(
+            listener,
+            Requests { checks, handovers },
+            cancel.clone(),
+        ));
         // The controller's side: not synced first, then one repair.
         tokio::spawn(async move {
             let mut outcomes = vec![
@@ -282,7 +404,7 @@ mod tests {
         });
 
         match repair(&path).await {
-            Err(RepairError::Refused { status, message }) => {
+            Err(AdminError::Refused { status, message }) => {
                 assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
                 assert!(message.contains("has not arrived"), "{message}");
             }
@@ -297,14 +419,53 @@ mod tests {
         cancel.cancel();
     }
 
+    /// The successor's side: it finds the running instance before replacing its socket, and
+    /// its handover is answered once the daemon says its listeners are closed; one handover.
+    #[tokio::test]
+    async fn a_successor_finds_its_predecessor_and_takes_over_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(dir.path());
+        assert!(Predecessor::find(&path).await.is_none(), "nothing there");
+        let listener = bind(&path).unwrap();
+        let (checks, _asked) = mpsc::channel(1);
+        let (handovers, mut asked) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            Requests { checks, handovers },
+            cancel.clone(),
+        ));
+        let first = Predecessor::find(&path).await.expect("the daemon answers");
+        let second = Predecessor::find(&path).await.expect("the daemon answers");
+        // The successor replaces the socket; the connection it keeps still reaches the daemon.
+        bind(&path).unwrap();
+        let daemon = tokio::spawn(async move {
+            let handover = asked.recv().await.expect("a handover is asked");
+            // Only one: the daemon stops listening for more.
+            drop(asked);
+            handover.reply.send(()).unwrap();
+        });
+        first.hand_over().await.expect("handed over");
+        daemon.await.unwrap();
+        match second.hand_over().await {
+            Err(AdminError::Refused { status, message }) => {
+                assert_eq!(status, StatusCode::CONFLICT);
+                assert!(message.contains("already handed over"), "{message}");
+            }
+            other => panic!("a second handover must be refused, got {other:?}"),
+        }
+        cancel.cancel();
+    }
+
     #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_file_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = socket_in(dir.path());
         let first = bind(&path).unwrap();
         drop(first);
-        // An earlier instance's socket file is still there.
+        // An earlier instance's socket file is still there, and nothing answers on it.
         assert!(path.exists());
+        assert!(Predecessor::find(&path).await.is_none());
         bind(&path).expect("a stale socket is replaced");
 
         let file = dir.path().join("not-a-socket");

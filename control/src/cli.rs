@@ -309,9 +309,17 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub sync_period: Duration,
 
-    /// How long open connections may drain after SIGTERM before switchyard exits.
+    /// How long open connections may drain after SIGTERM (or a handover to the next
+    /// instance) before switchyard exits.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_grace_period: Duration,
+
+    /// After SIGTERM, how long switchyard keeps accepting new connections on its listeners
+    /// (userspace proxy, L7, health check ports) while the next instance may start and take
+    /// them over; then it closes them and drains. 0 closes them at once. Not needed when the
+    /// next instance starts first: it takes over at its first sync.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub handover_wait: Duration,
 
     /// Interface that holds the Service VIPs in userspace mode.
     #[arg(long, default_value = "lo", value_name = "IFACE")]
@@ -467,6 +475,7 @@ impl RunArgs {
                 .then(|| self.admin_socket.clone()),
             sync_period: self.sync_period,
             shutdown_grace: self.shutdown_grace_period,
+            handover_wait: self.handover_wait,
             mode: self.proxy_mode,
             l7: crate::datapath::l7::L7Config {
                 addresses: self.l7_address.clone(),

@@ -26,8 +26,6 @@ pub struct ControllerConfig {
     pub node: NodeContext,
     /// How often the datapath is checked against the whole table (kube-proxy's sync period).
     pub sync_period: Duration,
-    /// How long open connections may drain at shutdown.
-    pub shutdown_grace: Duration,
 }
 
 /// When the datapath was last synced, for `/healthz`.
@@ -115,6 +113,8 @@ pub struct Controller<D: Datapath> {
     /// The EndpointSlices reported for a missing Service (once each, until they are deleted
     /// or their Service appears). Apart from `warned`, which is keyed by Service.
     orphans: BTreeSet<ObjectKey>,
+    /// Told once the first complete view is programmed (see [`Controller::notify_programmed`]).
+    first_programmed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -138,17 +138,25 @@ impl<D: Datapath> Controller<D> {
             pending_since: None,
             fresh_slices: Vec::new(),
             orphans: BTreeSet::new(),
+            first_programmed: None,
         }
     }
 
-    /// Runs until `cancel`, then shuts the datapath down (drain, remove what was added).
-    /// `checks` asks for a check of the datapath between the periodic ones.
+    /// Sends on `programmed` once the first complete view of the cluster is in the datapath
+    /// (every listener bound, every VIP held): a successor takes over from then on.
+    pub fn notify_programmed(&mut self, programmed: tokio::sync::oneshot::Sender<()>) {
+        self.first_programmed = Some(programmed);
+    }
+
+    /// Programs the datapath until `cancel` (or the end of `events`), then returns it still
+    /// serving, for the caller to shut down ([`Datapath::shutdown`]) or hand over. `checks`
+    /// asks for a check of the datapath between the periodic ones.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<SourceEvent>,
         mut checks: mpsc::Receiver<CheckNow>,
         cancel: CancellationToken,
-    ) {
+    ) -> D {
         let mut tick = tokio::time::interval(self.config.sync_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -170,6 +178,9 @@ impl<D: Datapath> Controller<D> {
                             // the first periodic check.
                             self.programmed = true;
                             self.full_sync().await;
+                            if let Some(programmed) = self.first_programmed.take() {
+                                let _ = programmed.send(());
+                            }
                         }
                     }
                 }
@@ -194,8 +205,7 @@ impl<D: Datapath> Controller<D> {
                 }
             }
         }
-        tracing::info!(grace = ?self.config.shutdown_grace, "stopping: draining open connections");
-        self.datapath.shutdown(self.config.shutdown_grace).await;
+        self.datapath
     }
 
     fn handle(&mut self, event: SourceEvent) {
@@ -426,7 +436,7 @@ mod tests {
                 repaired: std::mem::take(&mut *self.drift.lock()),
             }
         }
-        async fn shutdown(&mut self, _grace: Duration) {}
+        async fn shutdown(&mut self, _grace: Duration, _handed_over: bool) {}
     }
 
     struct NoStatus;
@@ -470,7 +480,6 @@ mod tests {
             ControllerConfig {
                 node: NodeContext::named("n"),
                 sync_period: Duration::from_secs(30),
-                shutdown_grace: Duration::ZERO,
             },
             recorder.clone(),
             Arc::clone(metrics),

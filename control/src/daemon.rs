@@ -40,6 +40,9 @@ pub struct DaemonConfig {
     pub admin_socket: Option<PathBuf>,
     pub sync_period: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long a daemon holding listeners keeps accepting while a successor
+    /// may take them over (`--handover-wait`).
+    pub handover_wait: Duration,
     /// Which datapath serves Service traffic.
     pub mode: ProxyMode,
     pub userspace: UserspaceConfig,
@@ -98,6 +101,12 @@ pub enum DaemonError {
     Cluster(#[from] ClusterError),
     #[error("cannot start the embedded API server: {0}")]
     ApiServer(#[from] switchyard_apiserver::ApiServerError),
+    #[error(
+        "cannot start the embedded API server while the running switchyard serves it ({0}): \
+         send that one SIGTERM first (it keeps serving for --handover-wait while this one \
+         takes over), or run the API server apart (switchyard apiserver, --kubeconfig)"
+    )]
+    ApiServerTaken(#[source] switchyard_apiserver::ApiServerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot open the access log {path}: {source}")]
@@ -129,6 +138,19 @@ async fn access_log(
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and cleans up.
 pub async fn run(mut config: DaemonConfig) -> Result<(), DaemonError> {
+    // Before anything binds: an instance answering on the admin socket is the one this one
+    // takes over from (its socket is replaced by ours below).
+    let predecessor = match &config.admin_socket {
+        Some(path) => admin::Predecessor::find(path).await,
+        None => None,
+    };
+    if predecessor.is_some() {
+        tracing::info!(
+            "a running switchyard answers on the admin socket: this instance takes over its \
+             listeners once it has programmed its first view"
+        );
+    }
+    allow_queued_connections_to_move();
     if let Some(path) = &config.access_log {
         let log = access_log(path).await?;
         config.userspace.proxy.access_log = Some(log.clone());
@@ -161,7 +183,13 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), DaemonError> {
             {
                 return Err(crate::source::SourceError::NotADirectory(dir.clone()).into());
             }
-            let server = switchyard_apiserver::start(apiserver.clone()).await?;
+            let server = match switchyard_apiserver::start(apiserver.clone()).await {
+                Ok(server) => server,
+                Err(error) if predecessor.is_some() => {
+                    return Err(DaemonError::ApiServerTaken(error));
+                }
+                Err(error) => return Err(error.into()),
+            };
             tracing::info!(
                 address = %server.local_addr(),
                 kubeconfig = %server.kubeconfig_path().display(),
@@ -204,12 +232,12 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), DaemonError> {
             proxy: datapath.proxy(),
         });
         let datapath = WithHealthChecks::new(datapath, HEALTH_CHECK_BIND);
-        serve(config, feed, datapath, status, "ebpf").await
+        serve(config, feed, predecessor, datapath, status, "ebpf").await
     } else {
         let datapath = UserspaceDatapath::new(config.userspace.clone()).await?;
         let status: Status = Arc::new(userspace::UserspaceStatus(datapath.proxy()));
         let datapath = WithHealthChecks::new(datapath, HEALTH_CHECK_BIND);
-        serve(config, feed, datapath, status, "userspace").await
+        serve(config, feed, predecessor, datapath, status, "userspace").await
     }
 }
 
@@ -217,10 +245,37 @@ pub async fn run(mut config: DaemonConfig) -> Result<(), DaemonError> {
 /// IPv4 address of the node, as kube-proxy's.
 const HEALTH_CHECK_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
+/// Sets `net.ipv4.tcp_migrate_req` in the node's network namespace, so that the connections
+/// queued on a listener this instance closes at a handover move to the successor's listener
+/// instead of being reset (Linux 5.14 and later).
+fn allow_queued_connections_to_move() {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(SYSCTL) {
+        Ok(value) if value.trim() == "1" => {}
+        Ok(_) => match std::fs::write(SYSCTL, "1") {
+            Ok(()) => tracing::info!(
+                "set net.ipv4.tcp_migrate_req=1: connections queued on a closed listener move \
+                 to the next instance's"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot set net.ipv4.tcp_migrate_req=1: at a handover to the next instance, \
+                 connections not yet accepted may be reset"
+            ),
+        },
+        Err(error) => tracing::info!(
+            %error,
+            "this kernel has no net.ipv4.tcp_migrate_req: at a handover to the next instance, \
+             connections not yet accepted may be reset"
+        ),
+    }
+}
+
 /// Runs the controller over `datapath` with the sources, endpoints and signals.
 async fn serve<D: Datapath>(
     config: DaemonConfig,
     feed: Feed,
+    predecessor: Option<admin::Predecessor>,
     datapath: D,
     status: Status,
     proxy_mode: &'static str,
@@ -234,38 +289,50 @@ async fn serve<D: Datapath>(
         proxy_mode,
     });
 
-    let listen = |what, addr| async move {
-        http::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Listen { what, addr, source })
-    };
-    let metrics_listener = listen("metrics address", config.metrics_bind_address).await?;
-    let healthz_listener = listen("healthz address", config.healthz_bind_address).await?;
+    let listen =
+        |what, addr| http::bind(addr).map_err(|source| DaemonError::Listen { what, addr, source });
+    let metrics_listener = listen("metrics address", config.metrics_bind_address)?;
+    let healthz_listener = listen("healthz address", config.healthz_bind_address)?;
     let admin_listener = config
         .admin_socket
         .as_deref()
         .map(admin::bind)
         .transpose()?;
 
-    let cancel = CancellationToken::new();
+    // `terminate`: SIGTERM or SIGINT came. `stop`: programming stops (at `terminate`, or when
+    // a successor takes over). `http` ends the metrics and healthz servers once the listeners
+    // are closed, `exit` the admin socket at the very end.
+    let terminate = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let http = CancellationToken::new();
+    let exit = CancellationToken::new();
     tokio::spawn(http::serve(
         metrics_listener,
         Endpoints::Metrics,
         Arc::clone(&state),
-        cancel.clone(),
+        http.clone(),
     ));
     tokio::spawn(http::serve(
         healthz_listener,
         Endpoints::Health,
         state,
-        cancel.clone(),
+        http.clone(),
     ));
 
-    // Checks of the datapath asked for between the periodic ones.
+    // Checks of the datapath asked for between the periodic ones, and a successor's handover.
     let (checks, checks_rx) = mpsc::channel(4);
-    if let Some(listener) = admin_listener {
-        tokio::spawn(admin::serve(listener, checks.clone(), cancel.clone()));
-    }
+    let (handovers, mut handovers_rx) = mpsc::channel(1);
+    let admin_server = admin_listener.map(|listener| {
+        tokio::spawn(admin::serve(
+            listener,
+            admin::Requests {
+                checks: checks.clone(),
+                handovers,
+            },
+            exit.clone(),
+        ))
+    });
+    let check_after_takeover = checks.clone();
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signals)?;
     tokio::spawn(async move {
@@ -279,7 +346,7 @@ async fn serve<D: Datapath>(
         .map_err(DaemonError::Signals)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(DaemonError::Signals)?;
-    let on_signal = cancel.clone();
+    let on_signal = terminate.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
@@ -305,26 +372,26 @@ async fn serve<D: Datapath>(
                 },
                 server.handle(),
                 Arc::clone(&metrics),
-                cancel.clone(),
+                stop.clone(),
                 loaded,
             ));
             // The first view holds the whole folder.
             tokio::select! {
                 result = on_loaded => if result.is_err() {
-                    cancel.cancel();
+                    stop.cancel();
                     return match loader.await {
                         Ok(Err(error)) => Err(error.into()),
                         _ => Ok(()),
                     };
                 },
-                () = cancel.cancelled() => {}
+                () = terminate.cancelled() => stop.cancel(),
             }
             Some(loader)
         }
         _ => None,
     };
     let source_metrics = Arc::clone(&metrics);
-    let source_cancel = cancel.clone();
+    let source_cancel = stop.clone();
     let source = tokio::spawn(async move {
         cluster::run(client, cluster, events, source_metrics, source_cancel).await;
     });
@@ -338,7 +405,7 @@ async fn serve<D: Datapath>(
         mode = proxy_mode,
         "switchyard started"
     );
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         ControllerConfig {
             node: NodeContext {
                 name: config.node_name.clone(),
@@ -346,21 +413,97 @@ async fn serve<D: Datapath>(
                 limits: config.limits,
             },
             sync_period: config.sync_period,
-            shutdown_grace: config.shutdown_grace,
         },
         datapath,
         metrics,
         health,
     );
-    controller.run(receiver, checks_rx, cancel.clone()).await;
-    cancel.cancel();
+    let (programmed, on_programmed) = tokio::sync::oneshot::channel();
+    controller.notify_programmed(programmed);
+    if let Some(predecessor) = predecessor {
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = on_programmed => if result.is_err() { return },
+                () = stopped.cancelled() => return,
+            }
+            let started = tokio::time::Instant::now();
+            match predecessor.hand_over().await {
+                Ok(()) => {
+                    tracing::info!(
+                        took = ?started.elapsed(),
+                        "took over from the previous instance: it closed its listeners"
+                    );
+                    // Frontends it still held when this one bound (an instance without
+                    // SO_REUSEPORT): bound now rather than at the next periodic check.
+                    let _ = check_after_takeover.try_send(CheckNow { reply: None });
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot take over from the previous instance; it keeps its listeners \
+                     until it stops"
+                ),
+            }
+        });
+    }
+
+    // Program until SIGTERM, or until a successor takes over.
+    let mut successor = None;
+    let mut run = std::pin::pin!(controller.run(receiver, checks_rx, stop.clone()));
+    let mut datapath = loop {
+        tokio::select! {
+            datapath = &mut run => break datapath,
+            () = terminate.cancelled(), if !stop.is_cancelled() => stop.cancel(),
+            Some(handover) = handovers_rx.recv(), if successor.is_none() => {
+                tracing::info!("the next instance has bound its listeners and asks to take over");
+                successor = Some(handover);
+                stop.cancel();
+            }
+        }
+    };
     let _ = source.await;
     let loaded = match loader {
         Some(loader) => loader.await.unwrap_or(Ok(())),
         None => Ok(()),
     };
+    // The embedded API server goes first: a successor started now can start its own.
     if let Some(server) = server {
         server.shutdown().await;
+    }
+    if successor.is_none() && datapath.listens() && !config.handover_wait.is_zero() {
+        tracing::info!(
+            wait = ?config.handover_wait,
+            "stopping: still accepting connections while the next instance may take over"
+        );
+        tokio::select! {
+            handover = handovers_rx.recv() => successor = handover,
+            () = tokio::time::sleep(config.handover_wait) => {}
+        }
+    }
+    // One handover only: a later one is refused.
+    drop(handovers_rx);
+    datapath.close_listeners().await;
+    http.cancel();
+    let handed_over = successor.is_some();
+    if let Some(handover) = successor {
+        let _ = handover.reply.send(());
+        tracing::info!(
+            "handed over to the next instance: listeners closed, VIPs left to it, open \
+             connections finishing"
+        );
+    }
+    tracing::info!(grace = ?config.shutdown_grace, "draining open connections");
+    datapath.shutdown(config.shutdown_grace, handed_over).await;
+    if handed_over && !terminate.is_cancelled() {
+        // Exiting now would have a supervisor start this instance again, which would take the
+        // node back from its successor.
+        tracing::info!("drained; waiting for SIGTERM to exit");
+        terminate.cancelled().await;
+    }
+    exit.cancel();
+    if let Some(admin_server) = admin_server {
+        // The successor's handover answer is written before the process goes.
+        let _ = admin_server.await;
     }
     loaded?;
     tracing::info!("switchyard stopped");

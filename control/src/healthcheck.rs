@@ -250,7 +250,7 @@ impl HealthCheckServer {
                 continue;
             }
             let addr = SocketAddr::new(self.bind_ip, *port);
-            match TcpListener::bind(addr).await {
+            match crate::http::bind(addr) {
                 Ok(listener) => {
                     tracing::debug!(%addr, service = %state.owner, "health check port open");
                     state.bind_warned = false;
@@ -411,9 +411,18 @@ impl<D: crate::datapath::Datapath> crate::datapath::Datapath for WithHealthCheck
         drift
     }
 
-    async fn shutdown(&mut self, grace: std::time::Duration) {
+    fn listens(&self) -> bool {
+        self.inner.listens() || !self.server.ports().is_empty()
+    }
+
+    async fn close_listeners(&mut self) {
         self.server.shutdown().await;
-        self.inner.shutdown(grace).await;
+        self.inner.close_listeners().await;
+    }
+
+    async fn shutdown(&mut self, grace: std::time::Duration, handed_over: bool) {
+        self.server.shutdown().await;
+        self.inner.shutdown(grace, handed_over).await;
     }
 }
 

@@ -35,9 +35,21 @@ pub enum Endpoints {
     Health,
 }
 
-/// Binds the address at once, so a bad flag fails the start, then serves until cancelled.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds the address at once, so a bad flag fails the start. With `SO_REUSEPORT`, as every
+/// listener of the daemon: the next instance binds the same address while this one runs and
+/// takes it over (see `switchyard_proxy::socket`). Must be called inside a tokio runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves HTTP/1.1 on the listener until cancelled.

@@ -21,7 +21,7 @@
 mod balance;
 pub mod l7;
 pub mod maglev;
-mod socket;
+pub mod socket;
 mod spec;
 mod stats;
 mod tcp;
@@ -384,18 +384,29 @@ impl Proxy {
             .collect()
     }
 
+    /// Closes every listener and UDP socket at once (a successor bound to the same
+    /// addresses gets the connections queued on them) and forgets the frontends; open
+    /// TCP connections are left to finish. Later calls to [`Proxy::upsert`] fail with
+    /// [`ProxyError::ShutDown`].
+    pub async fn close_listeners(&self) {
+        let mut shut_down = self.inner.control.lock().await;
+        *shut_down = true;
+        let frontends = std::mem::take(&mut *self.inner.frontends.write());
+        for fe in frontends.values() {
+            fe.stop().await;
+        }
+    }
+
+    /// Whether any frontend is held (a socket a successor would take over).
+    pub fn has_frontends(&self) -> bool {
+        !self.inner.frontends.read().is_empty()
+    }
+
     /// Stops every listener, then waits up to `grace` for open TCP connections
     /// to finish. Returns how many were still open (they are not cut). Later
     /// calls to [`Proxy::upsert`] fail with [`ProxyError::ShutDown`].
     pub async fn shutdown(&self, grace: Duration) -> usize {
-        {
-            let mut shut_down = self.inner.control.lock().await;
-            *shut_down = true;
-            let frontends = std::mem::take(&mut *self.inner.frontends.write());
-            for fe in frontends.values() {
-                fe.stop().await;
-            }
-        }
+        self.close_listeners().await;
         let connections = &self.inner.connections;
         connections.close();
         if tokio::time::timeout(grace, connections.wait())

@@ -283,3 +283,64 @@ pub fn python(ns: &Netns, script: &str, args: &[&str], timeout: Duration) -> Res
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// A Python program that opens a new TCP connection to `host:port` every `pause` seconds
+/// for `duration` seconds, one `GET /` each, and prints `ok TIME POD` or `error TIME ERROR`
+/// per connection (`TIME` in seconds since the epoch). Arguments: `host port duration
+/// pause [stop_file]`; with `stop_file` it also stops as soon as that file exists, so a test
+/// can run it for as long as a sequence of unknown length takes. Parse its output with
+/// [`parse_connect_loop`].
+pub const CONNECT_LOOP_CLIENT: &str = r#"
+import os, socket, sys, time
+host, port, duration, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+stop = sys.argv[5] if len(sys.argv) > 5 else None
+end = time.monotonic() + duration
+while time.monotonic() < end and not (stop and os.path.exists(stop)):
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        s.settimeout(2)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError("answer %r" % head[:40])
+        print("ok", time.time(), body.decode().strip(), flush=True)
+    except OSError as e:
+        print("error", time.time(), type(e).__name__, str(e).replace("\n", " "), flush=True)
+    time.sleep(pause)
+"#;
+
+/// One connection [`CONNECT_LOOP_CLIENT`] made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectAttempt {
+    /// Whether it got a `200`.
+    pub ok: bool,
+    /// When it ended, in seconds since the epoch.
+    pub at: f64,
+    /// The pod that answered, or the error.
+    pub detail: String,
+}
+
+/// The connections in [`CONNECT_LOOP_CLIENT`]'s output, in order (lines it did not finish
+/// writing are skipped).
+pub fn parse_connect_loop(output: &str) -> Vec<ConnectAttempt> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ' ');
+            let ok = fields.next()? == "ok";
+            let at = fields.next()?.parse().ok()?;
+            Some(ConnectAttempt {
+                ok,
+                at,
+                detail: fields.next().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect()
+}

@@ -87,6 +87,10 @@ pub struct DaemonConfig {
     pub healthz_bind: String,
     /// `--shutdown-grace-period`.
     pub shutdown_grace: String,
+    /// `--handover-wait`: how long, after SIGTERM, the daemon keeps its listeners open
+    /// waiting for a successor to take them over. `0s` by default (the daemon's own default
+    /// is 5 s), so that stopping a test daemon stays fast.
+    pub handover_wait: String,
     /// `--sync-period`.
     pub sync_period: String,
     /// `--kubeconfig`: watch this API server instead of the manifest folder
@@ -112,6 +116,7 @@ impl Default for DaemonConfig {
             metrics_bind: "127.0.0.1:10249".to_owned(),
             healthz_bind: "0.0.0.0:10256".to_owned(),
             shutdown_grace: "5s".to_owned(),
+            handover_wait: "0s".to_owned(),
             sync_period: "30s".to_owned(),
             kubeconfig: None,
             data_dir: None,
@@ -165,6 +170,21 @@ impl DaemonConfig {
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_owned());
         self
+    }
+
+    /// The `--admin-socket` given in `extra_args` (as `--admin-socket PATH` or
+    /// `--admin-socket=PATH`), if any.
+    pub fn admin_socket(&self) -> Option<PathBuf> {
+        let mut args = self.extra_args.iter();
+        while let Some(arg) = args.next() {
+            if arg == "--admin-socket" {
+                return args.next().map(PathBuf::from);
+            }
+            if let Some(path) = arg.strip_prefix("--admin-socket=") {
+                return Some(PathBuf::from(path));
+            }
+        }
+        None
     }
 
     /// Sets an environment variable for the daemon.
@@ -316,6 +336,7 @@ impl Daemon {
             ("--metrics-bind-address", &config.metrics_bind),
             ("--healthz-bind-address", &config.healthz_bind),
             ("--shutdown-grace-period", &config.shutdown_grace),
+            ("--handover-wait", &config.handover_wait),
             ("--sync-period", &config.sync_period),
         ] {
             argv.push(flag.into());
@@ -327,11 +348,7 @@ impl Daemon {
             argv.push("--bpf-pin-path".into());
             argv.push(ebpf.pin_path.clone().into());
         }
-        if !config
-            .extra_args
-            .iter()
-            .any(|a| a.starts_with("--admin-socket"))
-        {
+        if config.admin_socket().is_none() {
             // Beside the log, so that daemons of one test, and of tests run at once, never
             // share the default socket.
             argv.push("--admin-socket".into());
@@ -456,9 +473,12 @@ impl Daemon {
         self.process.log()
     }
 
-    /// Its admin socket (beside its log), which `switchyard repair` talks to.
+    /// Its admin socket, which `switchyard repair` talks to: the one given in
+    /// `extra_args` (see [`DaemonConfig::admin_socket`]), else the one beside its log.
     pub fn admin_socket(&self) -> PathBuf {
-        self.log_path().with_extension("sock")
+        self.config
+            .admin_socket()
+            .unwrap_or_else(|| self.log_path().with_extension("sock"))
     }
 
     /// `switchyard repair --output json`: checks the datapath now; returns the repairs made
@@ -617,6 +637,17 @@ impl Daemon {
     /// after that); returns how it exited.
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.process.terminate(timeout)
+    }
+
+    /// Sends SIGTERM and returns at once, without waiting for the exit (see
+    /// [`Daemon::wait_exit`]).
+    pub fn sigterm(&mut self) -> Result<()> {
+        self.process.signal(Signal::SIGTERM)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.process.wait_timeout(timeout)
     }
 
     /// Its exit status, if it has exited.

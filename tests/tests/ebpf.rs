@@ -504,34 +504,6 @@ fn local_policy_without_a_local_endpoint_fails_with_eperm() -> Result<()> {
     })())
 }
 
-/// Opens a new TCP connection to `host:port` every `pause` seconds for
-/// `duration` seconds, one `GET /` each: `ok TIME POD` or `error TIME
-/// ERROR`.
-const CONNECT_LOOP_CLIENT: &str = r#"
-import socket, sys, time
-host, port, duration, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-end = time.monotonic() + duration
-while time.monotonic() < end:
-    try:
-        s = socket.create_connection((host, port), timeout=2)
-        s.settimeout(2)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise OSError("answer %r" % head[:40])
-        print("ok", time.time(), body.decode().strip(), flush=True)
-    except OSError as e:
-        print("error", time.time(), type(e).__name__, str(e).replace("\n", " "), flush=True)
-    time.sleep(pause)
-"#;
-
 /// `bpftool map dump pinned PIN` (read only), parsed.
 fn dump_map(pin: &std::path::Path) -> Result<Value> {
     let output = std::process::Command::new("bpftool")
@@ -614,7 +586,7 @@ fn restart_under_load(how: Restart) -> Result<()> {
             [
                 "python3",
                 "-c",
-                CONNECT_LOOP_CLIENT,
+                client::CONNECT_LOOP_CLIENT,
                 "10.96.0.10",
                 "80",
                 "6",

@@ -3,7 +3,10 @@
 //! writes to it. Services and Pods created with kubectl are reachable through the ClusterIP
 //! from a client on every node; scaling the pods changes every node's rotation within a
 //! second; the API server killed with SIGKILL in the middle of writes loses no acknowledged
-//! write, and the nodes' traffic never stops.
+//! write, and the nodes' traffic never stops. A userspace-mode daemon upgraded in place (the
+//! next instance started beside it, before or after the old one's SIGTERM) hands its
+//! listeners over without losing a connection; that needs the external API server too, since
+//! an embedded one cannot be shared by two instances.
 #![allow(clippy::disallowed_types)] // synchronous tests: std's clock and locks are the right ones
 
 use std::collections::BTreeSet;
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use switchyard_tests::cluster::ClusterPod;
-use switchyard_tests::{ApiServer, Cluster, Daemon, Mode, client, metrics, objects, poll_until};
+use switchyard_tests::{
+    ApiServer, Cluster, Daemon, DaemonConfig, Kubectl, Mode, client, metrics, objects, poll_until,
+};
 
 const VIP: &str = "10.96.0.10";
 const NODES: usize = 3;
@@ -609,4 +614,379 @@ mod shared {
             self.0.lock().expect("not poisoned").clone()
         }
     }
+}
+
+/// A Python client that keeps one HTTP/1.1 connection to `host:port` open: it makes one
+/// request at once, then waits (up to `timeout` seconds) for the file `go` to exist and makes a
+/// second request on the same connection. Prints `first ok TIME POD` and `second ok TIME POD`,
+/// or `error TIME ERROR` (and exits 1). It never reconnects.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import os, socket, sys, time
+host, port, go, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+buf = b""
+def request(s, label):
+    global buf
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise OSError("connection closed before the answer")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise OSError("connection closed in the body")
+        rest += chunk
+    body, buf = rest[:length], rest[length:]
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise OSError("answer %r" % head[:40])
+    print(label, "ok", time.time(), body.decode().strip(), flush=True)
+try:
+    s = socket.create_connection((host, port), timeout=2)
+    s.settimeout(5)
+    request(s, "first")
+    end = time.monotonic() + timeout
+    while not os.path.exists(go):
+        if time.monotonic() > end:
+            raise OSError("%s did not appear" % go)
+        time.sleep(0.02)
+    request(s, "second")
+    s.close()
+except OSError as e:
+    print("error", time.time(), type(e).__name__, str(e).replace("\n", " "), flush=True)
+    sys.exit(1)
+"#;
+
+/// How the running daemon and its successor overlap in an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upgrade {
+    /// The successor starts while the old instance runs; the old one gets SIGTERM once it has
+    /// handed over.
+    StartThenStop,
+    /// The old instance gets SIGTERM first and keeps accepting (`--handover-wait`) until the
+    /// successor, started after it, takes over.
+    StopThenStart,
+}
+
+/// In both cases a userspace-mode daemon hands its listeners to the next instance in its
+/// node namespace with no connection lost; the handover ends the old instance's wait for a
+/// successor at once.
+mod userspace_upgrade_hands_the_listeners_over {
+    #[test]
+    fn start_then_stop() -> anyhow::Result<()> {
+        super::userspace_upgrade(super::Upgrade::StartThenStop)
+    }
+
+    #[test]
+    fn stop_then_start() -> anyhow::Result<()> {
+        super::userspace_upgrade(super::Upgrade::StopThenStart)
+    }
+}
+
+/// How long the old instance waits for a successor after SIGTERM: far longer than a handover
+/// takes, so an exit before it is up shows the handover ended the wait.
+const OLD_HANDOVER_WAIT: Duration = Duration::from_secs(20);
+/// How long a daemon may take to log its side of the handover.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(20);
+/// At least this many loop connections in each phase of the upgrade, or the test cannot tell.
+const MIN_PER_PHASE: usize = 10;
+const TOOK_OVER: &str = "took over from the previous instance";
+const HANDED_OVER: &str = "handed over to the next instance";
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One node, three pods behind the web Service (created with kubectl), the old daemon A and
+/// the successor B (the same binary) sharing one admin socket. A client connects to the VIP
+/// every 20 ms for the whole upgrade, and one connection opened through A before the
+/// upgrade makes a request after the handover. Then B alone serves: a change reaches it, and
+/// on its own SIGTERM (no successor) it removes the VIP.
+fn userspace_upgrade(how: Upgrade) -> Result<()> {
+    let mut cluster = Cluster::new(1, 3)?;
+    cluster.start_pod_servers()?;
+    let api = ApiServer::start(cluster.net(), cluster.scratch_dir())?;
+    let kubectl = api.kubectl().clone();
+    kubectl.create_json(&web_service())?;
+    for pod in cluster.pods() {
+        kubectl.create_json(&pod_object(&cluster, pod))?;
+    }
+    let socket = cluster.scratch_dir().join("admin.sock");
+    let socket = socket.to_str().context("scratch path is not UTF-8")?;
+    let config = cluster
+        .daemon_config(0, Mode::Userspace, &api.kubeconfig())?
+        .arg("--admin-socket")
+        .arg(socket);
+    // A waits long for a successor: its exit well before shows the handover ended the
+    // wait. B waits for none, so that its own SIGTERM at the end removes the VIP at once.
+    let config_a = DaemonConfig {
+        handover_wait: format!("{}s", OLD_HANDOVER_WAIT.as_secs()),
+        ..config.clone()
+    };
+    let mut a = cluster.start_daemon(0, &config_a)?;
+    let mut b = None;
+    let result = upgrade_steps(&cluster, &kubectl, &mut a, &mut b, &config, how);
+    let result = match &b {
+        Some(b) => b.with_log(result),
+        None => result,
+    };
+    a.with_log(result)
+}
+
+fn upgrade_steps(
+    cluster: &Cluster,
+    kubectl: &Kubectl,
+    a: &mut Daemon,
+    b_slot: &mut Option<Daemon>,
+    config_b: &DaemonConfig,
+    how: Upgrade,
+) -> Result<()> {
+    let vip_on_lo = "10.96.0.10/32";
+    let all: BTreeSet<String> = cluster.pods().map(ClusterPod::name).collect();
+    wait_rotation(
+        cluster,
+        std::slice::from_ref(a),
+        &all,
+        Duration::from_secs(10),
+    )?;
+    ensure!(
+        cluster
+            .node(0)
+            .addresses("lo")?
+            .iter()
+            .any(|x| x == vip_on_lo),
+        "A has not put {vip_on_lo} on lo"
+    );
+    let scratch = cluster.scratch_dir();
+    let client = cluster.client(0);
+
+    // Opened through A before the upgrade (no successor exists yet).
+    let keep_alive_log = scratch.join("keep-alive.log");
+    let go = scratch.join("keep-alive.go");
+    let mut keep_alive = (how == Upgrade::StartThenStop)
+        .then(|| {
+            client.spawn(
+                [
+                    "python3",
+                    "-c",
+                    KEEP_ALIVE_CLIENT,
+                    VIP,
+                    "80",
+                    path_str(&go)?,
+                    "60",
+                ],
+                &keep_alive_log,
+            )
+        })
+        .transpose()?;
+    if keep_alive.is_some() {
+        poll_until(
+            "the long-lived connection's first answer",
+            Duration::from_secs(10),
+            || {
+                let text = std::fs::read_to_string(&keep_alive_log)?;
+                ensure!(!text.contains("error"), "long-lived client: {text}");
+                Ok(text.contains("first ok").then_some(()))
+            },
+        )?;
+    }
+
+    let loop_log = scratch.join("connect-loop.log");
+    let stop = scratch.join("connect-loop.stop");
+    let mut connect_loop = client.spawn(
+        [
+            "python3",
+            "-c",
+            client::CONNECT_LOOP_CLIENT,
+            VIP,
+            "80",
+            "300",
+            "0.02",
+            path_str(&stop)?,
+        ],
+        &loop_log,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut sigterm_at = None;
+    if how == Upgrade::StopThenStart {
+        sigterm_at = Some((now_epoch(), Instant::now()));
+        a.sigterm()?;
+        // A keeps accepting while it waits for a successor.
+        std::thread::sleep(Duration::from_secs(1));
+        ensure!(
+            a.try_wait()?.is_none(),
+            "A exited within 1 s of SIGTERM although it waits {OLD_HANDOVER_WAIT:?} for a successor"
+        );
+    }
+
+    let b_start_epoch = now_epoch();
+    let b_started = Instant::now();
+    let b = b_slot.insert(cluster.start_daemon(0, config_b)?);
+    let healthy = b_started.elapsed();
+    b.wait_for_log("B to log that it took over", HANDOVER_TIMEOUT, |l| {
+        l.contains(TOOK_OVER)
+    })?;
+    let took_over = b_started.elapsed();
+    let handed_over_line =
+        a.wait_for_log("A to log that it handed over", HANDOVER_TIMEOUT, |l| {
+            l.contains(HANDED_OVER)
+        })?;
+    let handed_over = b_started.elapsed();
+    let logged = log_seconds_of_day(&handed_over_line).map_or_else(
+        || "?".to_owned(),
+        |at| format!("{:.1} ms", (at - b_start_epoch).rem_euclid(86_400.0) * 1e3),
+    );
+    eprintln!(
+        "{how:?}: after B's start: /healthz 200 in {healthy:?} (maybe A's), B took over in \
+         {took_over:?}, A handed over in {handed_over:?} (polled every 50 ms; by A's log \
+         timestamp {logged})"
+    );
+
+    if let Some(mut keep_alive) = keep_alive.take() {
+        // The late request, on the connection A still drains.
+        std::fs::write(&go, b"")?;
+        let status = keep_alive
+            .wait_timeout(Duration::from_secs(10))?
+            .context("the long-lived client did not finish")?;
+        let text = std::fs::read_to_string(&keep_alive_log)?;
+        ensure!(
+            status.success(),
+            "the long-lived connection through A failed after the handover: {text}"
+        );
+        let pod = |label: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .map(str::to_owned)
+        };
+        let (first, second) = (pod("first ok "), pod("second ok "));
+        ensure!(
+            first.is_some() && first == second,
+            "the long-lived connection's two answers: {text}"
+        );
+    }
+
+    // B alone accepts new connections now, while A drains.
+    std::thread::sleep(Duration::from_secs(1));
+    let a_exit_epoch = match sigterm_at {
+        None => {
+            let stopping = Instant::now();
+            a.sigterm()?;
+            let status = a
+                .wait_exit(Duration::from_secs(5))?
+                .context("A, handed over, did not exit within 5 s of SIGTERM")?;
+            ensure!(status.success(), "A exited {status} after SIGTERM");
+            eprintln!("{how:?}: A exited {:?} after SIGTERM", stopping.elapsed());
+            now_epoch()
+        }
+        Some((_, at)) => {
+            // Well before the 20 s A would wait for a successor that never comes.
+            let deadline = Duration::from_secs(15);
+            let status = a
+                .wait_exit(deadline.saturating_sub(at.elapsed()))?
+                .with_context(|| {
+                    format!("A, handed over, still ran {deadline:?} after its SIGTERM")
+                })?;
+            ensure!(status.success(), "A exited {status} after SIGTERM");
+            eprintln!("{how:?}: A exited {:?} after SIGTERM", at.elapsed());
+            now_epoch()
+        }
+    };
+    ensure!(
+        cluster
+            .node(0)
+            .addresses("lo")?
+            .iter()
+            .any(|x| x == vip_on_lo),
+        "{vip_on_lo} left lo with A, although B took it over: {:?}",
+        cluster.node(0).addresses("lo")?
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(b.try_wait()?.is_none(), "B exited: {:?}", b.try_wait()?);
+
+    std::fs::write(&stop, b"")?;
+    let status = connect_loop
+        .wait_timeout(Duration::from_secs(10))?
+        .context("the connecting client did not stop")?;
+    let output = std::fs::read_to_string(&loop_log)?;
+    ensure!(status.success(), "the connecting client failed: {output}");
+    let attempts = client::parse_connect_loop(&output);
+    let failed: Vec<&client::ConnectAttempt> = attempts.iter().filter(|c| !c.ok).collect();
+    ensure!(
+        failed.is_empty(),
+        "{} of {} connections failed across the upgrade: {failed:?}",
+        failed.len(),
+        attempts.len()
+    );
+    let count = |from: f64, to: f64| attempts.iter().filter(|c| c.at > from && c.at < to).count();
+    let phases = match sigterm_at {
+        None => vec![
+            ("A alone", count(0.0, b_start_epoch)),
+            ("A and B", count(b_start_epoch, a_exit_epoch)),
+            ("B alone", count(a_exit_epoch, f64::MAX)),
+        ],
+        Some((term, _)) => vec![
+            ("A alone", count(0.0, term)),
+            ("A waiting for a successor", count(term, b_start_epoch)),
+            ("A and B", count(b_start_epoch, a_exit_epoch)),
+            ("B alone", count(a_exit_epoch, f64::MAX)),
+        ],
+    };
+    eprintln!(
+        "{how:?}: {} connections, none failed; per phase: {phases:?}",
+        attempts.len()
+    );
+    for (phase, n) in &phases {
+        ensure!(
+            *n >= MIN_PER_PHASE,
+            "only {n} connections while {phase}: too few to tell ({phases:?})"
+        );
+    }
+    let pods: BTreeSet<&str> = attempts.iter().map(|c| c.detail.as_str()).collect();
+    ensure!(pods.len() == 3, "connections reached {pods:?}");
+
+    // B programs: a deleted pod leaves its rotation.
+    let gone = cluster.pod(0, 0).name();
+    kubectl.run(&["delete", "pod", &gone, "--grace-period=0", "--force"])?;
+    let mut want = all;
+    want.remove(&gone);
+    wait_rotation(
+        cluster,
+        std::slice::from_ref(b),
+        &want,
+        Duration::from_secs(10),
+    )?;
+
+    // No successor for B: it exits 0 and takes the VIP with it.
+    let status = b.terminate(Duration::from_secs(15))?;
+    ensure!(status.success(), "B exited {status} after SIGTERM");
+    let left = cluster.node(0).addresses("lo")?;
+    ensure!(
+        !left.iter().any(|x| x == vip_on_lo),
+        "{vip_on_lo} is still on lo after B, with no successor, exited: {left:?}"
+    );
+    Ok(())
+}
+
+/// The time of day (UTC, in seconds) at the start of a daemon log line
+/// (`2026-12-03T18:20:56.606444Z  INFO ...`).
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.strip_suffix('Z')?.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }

@@ -838,7 +838,7 @@ impl Datapath for EbpfDatapath {
         drift
     }
 
-    async fn shutdown(&mut self, _grace: Duration) {
+    async fn shutdown(&mut self, _grace: Duration, _handed_over: bool) {
         // Nothing is flushed: the kernel keeps serving the last programmed state while
         // switchyard is away, and the next instance reconciles to it.
         tracing::info!("leaving the eBPF datapath in place (pinned maps and links keep serving)");

@@ -322,10 +322,19 @@ impl<D: Datapath> Datapath for WithL7<D> {
         drift
     }
 
-    async fn shutdown(&mut self, grace: Duration) {
+    fn listens(&self) -> bool {
+        self.inner.listens() || self.proxy.has_frontends()
+    }
+
+    async fn close_listeners(&mut self) {
+        self.inner.close_listeners().await;
+        self.proxy.close_listeners().await;
+    }
+
+    async fn shutdown(&mut self, grace: Duration, handed_over: bool) {
         // The kernel keeps its maps (nothing is flushed); the listeners drain: HTTP/2 clients
         // get GOAWAY, requests in flight finish.
-        self.inner.shutdown(grace).await;
+        self.inner.shutdown(grace, handed_over).await;
         let open = self.proxy.shutdown(grace).await;
         if open > 0 {
             tracing::warn!(

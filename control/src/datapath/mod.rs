@@ -41,9 +41,27 @@ pub trait Datapath: Send + 'static {
     /// smallest change.
     fn verify(&mut self, want: &ServiceTable) -> impl Future<Output = Drift> + Send;
 
-    /// Stops serving: stops accepting, drains open connections for up to `grace`, removes what
-    /// the datapath added to the node.
-    fn shutdown(&mut self, grace: std::time::Duration) -> impl Future<Output = ()> + Send;
+    /// Whether it holds listening sockets, which a successor instance can take over (all are
+    /// bound with `SO_REUSEPORT`): the userspace proxy's, the L7 listeners, health check ports.
+    fn listens(&self) -> bool {
+        false
+    }
+
+    /// Closes every listening socket at once and leaves open connections to finish: the first
+    /// step of a shutdown, or of a handover to a successor that has bound the same addresses
+    /// (the kernel moves the connections queued on a closed listener to its).
+    fn close_listeners(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Stops serving: closes the listeners, drains open connections for up to `grace`, then
+    /// removes what the datapath added to the node, unless it was `handed_over` to a successor
+    /// that uses it now (the VIPs).
+    fn shutdown(
+        &mut self,
+        grace: std::time::Duration,
+        handed_over: bool,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// What the HTTP endpoints and metrics read from a running datapath.

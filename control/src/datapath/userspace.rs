@@ -231,7 +231,15 @@ impl Datapath for UserspaceDatapath {
         drift
     }
 
-    async fn shutdown(&mut self, grace: Duration) {
+    fn listens(&self) -> bool {
+        self.proxy.has_frontends()
+    }
+
+    async fn close_listeners(&mut self) {
+        self.proxy.close_listeners().await;
+    }
+
+    async fn shutdown(&mut self, grace: Duration, handed_over: bool) {
         let open = self.proxy.shutdown(grace).await;
         if open > 0 {
             tracing::warn!(
@@ -239,7 +247,12 @@ impl Datapath for UserspaceDatapath {
                 "grace period over; closing the connections still open"
             );
         }
-        self.vips.release_all().await;
+        if handed_over {
+            tracing::info!("leaving the VIPs to the next instance");
+            self.vips.forget_all();
+        } else {
+            self.vips.release_all().await;
+        }
         self.programmed.clear();
     }
 }

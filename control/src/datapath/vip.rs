@@ -178,6 +178,11 @@ impl VipManager {
         Ok(repaired)
     }
 
+    /// Forgets every held VIP without removing it (another instance holds them now).
+    pub fn forget_all(&mut self) {
+        self.refs.clear();
+    }
+
     /// Removes every held VIP.
     pub async fn release_all(&mut self) {
         let held: Vec<IpAddr> = std::mem::take(&mut self.refs).into_keys().collect();
