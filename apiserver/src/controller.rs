@@ -33,7 +33,7 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+use crate::hints::LABEL_ZONE;
 /// As kube-controller-manager's default `--max-endpoints-per-slice`.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 /// How long the controller lets changes gather before it reconciles them.
@@ -442,7 +442,19 @@ fn reconcile(
                     .and_then(|n| n["metadata"]["labels"][LABEL_ZONE].as_str())
                     .map(str::to_owned)
             };
-            desired_slices(svc, &pods, zone_of)
+            let mut desired = desired_slices(svc, &pods, zone_of);
+            crate::hints::set_hints(
+                svc,
+                desired.iter_mut().flat_map(|d| d.endpoints.iter_mut()),
+                || {
+                    let nodes: Vec<k8s_openapi::api::core::v1::Node> = view
+                        .list(&prefix(NODES.plural, None))
+                        .filter_map(|(_, n)| serde_json::from_value((**n).clone()).ok())
+                        .collect();
+                    crate::hints::zone_weights(&nodes)
+                },
+            );
+            desired
         }
         None => Vec::new(),
     };

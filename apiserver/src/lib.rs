@@ -40,6 +40,7 @@
 
 mod controller;
 mod error;
+pub mod hints;
 mod managed;
 mod net;
 mod patch;

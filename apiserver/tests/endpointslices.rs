@@ -284,3 +284,112 @@ async fn large_services_are_split_at_100_endpoints() -> anyhow::Result<()> {
     s.stop().await;
     Ok(())
 }
+
+/// The hints of every endpoint of the Service: (address, zones, nodes), sorted.
+async fn hints(c: &Client, service: &str) -> anyhow::Result<Vec<(String, Value, Value)>> {
+    let mut out = Vec::new();
+    for s in slices_of(c, service).await? {
+        for e in s["endpoints"].as_array().into_iter().flatten() {
+            out.push((
+                e["addresses"][0].as_str().unwrap_or("").to_owned(),
+                e["hints"]["forZones"].clone(),
+                e["hints"]["forNodes"].clone(),
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// `trafficDistribution` makes the controller hint each endpoint for its own zone (and node
+/// for `PreferSameNode`), from the zone label of the Pod's Node; the hints follow changes of the
+/// Service and of the Nodes' labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_distribution_writes_topology_hints() -> anyhow::Result<()> {
+    let mut s = Server::start("hints").await?;
+    let c = s.client.clone();
+    for (node, zone) in [("node-1", "z1"), ("node-2", "z2")] {
+        c.post(
+            "/api/v1/nodes",
+            &json!({"metadata": {"name": node, "labels": {"topology.kubernetes.io/zone": zone}}}),
+        )
+        .await?;
+    }
+    let mut on_node_2 = pod("web-2", "web", "10.244.0.2", true);
+    on_node_2["spec"]["nodeName"] = json!("node-2");
+    c.post(PODS, &pod("web-1", "web", "10.244.0.1", true))
+        .await?;
+    c.post(PODS, &on_node_2).await?;
+    let spec = |distribution: Value| {
+        json!({"metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}],
+                        "trafficDistribution": distribution}})
+    };
+    c.post(SVCS, &spec(json!("PreferClose"))).await?;
+    let expect = |want: Vec<(&str, Value, Value)>| {
+        let c = c.clone();
+        let want: Vec<(String, Value, Value)> = want
+            .into_iter()
+            .map(|(a, z, n)| (a.to_owned(), z, n))
+            .collect();
+        async move {
+            let last = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let got = eventually(T, || {
+                let (c, want, last) = (c.clone(), want.clone(), last.clone());
+                async move {
+                    let got = hints(&c, "web").await?;
+                    *last.lock() = got.clone();
+                    Ok((got == want).then_some(()))
+                }
+            })
+            .await;
+            assert!(got.is_ok(), "hints: want {want:?}, have {:?}", last.lock());
+        }
+    };
+    let zone = |z: &str| json!([{"name": z}]);
+    expect(vec![
+        ("10.244.0.1", zone("z1"), Value::Null),
+        ("10.244.0.2", zone("z2"), Value::Null),
+    ])
+    .await;
+
+    // PreferSameNode: node hints as well.
+    let current = c.get(&format!("{SVCS}/web")).await?.body;
+    let mut changed = current.clone();
+    changed["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    c.put(&format!("{SVCS}/web"), &changed).await?;
+    expect(vec![
+        ("10.244.0.1", zone("z1"), json!([{"name": "node-1"}])),
+        ("10.244.0.2", zone("z2"), json!([{"name": "node-2"}])),
+    ])
+    .await;
+
+    // A Node moves to another zone: its endpoint's hint follows.
+    c.patch(
+        "/api/v1/nodes/node-2",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "z3"}}}),
+    )
+    .await?;
+    expect(vec![
+        ("10.244.0.1", zone("z1"), json!([{"name": "node-1"}])),
+        ("10.244.0.2", zone("z3"), json!([{"name": "node-2"}])),
+    ])
+    .await;
+
+    // No trafficDistribution: no hints.
+    let current = c.get(&format!("{SVCS}/web")).await?.body;
+    let mut changed = current.clone();
+    changed["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("trafficDistribution");
+    c.put(&format!("{SVCS}/web"), &changed).await?;
+    expect(vec![
+        ("10.244.0.1", Value::Null, Value::Null),
+        ("10.244.0.2", Value::Null, Value::Null),
+    ])
+    .await;
+    s.stop().await;
+    Ok(())
+}

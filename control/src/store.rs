@@ -217,6 +217,11 @@ impl Store {
         self.nodes.get(name)
     }
 
+    /// Every Node.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
     pub fn secret(&self, key: &ObjectKey) -> Option<&Secret> {
         self.secrets.get(key)
     }

@@ -8,6 +8,7 @@
 
 mod derive;
 mod l7;
+mod topology;
 mod validate;
 
 #[cfg(test)]
@@ -577,6 +578,13 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let this_node = store.node(&node.name);
+    let here = topology::Here {
+        node: &node.name,
+        zone: this_node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(LABEL_ZONE))
+            .map(String::as_str),
+    };
     let addresses = external_addresses(service, this_node, node, &mut |m| {
         warn(&mut outcome, m, false);
     });
@@ -594,9 +602,19 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
     let explicit = store.slices_for_service(key);
     let derived;
     let slices: Vec<&EndpointSlice> = if explicit.is_empty() {
-        derived = derive_endpoint_slices(service, store.pods_in_namespace(&key.namespace), |n| {
-            store.node(n)
-        });
+        let mut slices =
+            derive_endpoint_slices(service, store.pods_in_namespace(&key.namespace), |n| {
+                store.node(n)
+            });
+        // The hints Kubernetes' EndpointSlice controller would write.
+        switchyard_apiserver::hints::set_hints(
+            service,
+            slices
+                .iter_mut()
+                .flat_map(|s| s.endpoints.iter_mut().flatten()),
+            || switchyard_apiserver::hints::zone_weights(store.nodes()),
+        );
+        derived = slices;
         derived.iter().collect()
     } else {
         explicit
@@ -697,18 +715,11 @@ pub fn compute_service(store: &Store, key: &ObjectKey, node: &NodeContext) -> Se
                 };
                 frontends.push((*addr, port_of_kind, *kind));
             }
-            let internal = cap(select_backends(
-                candidates.clone(),
-                &node.name,
-                internal_local.then_some(node.name.as_str()),
-            ));
-            let external = frontends.iter().any(|(_, _, k)| k.is_external()).then(|| {
-                cap(select_backends(
-                    candidates,
-                    &node.name,
-                    external_local.then_some(node.name.as_str()),
-                ))
-            });
+            let internal = cap(select_backends(candidates.clone(), &here, internal_local));
+            let external = frontends
+                .iter()
+                .any(|(_, _, k)| k.is_external())
+                .then(|| cap(select_backends(candidates, &here, external_local)));
             for (addr, frontend_port, kind) in frontends {
                 if !taken.insert((addr, frontend_port, proto)) {
                     continue;
@@ -934,6 +945,9 @@ struct Candidate {
     terminating: bool,
     node: Option<String>,
     zone: Option<String>,
+    /// `hints.forZones` and `hints.forNodes` (empty: no hint), sorted.
+    zone_hints: Vec<String>,
+    node_hints: Vec<String>,
 }
 
 /// Every endpoint of the slices that serves this Service port: the slice port whose name
@@ -992,6 +1006,17 @@ fn candidates_of(endpoint: &Endpoint, port: u16, ipv4: bool) -> Vec<Candidate> {
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
     let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    let hints = endpoint.hints.as_ref();
+    let mut zone_hints: Vec<String> = hints
+        .and_then(|h| h.for_zones.as_ref())
+        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+        .unwrap_or_default();
+    zone_hints.sort();
+    let mut node_hints: Vec<String> = hints
+        .and_then(|h| h.for_nodes.as_ref())
+        .map(|n| n.iter().map(|n| n.name.clone()).collect())
+        .unwrap_or_default();
+    node_hints.sort();
     // kube-proxy uses only the first address of an endpoint.
     endpoint
         .addresses
@@ -1006,26 +1031,37 @@ fn candidates_of(endpoint: &Endpoint, port: u16, ipv4: bool) -> Vec<Candidate> {
             terminating,
             node: endpoint.node_name.clone(),
             zone: endpoint.zone.clone(),
+            zone_hints,
+            node_hints,
         })
         .into_iter()
         .collect()
 }
 
-/// kube-proxy's endpoint categorisation: ready endpoints; when there are none, the ones that are
-/// serving and terminating. With `local_node` (`internalTrafficPolicy: Local`), only endpoints
-/// on that node count, and the same fallback applies among them.
+/// kube-proxy's endpoint categorisation: ready endpoints, narrowed by the endpoints' topology
+/// hints (see [`topology`]); when there are none, the ones that are serving and terminating.
+/// With `local` (`internalTrafficPolicy` or `externalTrafficPolicy: Local`), only endpoints on
+/// this node count, hints are not looked at, and the same fallback applies among them.
 fn select_backends(
     candidates: Vec<Candidate>,
-    this_node: &str,
-    local_node: Option<&str>,
+    here: &topology::Here<'_>,
+    local: bool,
 ) -> (Vec<Backend>, Vec<Backend>) {
-    let candidates: Vec<Candidate> = match local_node {
-        Some(node) => candidates
+    let this_node = here.node;
+    let candidates: Vec<Candidate> = if local {
+        candidates
             .into_iter()
-            .filter(|c| c.node.as_deref() == Some(node))
-            .collect(),
-        None => candidates,
+            .filter(|c| c.node.as_deref() == Some(this_node))
+            .collect()
+    } else {
+        candidates
     };
+    let mode = if local {
+        topology::Mode::All
+    } else {
+        topology::mode(&candidates, here)
+    };
+    // A mode other than `All` is chosen only when a ready endpoint is hinted for here.
     let any_ready = candidates.iter().any(|c| c.ready);
     let backend = |c: Candidate| Backend {
         addr: c.addr,
@@ -1043,7 +1079,7 @@ fn select_backends(
     let mut draining = Vec::new();
     for c in candidates {
         let usable = if any_ready {
-            c.ready
+            c.ready && mode.admits(&c, here)
         } else {
             c.serving && c.terminating
         };

@@ -1752,3 +1752,200 @@ mod base64_free {
         out
     }
 }
+
+/// An endpoint on `node` in `zone`, ready or not, with the hints given (JSON, or null).
+fn zoned_ep(ip: &str, node: &str, zone: &str, ready: bool, hints: Value) -> Value {
+    json!({"addresses": [ip], "nodeName": node, "zone": zone, "hints": hints,
+           "conditions": {"ready": ready, "serving": ready, "terminating": false}})
+}
+
+/// Topology-aware routing seen from node-a in zone-1 (kube-proxy's rules: hints decide, a
+/// missing hint or none for here means all, `Local` policies win), for hinted slices written
+/// by any controller and for endpoints the model derives from Pods itself.
+#[test]
+fn topology_hints_keep_traffic_close() {
+    let z = |zone: &str| json!({"forZones": [{"name": zone}]});
+    let zn = |zone: &str, node: &str| json!({"forZones": [{"name": zone}], "forNodes": [{"name": node}]});
+    let here_a = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
+    struct Case {
+        name: &'static str,
+        spec: Value,
+        endpoints: Value,
+        want: Vec<&'static str>,
+    }
+    let cases = vec![
+        Case {
+            name: "zone hints: this zone's endpoints",
+            spec: here_a.clone(),
+            endpoints: json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", true, z("zone-1")),
+                zoned_ep("10.244.1.11", "node-b", "zone-1", true, z("zone-1")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, z("zone-2")),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.1.11:8080"],
+        },
+        Case {
+            name: "one ready endpoint without a hint: all",
+            spec: here_a.clone(),
+            endpoints: json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", true, z("zone-1")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, Value::Null),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.2.11:8080"],
+        },
+        Case {
+            name: "this zone's endpoints are not ready: all ready ones",
+            spec: here_a.clone(),
+            endpoints: json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", false, z("zone-1")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, z("zone-2")),
+                zoned_ep("10.244.2.12", "node-c", "zone-2", true, z("zone-2")),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.2.11:8080,10.244.2.12:8080"],
+        },
+        Case {
+            name: "node hints: this node's endpoints",
+            spec: here_a.clone(),
+            endpoints: json!([
+                zoned_ep(
+                    "10.244.0.11",
+                    "node-a",
+                    "zone-1",
+                    true,
+                    zn("zone-1", "node-a")
+                ),
+                zoned_ep(
+                    "10.244.1.11",
+                    "node-b",
+                    "zone-1",
+                    true,
+                    zn("zone-1", "node-b")
+                ),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080"],
+        },
+        Case {
+            name: "node hints, this node's endpoint not ready: the zone rule",
+            spec: here_a.clone(),
+            endpoints: json!([
+                zoned_ep(
+                    "10.244.0.11",
+                    "node-a",
+                    "zone-1",
+                    false,
+                    zn("zone-1", "node-a")
+                ),
+                zoned_ep(
+                    "10.244.1.11",
+                    "node-b",
+                    "zone-1",
+                    true,
+                    zn("zone-1", "node-b")
+                ),
+                zoned_ep(
+                    "10.244.2.11",
+                    "node-c",
+                    "zone-2",
+                    true,
+                    zn("zone-2", "node-c")
+                ),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.1.11:8080"],
+        },
+        Case {
+            name: "internalTrafficPolicy: Local wins over the hints",
+            spec: json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+                         "internalTrafficPolicy": "Local"}),
+            endpoints: json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", true, z("zone-2")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, z("zone-2")),
+            ]),
+            want: vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080"],
+        },
+        Case {
+            name: "external traffic with policy Cluster follows the hints too, Local does not",
+            spec: json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
+                         "externalIPs": ["192.0.2.10"], "externalTrafficPolicy": "Local"}),
+            endpoints: json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", true, z("zone-2")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, z("zone-2")),
+            ]),
+            want: vec![
+                "10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.2.11:8080",
+                "192.0.2.10:80/TCP -> 10.244.0.11:8080",
+            ],
+        },
+    ];
+    for case in cases {
+        let (table, warnings) = run(vec![
+            node("node-a", "zone-1"),
+            service(case.spec),
+            slice("web-a", "IPv4", json!([{"port": 8080}]), case.endpoints),
+        ]);
+        assert!(warnings.is_empty(), "{}: {warnings:?}", case.name);
+        assert_eq!(summary(&table), case.want, "{}", case.name);
+    }
+
+    // Without a zone label on this node, zone hints cannot apply.
+    let (table, _) = run(vec![
+        service(here_a.clone()),
+        slice(
+            "web-a",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([
+                zoned_ep("10.244.0.11", "node-a", "zone-1", true, z("zone-1")),
+                zoned_ep("10.244.2.11", "node-c", "zone-2", true, z("zone-2")),
+            ]),
+        ),
+    ]);
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.11:8080,10.244.2.11:8080"],
+        "this node has no zone"
+    );
+}
+
+/// Endpoints the model derives from Pods get the hints Kubernetes' controller would write:
+/// `trafficDistribution: PreferClose` keeps node-a (zone-1) on zone-1's Pods, and
+/// `PreferSameNode` on its own.
+#[test]
+fn derived_endpoints_follow_traffic_distribution() {
+    let on = |name: &str, ip: &str, node: &str| {
+        pod(
+            name,
+            json!({"app": "web"}),
+            &[ip],
+            true,
+            json!({"spec": {"nodeName": node}}),
+        )
+    };
+    let objects = |distribution: &str| {
+        let mut spec = basic_spec();
+        merge(&mut spec, json!({"trafficDistribution": distribution}));
+        vec![
+            node("node-a", "zone-1"),
+            node("node-b", "zone-1"),
+            node("node-c", "zone-2"),
+            service(spec),
+            on("web-0", "10.244.0.10", "node-a"),
+            on("web-1", "10.244.1.10", "node-b"),
+            on("web-2", "10.244.2.10", "node-c"),
+        ]
+    };
+    let (table, _) = run(objects("PreferClose"));
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.10:8080,10.244.1.10:8080"]
+    );
+    let (table, _) = run(objects("PreferSameNode"));
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.10:8080"]
+    );
+    let (table, _) = run(objects("Unknown"));
+    assert_eq!(
+        summary(&table),
+        vec!["10.96.0.10:80/TCP -> 10.244.0.10:8080,10.244.1.10:8080,10.244.2.10:8080"]
+    );
+}
