@@ -115,6 +115,34 @@ pub struct Controller<D: Datapath> {
     orphans: BTreeSet<ObjectKey>,
     /// Told once the first complete view is programmed (see [`Controller::notify_programmed`]).
     first_programmed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// When every initial list was in (`SourceEvent::Synced`).
+    synced_at: Option<Instant>,
+    /// Kinds being listed again, and since when the first of them is: changes wait for them
+    /// (for at most [`MAX_RELIST_HOLD`]).
+    relisting: BTreeSet<crate::store::Kind>,
+    relisting_since: Option<Instant>,
+}
+
+/// The longest a relist holds the programming of other changes back.
+const MAX_RELIST_HOLD: Duration = Duration::from_secs(10);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+static PROCESS_STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Notes when the process started (`main` calls it first), for the first-view log line.
+pub fn mark_process_start() {
+    PROCESS_STARTED.get_or_init(Instant::now);
+}
+
+fn process_started() -> Instant {
+    *PROCESS_STARTED.get_or_init(Instant::now)
 }
 
 impl<D: Datapath> Controller<D> {
@@ -139,6 +167,9 @@ impl<D: Datapath> Controller<D> {
             fresh_slices: Vec::new(),
             orphans: BTreeSet::new(),
             first_programmed: None,
+            synced_at: None,
+            relisting: BTreeSet::new(),
+            relisting_since: None,
         }
     }
 
@@ -170,19 +201,15 @@ impl<D: Datapath> Controller<D> {
                     while let Ok(event) = events.try_recv() {
                         self.handle(event);
                     }
-                    if self.synced && !self.pending.is_empty() {
-                        self.sync_changes().await;
-                        if !self.programmed {
-                            // The datapath may hold what a previous instance programmed (pinned
-                            // eBPF maps): what the first view no longer has goes now, not at
-                            // the first periodic check.
-                            self.programmed = true;
-                            self.full_sync().await;
-                            if let Some(programmed) = self.first_programmed.take() {
-                                let _ = programmed.send(());
-                            }
-                        }
-                    }
+                    self.sync_if_ready().await;
+                }
+                () = sleep_until_some(self.hold_deadline()) => {
+                    tracing::warn!(
+                        kinds = ?self.relisting,
+                        "a relist is taking more than {MAX_RELIST_HOLD:?}: programming what is in"
+                    );
+                    self.relisting.clear();
+                    self.sync_if_ready().await;
                 }
                 _ = tick.tick() => {
                     if self.synced {
@@ -243,10 +270,21 @@ impl<D: Datapath> Controller<D> {
                 }
                 self.pending_since = Some(self.pending_since.map_or(observed, |t| t.min(observed)));
             }
+            SourceEvent::Relisting(kind) => {
+                if self.relisting.is_empty() {
+                    self.relisting_since = Some(Instant::now());
+                }
+                self.relisting.insert(kind);
+                tracing::info!(%kind, "relisting: changes are held until the list is complete");
+            }
+            SourceEvent::Relisted(kind) => {
+                self.relisting.remove(&kind);
+            }
             SourceEvent::Synced => {
                 if !self.synced {
                     // The first view is programmed in one pass, complete.
                     self.synced = true;
+                    self.synced_at = Some(Instant::now());
                     self.pending.all = true;
                     tracing::info!(
                         services = self.store.services_len(),
@@ -255,6 +293,54 @@ impl<D: Datapath> Controller<D> {
                 }
             }
         }
+    }
+
+    /// Applies what is pending, unless the first view is not complete yet or a relist is in
+    /// progress (see [`SourceEvent::Relisting`]).
+    async fn sync_if_ready(&mut self) {
+        if !self.synced || self.pending.is_empty() || !self.relisting.is_empty() {
+            return;
+        }
+        self.sync_changes().await;
+        if !self.programmed {
+            let programmed_at = Instant::now();
+            // The datapath may hold what a previous instance programmed (pinned eBPF maps):
+            // what the first view no longer has goes now, not at the first periodic check.
+            self.programmed = true;
+            self.full_sync().await;
+            self.log_first_view(programmed_at);
+            if let Some(programmed) = self.first_programmed.take() {
+                let _ = programmed.send(());
+            }
+        }
+    }
+
+    /// When a relist in progress stops holding the programming back.
+    fn hold_deadline(&self) -> Option<Instant> {
+        self.relisting_since
+            .filter(|_| !self.relisting.is_empty())
+            .map(|since| since + MAX_RELIST_HOLD)
+    }
+
+    /// The line that dates the first programmed view: how much it held, how long after the
+    /// initial lists were all in and after the process started it was in the datapath
+    /// (`programmed_at`), and how long the check against the datapath that follows took.
+    fn log_first_view(&self, programmed_at: Instant) {
+        let table = self.table.table();
+        let backends: usize = table.entries().map(|e| e.backends.len()).sum();
+        let after_lists = self
+            .synced_at
+            .map(|t| programmed_at.saturating_duration_since(t))
+            .unwrap_or_default();
+        tracing::info!(
+            services = self.table.services(),
+            frontends = table.len(),
+            backends,
+            after_lists = ?after_lists,
+            since_start = ?programmed_at.saturating_duration_since(process_started()),
+            check_took = ?programmed_at.elapsed(),
+            "first complete view programmed"
+        );
     }
 
     /// Recomputes the Services the pending changes affect and applies the difference.
@@ -608,6 +694,69 @@ mod tests {
         settle().await;
         assert_eq!(*recorder.verified.lock(), verified + 3);
 
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// After the first view, a kind being listed again holds every change back until its list
+    /// is complete (so no mix of a new list of one kind and an old one of another is
+    /// programmed), or for at most `MAX_RELIST_HOLD`.
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_holds_changes_until_it_is_complete() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
+        let health = Arc::new(Health::new(Duration::from_secs(3600)));
+        let controller = controller(&recorder, &metrics, &health);
+        let (tx, rx) = mpsc::channel(16);
+        let (_checks, checks) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controller.run(rx, checks, cancel.clone()));
+        let applied = || {
+            recorder
+                .diffs
+                .lock()
+                .iter()
+                .map(TableDiff::len)
+                .sum::<usize>()
+        };
+        tx.send(changes(vec![service("a", "10.96.0.1")]))
+            .await
+            .unwrap();
+        tx.send(SourceEvent::Synced).await.unwrap();
+        settle().await;
+        assert_eq!(applied(), 1, "the first view");
+
+        tx.send(SourceEvent::Relisting(Kind::EndpointSlice))
+            .await
+            .unwrap();
+        tx.send(changes(vec![service("b", "10.96.0.2")]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(applied(), 1, "held while slices are relisted");
+        tx.send(SourceEvent::Relisted(Kind::EndpointSlice))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(applied(), 2, "programmed once the list is in");
+
+        tx.send(SourceEvent::Relisting(Kind::Service))
+            .await
+            .unwrap();
+        tx.send(changes(vec![service("c", "10.96.0.3")]))
+            .await
+            .unwrap();
+        settle().await;
+        tokio::time::sleep(MAX_RELIST_HOLD - Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(applied(), 2, "still held");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(
+            applied(),
+            3,
+            "a relist that never ends holds for a bounded time"
+        );
         cancel.cancel();
         task.await.unwrap();
     }

@@ -32,6 +32,7 @@ fn init_logging(verbosity: u8, format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
+    switchyard_control::controller::mark_process_start();
     let cli = Cli::parse();
     // Capabilities are per thread and inherited: the daemon drops what it does not need
     // here, before the runtime makes its threads.

@@ -15,6 +15,9 @@ use crate::topology::{NODE_NAME, POD_HTTP_PORT, POD_UDP_PORT, Topology};
 /// The namespace every builder uses unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The Node label that puts it in a zone (the zone topology hints name).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// A container port on a [`Pod`].
 #[derive(Clone, Debug)]
 pub struct ContainerPort {
@@ -290,6 +293,7 @@ pub struct Service {
     ports: Vec<ServicePort>,
     affinity: SessionAffinity,
     internal_traffic_policy: Option<String>,
+    traffic_distribution: Option<String>,
 }
 
 /// A Service's `sessionAffinity`.
@@ -315,6 +319,7 @@ impl Service {
             ports: Vec::new(),
             affinity: SessionAffinity::None,
             internal_traffic_policy: None,
+            traffic_distribution: None,
         }
     }
 
@@ -364,6 +369,14 @@ impl Service {
         self
     }
 
+    /// Sets `trafficDistribution` (`PreferClose`, `PreferSameZone` or `PreferSameNode`):
+    /// the `EndpointSlice` controller then writes topology hints into the endpoints.
+    #[must_use]
+    pub fn traffic_distribution(mut self, distribution: &str) -> Self {
+        self.traffic_distribution = Some(distribution.to_owned());
+        self
+    }
+
     /// The Service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -395,6 +408,9 @@ impl Service {
         }
         if let Some(policy) = &self.internal_traffic_policy {
             spec["internalTrafficPolicy"] = json!(policy);
+        }
+        if let Some(distribution) = &self.traffic_distribution {
+            spec["trafficDistribution"] = json!(distribution);
         }
         match self.affinity {
             SessionAffinity::None => spec["sessionAffinity"] = json!("None"),
@@ -583,4 +599,11 @@ pub fn node(name: &str, internal_ips: &[IpAddr]) -> Value {
         },
         "status": {"addresses": addresses},
     })
+}
+
+/// A v1 Node as [`node`] makes it, in zone `zone` ([`ZONE_LABEL`]).
+pub fn node_in_zone(name: &str, internal_ips: &[IpAddr], zone: &str) -> Value {
+    let mut value = node(name, internal_ips);
+    value["metadata"]["labels"][ZONE_LABEL] = json!(zone);
+    value
 }

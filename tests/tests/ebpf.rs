@@ -780,6 +780,37 @@ fn ten_thousand_services_of_ten_endpoints() -> Result<()> {
     let daemon = topo.start_daemon_with(&manifests, &config)?;
     eprintln!("healthy after {:?}", started.elapsed());
     daemon.with_log((|| {
+        // A consistent first view: the first table programmed held every Service, not the
+        // part of them whose objects had arrived.
+        let first = daemon.wait_for_log(
+            "the first view to be programmed",
+            Duration::from_secs(10),
+            |l| l.contains("first complete view programmed"),
+        )?;
+        // The sample Services have the real pods as their endpoints, every other one ten.
+        let want_backends = (SCALE_SERVICES - sample.len()) * SCALE_ENDPOINTS
+            + sample.len() * topo.pods().len();
+        let field = |name: &str| -> Option<String> {
+            first
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+        };
+        eprintln!(
+            "first view: {} Services, {} frontends, {} backends; programmed {} after the \
+             initial lists, {} after the process started",
+            field("services").unwrap_or_default(),
+            field("frontends").unwrap_or_default(),
+            field("backends").unwrap_or_default(),
+            field("after_lists").unwrap_or_default(),
+            field("since_start").unwrap_or_default(),
+        );
+        ensure!(
+            field("services") == Some(SCALE_SERVICES.to_string())
+                && field("frontends") == Some(SCALE_SERVICES.to_string())
+                && field("backends") == Some(want_backends.to_string()),
+            "the first programmed view was not the whole cluster: {first}"
+        );
         let frontends = poll_until(
             "`switchyard services` to list 10,000 frontends",
             Duration::from_mins(1),

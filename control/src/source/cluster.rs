@@ -314,9 +314,20 @@ async fn watch<K>(
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         let received = Instant::now();
+        let mut list_done = false;
         let (upserts, deletes) = match event {
             Ok(Event::Init) => {
                 state.relist = Some(Vec::new());
+                if state.synced
+                    && kind != Kind::Secret
+                    && shared
+                        .events
+                        .send(SourceEvent::Relisting(kind))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
                 continue;
             }
             Ok(Event::InitApply(object)) => {
@@ -324,6 +335,7 @@ async fn watch<K>(
                 continue;
             }
             Ok(Event::InitDone) => {
+                list_done = true;
                 let listed = state.relist.take().unwrap_or_default();
                 let count = listed.len();
                 let diff = state.finish_relist(listed);
@@ -370,6 +382,17 @@ async fn watch<K>(
             if sent.is_err() {
                 return;
             }
+        }
+        if list_done
+            && state.synced
+            && kind != Kind::Secret
+            && shared
+                .events
+                .send(SourceEvent::Relisted(kind))
+                .await
+                .is_err()
+        {
+            return;
         }
         if state.relist.is_none() && !state.synced {
             state.synced = true;

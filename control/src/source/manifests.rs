@@ -370,6 +370,7 @@ pub async fn load_into(
                 upserts, deletes, ..
             } => (upserts, deletes, false),
             SourceEvent::Synced => (std::mem::take(&mut initial), Vec::new(), true),
+            SourceEvent::Relisting(_) | SourceEvent::Relisted(_) => continue,
         };
         let objects = upserts.iter().filter_map(to_manifest_object).collect();
         let deletes = deletes

@@ -23,6 +23,13 @@ pub enum SourceEvent {
     },
     /// The source has delivered its initial state.
     Synced,
+    /// After the initial state, a kind is being listed again (its watch failed or expired):
+    /// its changes arrive once the list is complete, and other kinds' changes should wait for
+    /// it too, so that no view made of a new list of one kind and an old one of another is
+    /// programmed.
+    Relisting(Kind),
+    /// That list is complete (its changes, if any, were sent just before).
+    Relisted(Kind),
 }
 
 /// Why a source could not start.
