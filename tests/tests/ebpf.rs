@@ -788,8 +788,8 @@ fn ten_thousand_services_of_ten_endpoints() -> Result<()> {
             |l| l.contains("first complete view programmed"),
         )?;
         // The sample Services have the real pods as their endpoints, every other one ten.
-        let want_backends = (SCALE_SERVICES - sample.len()) * SCALE_ENDPOINTS
-            + sample.len() * topo.pods().len();
+        let want_backends =
+            (SCALE_SERVICES - sample.len()) * SCALE_ENDPOINTS + sample.len() * topo.pods().len();
         let field = |name: &str| -> Option<String> {
             first
                 .split_whitespace()
