@@ -107,6 +107,10 @@ pub struct Controller<D: Datapath> {
     programmed: bool,
     pending: Affected,
     pending_since: Option<Instant>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` of each EndpointSlice changed
+    /// since the last sync (after the first view): when the change behind it happened in the
+    /// cluster, as kube-proxy measures its network programming latency from.
+    pending_triggers: Vec<SystemTime>,
     /// EndpointSlices written since the last sync, with the Service each names: one whose
     /// Service does not exist once the sync runs is reported.
     fresh_slices: Vec<(ObjectKey, ObjectKey)>,
@@ -164,6 +168,7 @@ impl<D: Datapath> Controller<D> {
             programmed: false,
             pending: Affected::default(),
             pending_since: None,
+            pending_triggers: Vec::new(),
             fresh_slices: Vec::new(),
             orphans: BTreeSet::new(),
             first_programmed: None,
@@ -253,6 +258,11 @@ impl<D: Datapath> Controller<D> {
                         let key = ObjectKey::of(&slice.metadata);
                         let service = ObjectKey::new(key.namespace.clone(), service.clone());
                         self.fresh_slices.push((key, service));
+                        if self.programmed
+                            && let Some(age) = crate::source::trigger_age(slice, SystemTime::now())
+                        {
+                            self.pending_triggers.push(SystemTime::now() - age);
+                        }
                     }
                     let (affected, counts) = self.store.upsert(object);
                     self.pending.merge(affected);
@@ -355,7 +365,20 @@ impl<D: Datapath> Controller<D> {
         self.apply(&diff).await;
         let took = started.elapsed();
         self.metrics.observe_sync(took);
-        if let Some(since) = self.pending_since.take()
+        // One observation per changed EndpointSlice, from when its change happened in the
+        // cluster (kube-proxy's meaning); changes without that time (Services, slices written
+        // by hand or from manifests) count once, from when the oldest of them was seen.
+        let since = self.pending_since.take();
+        let triggers = std::mem::take(&mut self.pending_triggers);
+        if !triggers.is_empty() {
+            let now = SystemTime::now();
+            for trigger in triggers {
+                let latency = now.duration_since(trigger).unwrap_or_default();
+                self.metrics
+                    .network_programming
+                    .observe(latency.as_secs_f64());
+            }
+        } else if let Some(since) = since
             && !diff.is_empty()
         {
             self.metrics
@@ -756,6 +779,65 @@ mod tests {
             applied(),
             3,
             "a relist that never ends holds for a bounded time"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// A slice of Service "a" whose controller dates its change `ago`.
+    fn dated_slice(name: &str, ago: Duration) -> Object {
+        let trigger = humantime::format_rfc3339_nanos(SystemTime::now() - ago).to_string();
+        Object::EndpointSlice(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "a"},
+                             "annotations": {crate::source::ANNOTATION_TRIGGER_TIME: trigger}},
+                "addressType": "IPv4",
+                "ports": [{"port": 8080}],
+                "endpoints": [{"addresses": ["10.244.0.11"]}],
+            }))
+            .expect("test EndpointSlice"),
+        )
+    }
+
+    /// Network programming latency as kube-proxy measures it: one observation per changed
+    /// EndpointSlice, from its trigger time; the initial list (old changes) is not observed.
+    #[tokio::test(start_paused = true)]
+    async fn programming_latency_is_observed_per_slice_from_its_trigger_time() {
+        let recorder = Recorder::default();
+        let metrics = Arc::new(Metrics::new(Arc::new(NoStatus)));
+        let health = Arc::new(Health::new(Duration::from_secs(3600)));
+        let controller = controller(&recorder, &metrics, &health);
+        let (tx, rx) = mpsc::channel(16);
+        let (_checks, checks) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controller.run(rx, checks, cancel.clone()));
+        let histogram = &metrics.network_programming;
+        tx.send(changes(vec![
+            service("a", "10.96.0.1"),
+            dated_slice("a-1", Duration::from_secs(3600)),
+        ]))
+        .await
+        .unwrap();
+        tx.send(SourceEvent::Synced).await.unwrap();
+        settle().await;
+        let initial = histogram.get_sample_count();
+        assert!(
+            histogram.get_sample_sum() < 3600.0,
+            "the initial list's hour-old change is not a latency"
+        );
+        tx.send(changes(vec![
+            dated_slice("a-1", Duration::from_secs(2)),
+            dated_slice("a-2", Duration::from_secs(3)),
+        ]))
+        .await
+        .unwrap();
+        settle().await;
+        assert_eq!(histogram.get_sample_count(), initial + 2, "one per slice");
+        let sum = histogram.get_sample_sum();
+        assert!(
+            (5.0..6.0).contains(&sum),
+            "2 s + 3 s, measured from the trigger times: {sum}"
         );
         cancel.cancel();
         task.await.unwrap();

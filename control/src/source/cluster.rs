@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::SourceEvent;
+use super::{ANNOTATION_TRIGGER_TIME, SourceEvent};
 use crate::metrics::Metrics;
 use crate::store::{Kind, Object, ObjectKey};
 
@@ -33,10 +33,6 @@ use crate::store::{Kind, Object, ObjectKey};
 /// not claimed by another service proxy.
 pub const PROXY_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-
-/// The annotation the EndpointSlice controller stamps with the time of the change that caused
-/// a slice's update; network programming latency is measured from it.
-pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// How to reach the API server.
 #[derive(Clone, Debug, Default)]
@@ -266,17 +262,9 @@ fn observed_at(objects: &[Object], received: Instant) -> Instant {
     objects
         .iter()
         .filter_map(|object| match object {
-            Object::EndpointSlice(slice) => slice
-                .metadata
-                .annotations
-                .as_ref()?
-                .get(ANNOTATION_TRIGGER_TIME),
+            Object::EndpointSlice(slice) => super::trigger_age(slice, now),
             _ => None,
         })
-        .filter_map(|text| humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok())
-        .filter_map(|at| now.duration_since(at).ok())
-        // A clock far off is no measurement.
-        .filter(|age| *age < Duration::from_hours(1))
         .filter_map(|age| received.checked_sub(age))
         .min()
         .unwrap_or(received)

@@ -32,6 +32,26 @@ pub enum SourceEvent {
     Relisted(Kind),
 }
 
+/// The annotation an EndpointSlice controller dates a slice's last change with.
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// How long ago (at `now`) the change behind this slice happened in the cluster, if its
+/// controller says (RFC 3339) and the clocks agree (an hour or more is no measurement).
+pub fn trigger_age(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+    now: std::time::SystemTime,
+) -> Option<std::time::Duration> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_TRIGGER_TIME)?;
+    let at = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
+    now.duration_since(at)
+        .ok()
+        .filter(|age| *age < std::time::Duration::from_hours(1))
+}
+
 /// Why a source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
