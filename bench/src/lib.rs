@@ -26,6 +26,11 @@
 //! proxy against nginx and HAProxy in HTTP mode, with wrk (HTTP/1.1) and
 //! h2load (HTTP/2 cleartext), against backends of its own (`l7-backend`).
 //!
+//! The first-sync benchmark (binary `firstsync`, module [`firstsync`]) times
+//! one node daemon's first full sync of 10,000 Services × 3 endpoints from
+//! process start, cold and over its own pins, against kube-proxy's rule
+//! shapes for the same cluster loaded from empty.
+//!
 //! What it never does: pass or fail (it measures), or send traffic anywhere
 //! but loopback and the namespaces it created through `switchyard-tests`.
 
@@ -37,6 +42,7 @@ pub mod apiwatch;
 pub mod binaries;
 pub mod cluster;
 pub mod cpu;
+pub mod firstsync;
 pub mod haproxy;
 pub mod kube_proxy;
 pub mod l7;

@@ -202,6 +202,19 @@ fn main() -> Result<()> {
                 bail!("the API watch benchmark failed");
             }
             step(
+                "the first full sync: 10,000 Services x 3 endpoints from process start, against kube-proxy's rule shapes loaded from empty",
+            );
+            let status = Command::new(root.join("target/release/firstsync"))
+                .arg("--out")
+                .arg(root.join("bench/results"))
+                .current_dir(&root)
+                .env("SWITCHYARD_BIN", root.join("target/release/switchyard"))
+                .status()
+                .context("cannot run the first-sync benchmark")?;
+            if !status.success() {
+                bail!("the first-sync benchmark failed");
+            }
+            step(
                 "NodePort from outside to a pod on another node: switchyard's tc eBPF datapath against kube-proxy's iptables rules and a direct connection",
             );
             let status = Command::new(root.join("target/release/nodeport"))

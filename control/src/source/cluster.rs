@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ANNOTATION_TRIGGER_TIME, SourceEvent};
+use super::SourceEvent;
 use crate::metrics::Metrics;
 use crate::store::{Kind, Object, ObjectKey};
 
@@ -398,6 +398,7 @@ async fn watch<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::ANNOTATION_TRIGGER_TIME;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn service(name: &str, rv: &str) -> Object {
