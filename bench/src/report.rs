@@ -91,6 +91,41 @@ pub struct Stat {
     pub p99_ms: Option<f64>,
 }
 
+/// `10000` as `10,000`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Writes a report as `<dir>/<date>-<name>[-<tag>].md` and `.json`; returns their paths.
+pub fn write_dated<T: Serialize>(
+    dir: &Path,
+    date: &str,
+    name: &str,
+    tag: Option<&str>,
+    markdown: &str,
+    report: &T,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let stem = match tag {
+        Some(tag) => format!("{date}-{name}-{tag}"),
+        None => format!("{date}-{name}"),
+    };
+    let md = dir.join(format!("{stem}.md"));
+    let json = dir.join(format!("{stem}.json"));
+    std::fs::write(&md, markdown).with_context(|| format!("write {}", md.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("write {}", json.display()))?;
+    Ok((md, json))
+}
+
 /// The median; the mean of the middle two for an even count.
 pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::usage::PhaseUsage;
@@ -262,15 +262,7 @@ pub struct Report {
 
 /// `10000` as `10,000`.
 fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::report::thousands(n as u64)
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -848,17 +840,14 @@ impl Report {
     /// Writes `<dir>/<date>-apiwatch[-<tag>].md` and `.json`; returns their
     /// paths.
     pub fn write(&self, dir: &Path, tag: Option<&str>) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let stem = match tag {
-            Some(tag) => format!("{}-apiwatch-{tag}", self.machine.date),
-            None => format!("{}-apiwatch", self.machine.date),
-        };
-        let md = dir.join(format!("{stem}.md"));
-        let json = dir.join(format!("{stem}.json"));
-        std::fs::write(&md, self.markdown()).with_context(|| format!("write {}", md.display()))?;
-        std::fs::write(&json, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("write {}", json.display()))?;
-        Ok((md, json))
+        crate::report::write_dated(
+            dir,
+            &self.machine.date,
+            "apiwatch",
+            tag,
+            &self.markdown(),
+            self,
+        )
     }
 }
 

@@ -33,7 +33,8 @@ pub const TARGET_PORT: u16 = 8080;
 /// itself (a 4xx) is tried.
 const TRIES: usize = 5;
 
-async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+/// A client of the API server of `kubeconfig`.
+pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
     let file = Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("read {}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())

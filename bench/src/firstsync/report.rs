@@ -4,14 +4,14 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::anchor::Load;
 use super::start::{Start, Variant};
 use super::{Outcome, RunConfig};
 use crate::machine::Machine;
-use crate::report::median;
+use crate::report::{median, thousands, write_dated};
 use crate::rule_loader::Backend;
 
 /// The goal (issue 8): the first full sync programmed within this after the initial lists
@@ -233,19 +233,6 @@ fn load_ratio(load: Option<&Load>, base: Option<f64>) -> String {
         }) => format!("more than {}", ratio(Some(*limit), base)),
         _ => "n/a".to_owned(),
     }
-}
-
-/// `10000` as `10,000`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Report {
@@ -535,17 +522,14 @@ impl Report {
 
     /// Writes `<dir>/<date>-firstsync[-<tag>].md` and `.json`; returns their paths.
     pub fn write(&self, dir: &Path, tag: Option<&str>) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let stem = match tag {
-            Some(tag) => format!("{}-firstsync-{tag}", self.machine.date),
-            None => format!("{}-firstsync", self.machine.date),
-        };
-        let md = dir.join(format!("{stem}.md"));
-        let json = dir.join(format!("{stem}.json"));
-        std::fs::write(&md, self.markdown()).with_context(|| format!("write {}", md.display()))?;
-        std::fs::write(&json, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("write {}", json.display()))?;
-        Ok((md, json))
+        write_dated(
+            dir,
+            &self.machine.date,
+            "firstsync",
+            tag,
+            &self.markdown(),
+            self,
+        )
     }
 }
 

@@ -14,7 +14,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use nix::sched::{CloneFlags, setns};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -65,15 +64,6 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Re
             .join()
             .map_err(|_| anyhow::anyhow!("the thread in namespace {} panicked", ns.name()))?
     })
-}
-
-async fn client(kubeconfig: &Path) -> Result<kube::Client> {
-    let file = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("read {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")?;
-    kube::Client::try_from(config).context("build the client")
 }
 
 /// Creates `object`, trying again after failures that are not the request's fault; an
@@ -137,7 +127,7 @@ fn is_complete(slice: &EndpointSlice, per_service: usize) -> bool {
     reason = "times the whole write on the writer's own thread; nothing to pause"
 )]
 async fn write_async(kubeconfig: &Path, cluster: &Cluster, concurrency: usize) -> Result<Stored> {
-    let client = client(kubeconfig).await?;
+    let client = crate::apiwatch::writer::client(kubeconfig).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), cluster::NAMESPACE);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), cluster::NAMESPACE);
     let mut stored = Stored {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,7 +17,6 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -178,15 +177,6 @@ pub struct EngineOutcome {
     pub churn: ChurnReport,
     /// The client's record.
     pub client: ClientRecord,
-}
-
-async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    let file = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("read {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-        .await
-        .context("load the kubeconfig")?;
-    kube::Client::try_from(config).context("build the client")
 }
 
 fn service_object(index: usize) -> Value {
@@ -551,7 +541,7 @@ pub async fn run(
     mut from_main: UnboundedReceiver<MainCommand>,
     to_main: std::sync::mpsc::Sender<EngineEvent>,
 ) -> Result<EngineOutcome> {
-    let client = kube_client(&config.kubeconfig).await?;
+    let client = crate::apiwatch::writer::client(&config.kubeconfig).await?;
     client
         .apiserver_version()
         .await

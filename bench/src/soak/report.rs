@@ -12,6 +12,7 @@ use super::plot::{self, Panel, Series, Style};
 use super::stats::{LogHistogram, PromHistogram, mean_between, nearest_rank, slope};
 use super::{MetricsSample, Outcome, ProcSample, RunConfig};
 use crate::machine::Machine;
+use crate::report::thousands;
 
 /// Memory after the warm-up counts as flat when it grew by less than this share of what it was
 /// at the end of the warm-up (and by less than [`FLAT_TOLERANCE_MIB`]).
@@ -477,19 +478,6 @@ fn mib(v: Option<f64>) -> String {
 
 fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
-}
-
-/// `10000` as `10,000`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Report {

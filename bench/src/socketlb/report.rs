@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::control_plane::{Changes, ControlOutcome, Durations};
@@ -795,17 +795,14 @@ impl Report {
     /// Writes `<dir>/<date>-socketlb[-<tag>].md` and `.json`; returns their
     /// paths.
     pub fn write(&self, dir: &Path, tag: Option<&str>) -> Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let stem = match tag {
-            Some(tag) => format!("{}-socketlb-{tag}", self.machine.date),
-            None => format!("{}-socketlb", self.machine.date),
-        };
-        let md = dir.join(format!("{stem}.md"));
-        let json = dir.join(format!("{stem}.json"));
-        std::fs::write(&md, self.markdown()).with_context(|| format!("write {}", md.display()))?;
-        std::fs::write(&json, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("write {}", json.display()))?;
-        Ok((md, json))
+        crate::report::write_dated(
+            dir,
+            &self.machine.date,
+            "socketlb",
+            tag,
+            &self.markdown(),
+            self,
+        )
     }
 }
 
