@@ -325,6 +325,7 @@ async fn attempts(
         };
         let endpoint = Arc::clone(&backend.l7);
         let in_flight = endpoint.start();
+        let connects = endpoint.pool.connects();
         // Each call awaited where it is made: a future first bound to a variable is copied
         // whole again into the await, and these are large.
         let sent = match (upgrade, spec.timeouts.per_try) {
@@ -368,7 +369,13 @@ async fn attempts(
             Ok((response, reuse)) => {
                 let status = response.status();
                 endpoint.counters.response(status.as_u16(), took);
-                endpoint.observe(took, answered);
+                // The estimate is the backend's answering time, as linkerd2-proxy measures
+                // it: a request that waited for a connection to it to be made (its own or
+                // another's) says how long connecting took, and a slow first connect would
+                // otherwise keep the backend's estimate high for the decay time.
+                if endpoint.pool.connects() == connects {
+                    endpoint.observe(took, answered);
+                }
                 if status.is_server_error() {
                     outlier_failure(set, spec, backend, conn);
                 } else {

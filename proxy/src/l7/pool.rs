@@ -32,6 +32,9 @@ pub(crate) struct Pool {
     h2: Mutex<Option<(H2Sender, bool)>>,
     /// Held while an HTTP/2 connection is being made, so concurrent requests share it.
     pub(crate) h2_connecting: tokio::sync::Mutex<()>,
+    /// Connections tried so far (made or failed), so a request can tell whether one was
+    /// being made while it was out.
+    connects: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -103,6 +106,17 @@ impl Pool {
         if slot.as_ref().is_some_and(|(s, _)| s.is_closed()) {
             *slot = None;
         }
+    }
+
+    /// Counts a connection tried.
+    pub(crate) fn connecting(&self) {
+        self.connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections tried so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn idle(&self) -> usize {

@@ -130,7 +130,9 @@ async fn send_on_new(
     } else {
         None
     };
-    match connect(upstream, addr, stats, false).await {
+    let connected = connect(upstream, addr, stats, false).await;
+    pool.connecting();
+    match connected {
         Err(e) => Err(SendError::NotSent(req, e)),
         Ok(Fresh::H2(sender)) => {
             pool.set_h2(sender.clone(), tls);
