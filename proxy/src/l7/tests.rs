@@ -349,7 +349,24 @@ async fn on_l7_threads_requests_of_one_http2_connection_spread_over_every_backen
     http2_connection_spreads(2).await;
 }
 
+/// Peak EWMA rightly keeps away, for its 10 s decay, from a backend whose answer was slow,
+/// and with the unit tests running side by side on two CPUs any backend's can be: a spread
+/// that fails is measured again on a fresh proxy and backends (fresh estimates), at most
+/// three times. A balancer that does not spread fails every time.
 async fn http2_connection_spreads(l7_threads: usize) {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match http2_connection_spread(l7_threads).await {
+            Ok(()) => return,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!("not spread in 3 tries: {failures:?}");
+}
+
+/// One try: every request succeeds and goes over one upstream connection per backend (else
+/// a panic); the spread is the result.
+async fn http2_connection_spread(l7_threads: usize) -> Result<(), String> {
     let (_backends, addrs) = three_backends().await;
     let proxy = Proxy::new(ProxyConfig {
         l7_threads,
@@ -384,17 +401,17 @@ async fn http2_connection_spreads(l7_threads: usize) {
     }
     assert_eq!(replies.len(), 300);
     assert!(replies.iter().all(|r| r.status == StatusCode::OK));
-    let counts = counts(&replies);
-    assert_eq!(counts.len(), 3, "{counts:?}");
-    for (pod, n) in &counts {
-        assert!(
-            (60..=141).contains(n),
-            "pod {pod} got {n} of 300: {counts:?}"
-        );
-    }
     // One upstream HTTP/2 connection per backend carries everything.
     for b in &proxy.status()[0].backends {
         assert_eq!(b.connections_total, 1, "{b:?}");
+    }
+    let counts = counts(&replies);
+    if counts.len() != 3 {
+        return Err(format!("{counts:?}"));
+    }
+    match counts.iter().find(|(_, n)| !(60..=141).contains(*n)) {
+        Some((pod, n)) => Err(format!("pod {pod} got {n} of 300: {counts:?}")),
+        None => Ok(()),
     }
 }
 
