@@ -60,6 +60,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use anyhow::Context as _;
+
 use crate::machine::Machine;
 use crate::report::{Method, Report};
 use crate::suite::SuiteConfig;
@@ -79,4 +81,25 @@ pub fn compare(
     let report = Report::new(machine, Method::of(config), outcome);
     let (md, json) = report.write(out_dir)?;
     Ok((report, md, json))
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`, and returns what it
+/// returned. The thread is not pinned to a CPU unless `f` pins it (what it starts inherits
+/// the mask).
+pub fn in_netns<T: Send>(
+    ns: &switchyard_tests::Netns,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let path = ns.path();
+    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("enter network namespace {}", path.display()))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in namespace {} panicked", ns.name()))?
+    })
 }

@@ -7,13 +7,11 @@
 //! directly, and `ip netns exec` would add a mount namespace and a remount
 //! of `/sys` to every timing.
 
-use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 use switchyard_tests::Netns;
 
@@ -141,18 +139,9 @@ pub fn in_netns<T: Send>(
     timeout: Duration,
     f: impl FnOnce(&Loader) -> Result<T> + Send,
 ) -> Result<T> {
-    let path = format!("/run/netns/{}", ns.name());
-    let file = File::open(&path).with_context(|| format!("open {path}"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("enter network namespace {path}"))?;
-                cpu::pin_this_thread(&[cpu])?;
-                f(&Loader { timeout })
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the loader thread panicked"))?
+    crate::in_netns(ns, || {
+        cpu::pin_this_thread(&[cpu])?;
+        f(&Loader { timeout })
     })
 }
 

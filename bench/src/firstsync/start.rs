@@ -22,8 +22,8 @@ use sha2::{Digest as _, Sha256};
 use switchyard_tests::{Netns, Process};
 
 use super::log::StartLog;
-use super::writer::in_netns;
 use crate::cpu;
+use crate::in_netns;
 
 /// How `switchyard run` is started; the same for every start of the run.
 #[derive(Clone, Debug)]

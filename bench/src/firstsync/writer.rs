@@ -4,7 +4,6 @@
 //! that has entered the network namespace the API server listens in; then the stored
 //! objects counted back.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +13,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
-use nix::sched::{CloneFlags, setns};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,23 +45,6 @@ pub struct Stored {
     pub slices_complete: usize,
     /// Endpoints over every slice listed.
     pub endpoints: usize,
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns` (not pinned to a CPU, so
-/// that nothing it starts inherits a mask), and returns what it returned.
-pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = ns.path();
-    let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("enter network namespace {}", path.display()))?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread in namespace {} panicked", ns.name()))?
-    })
 }
 
 /// Creates `object`, trying again after failures that are not the request's fault; an
@@ -105,7 +86,7 @@ pub fn write(
     cluster: &Cluster,
     concurrency: usize,
 ) -> Result<Stored> {
-    in_netns(net, || {
+    crate::in_netns(net, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
