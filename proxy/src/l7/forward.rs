@@ -143,15 +143,17 @@ pub(crate) async fn handle(
     prepare_request_headers(&mut parts.headers, &conn, upgrade);
     let req = Request::from_parts(parts, UpBody::new(body, spec.limits.max_body_bytes));
 
+    // Boxed: the retry loop's state is most of a request's future, which hyper moves whole
+    // (into its slot of the connection for HTTP/1.1, into a box per stream for HTTP/2).
+    let tries = Box::pin(attempts(req, &set, &spec, &conn, upgrade, started));
     let outcome = match spec.timeouts.request {
-        Some(limit) => tokio::time::timeout(limit, attempts(req, &set, &spec, &conn, upgrade))
-            .await
-            .unwrap_or(Outcome {
-                result: Err(Failure::Timeout(limit)),
-                backend: None,
-                retries: 0,
-            }),
-        None => attempts(req, &set, &spec, &conn, upgrade).await,
+        Some(limit) => tokio::time::timeout(limit, tries).await.unwrap_or(Outcome {
+            result: Err(Failure::Timeout(limit)),
+            backend: None,
+            retries: 0,
+            answered: None,
+        }),
+        None => tries.await,
     };
 
     let retries = outcome.retries;
@@ -187,7 +189,12 @@ pub(crate) async fn handle(
             local(failure.status(), &failure.message())
         }
     };
-    let elapsed = started.elapsed();
+    // A backend's answer was timed when it came; reading the clock again would only add the
+    // few instructions since.
+    let elapsed = outcome
+        .answered
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(started);
     router
         .counters
         .response(response.status().as_u16(), elapsed);
@@ -271,6 +278,8 @@ struct Outcome {
     result: Result<Sent, Failure>,
     backend: Option<SocketAddr>,
     retries: u32,
+    /// When the answer passed on came from its backend.
+    answered: Option<Instant>,
 }
 
 /// Tries backends until one answers, within the retry policy and budget.
@@ -280,6 +289,7 @@ async fn attempts(
     spec: &L7Spec,
     conn: &Conn,
     upgrade: bool,
+    started: Instant,
 ) -> Outcome {
     let router = &conn.frontend.router;
     let upstream = router.upstream();
@@ -296,9 +306,14 @@ async fn attempts(
     let mut retries = 0;
     let mut backend_addr = None;
     // A 503 kept while a retry looks for another backend: the answer if none is left.
-    let mut held: Option<(Sent, SocketAddr)> = None;
+    let mut held: Option<(Sent, SocketAddr, Instant)> = None;
     loop {
-        let now = Instant::now();
+        // The first attempt starts with the request.
+        let now = if attempt == 0 {
+            started
+        } else {
+            Instant::now()
+        };
         let headers = match (&pending, &template) {
             (Some(r), _) => r.headers(),
             (None, Some(t)) => &t.headers,
@@ -392,13 +407,14 @@ async fn attempts(
                     && retry_allowed(conn, spec)
                 {
                     retries += 1;
-                    held = Some((sent, backend.addr));
+                    held = Some((sent, backend.addr, answered));
                     continue;
                 }
                 return Outcome {
                     result: Ok(sent),
                     backend: backend_addr,
                     retries,
+                    answered: Some(answered),
                 };
             }
             Err(SendError::NotSent(req, error)) => {
@@ -424,15 +440,17 @@ async fn attempts(
     }
     match held {
         // A backend's own 503 says more than the proxy's error about the retry that failed.
-        Some((sent, addr)) => Outcome {
+        Some((sent, addr, answered)) => Outcome {
             result: Ok(sent),
             backend: Some(addr),
             retries,
+            answered: Some(answered),
         },
         _ => Outcome {
             result: Err(last),
             backend: backend_addr,
             retries,
+            answered: None,
         },
     }
 }
@@ -496,6 +514,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes the headers that belong to one hop (RFC 9110 §7.6.1); with `upgrade`, keeps the
 /// `Connection: upgrade` and `Upgrade` pair.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over a few names, not a lookup for each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -529,6 +551,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// A header [`strip_hop_by_hop`] removes or rewrites (`Connection` names the others).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// A client's elements of `X-Forwarded-For` and `Forwarded` (RFC 7239), and the scheme it
@@ -613,4 +645,101 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade,
             debug!(client = %peer, %error, "upgraded connection ended with an error");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pairs<'a> = &'a [(&'static str, &'static str)];
+
+    fn map(pairs: Pairs<'_>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    fn stripped(pairs: Pairs<'_>, upgrade: bool) -> Vec<(String, String)> {
+        let mut headers = map(pairs);
+        strip_hop_by_hop(&mut headers, upgrade);
+        let mut left: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        left.sort();
+        left
+    }
+
+    fn owned(pairs: Pairs<'_>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_case_by_case() {
+        let cases: [(&str, Pairs<'_>, bool, Pairs<'_>); 7] = [
+            (
+                "none to strip: untouched",
+                &[("host", "web"), ("accept", "*/*"), ("x-a", "1")],
+                false,
+                &[("host", "web"), ("accept", "*/*"), ("x-a", "1")],
+            ),
+            (
+                "Connection and the headers it names",
+                &[
+                    ("connection", "close, x-secret"),
+                    ("x-secret", "s"),
+                    ("x-kept", "k"),
+                ],
+                false,
+                &[("x-kept", "k")],
+            ),
+            (
+                "keep-alive, proxy-connection and transfer-encoding without Connection",
+                &[
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("transfer-encoding", "chunked"),
+                    ("x-kept", "k"),
+                ],
+                false,
+                &[("x-kept", "k")],
+            ),
+            (
+                "TE: trailers stays (gRPC), alone",
+                &[("te", "gzip, trailers"), ("x-kept", "k")],
+                false,
+                &[("te", "trailers"), ("x-kept", "k")],
+            ),
+            ("TE without trailers goes", &[("te", "gzip")], false, &[]),
+            (
+                "an Upgrade outside an upgrade goes",
+                &[("upgrade", "websocket"), ("x-kept", "k")],
+                false,
+                &[("x-kept", "k")],
+            ),
+            (
+                "an upgrade keeps Upgrade and says Connection: upgrade",
+                &[
+                    ("connection", "Upgrade, x-secret"),
+                    ("upgrade", "websocket"),
+                    ("x-secret", "s"),
+                ],
+                true,
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+            ),
+        ];
+        for (name, input, upgrade, expected) in cases {
+            assert_eq!(stripped(input, upgrade), owned(expected), "{name}");
+        }
+    }
 }
