@@ -28,8 +28,13 @@ const MAX_ATTEMPTS: usize = 8;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Hop-by-hop headers removed whatever `Connection` says; [`strip_hop_by_hop`] handles
+/// `Connection`, `TE` and `Upgrade` on their own.
+static ALWAYS_REMOVED: [HeaderName; 3] = [
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Why the proxy answered a request itself.
 #[derive(Debug)]
@@ -542,9 +547,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         // gRPC needs it, and it is the one `TE` value HTTP/2 allows.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    for name in &ALWAYS_REMOVED {
+        headers.remove(name);
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -557,10 +562,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
-        || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+        || ALWAYS_REMOVED.contains(name)
 }
 
 /// A client's elements of `X-Forwarded-For` and `Forwarded` (RFC 7239), and the scheme it
@@ -740,6 +743,14 @@ mod tests {
         ];
         for (name, input, upgrade, expected) in cases {
             assert_eq!(stripped(input, upgrade), owned(expected), "{name}");
+        }
+        // Each one alone is seen by the one-pass check, not only beside the others.
+        for name in &ALWAYS_REMOVED {
+            let mut headers = map(&[("x-kept", "k")]);
+            headers.insert(name, HeaderValue::from_static("v"));
+            strip_hop_by_hop(&mut headers, false);
+            assert!(!headers.contains_key(name), "{name} alone is removed");
+            assert!(headers.contains_key("x-kept"));
         }
     }
 }
